@@ -1,0 +1,206 @@
+"""The DQN agent: Q-network, target network, Adam, and the epsilon-greedy schedule.
+
+Introduced in notebook ``01_pipeline_trace`` (initial state, one training iteration) and
+``02_prediction_trace`` (one observation through the network to an action).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DQNConfig
+from .errors import IncompatibleCheckpointError
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn ``'auto'`` into CUDA when available, else CPU; pass other names through."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise IncompatibleCheckpointError(
+            "device 'cuda' was requested but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    return device
+
+
+class QNetwork(nn.Module):
+    """An MLP from an observation vector to one Q-value per action (ReLU between layers)."""
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: Sequence[int],
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        sizes = [obs_dim, *hidden_sizes, n_actions]
+        layers: list[nn.Module] = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(fan_in, fan_out))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        self.layers = nn.Sequential(*layers)
+        # Same distribution as PyTorch's default Linear init, but drawn from our own generator
+        # so creating an agent never touches (or depends on) the global torch RNG.
+        with torch.no_grad():
+            for layer in self.layers:
+                if isinstance(layer, nn.Linear):
+                    bound = 1.0 / math.sqrt(layer.in_features)
+                    layer.weight.uniform_(-bound, bound, generator=generator)
+                    layer.bias.uniform_(-bound, bound, generator=generator)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.layers(obs)
+
+    def forward_trace(self, obs: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """Every layer's output for ``obs``, named — used to visualise a forward pass."""
+        trace = [("input", obs)]
+        x = obs
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            trace.append((f"{i}:{type(layer).__name__}", x))
+        return trace
+
+
+class LinearSchedule:
+    """Epsilon that decays linearly from ``start`` to ``end`` over ``duration`` steps.
+
+    Its position is part of the training state: it is checkpointed, so a resumed run explores
+    exactly as the uninterrupted one did.
+    """
+
+    def __init__(self, start: float, end: float, duration: int) -> None:
+        self.start, self.end, self.duration = float(start), float(end), int(duration)
+        self.position = 0
+
+    def value(self) -> float:
+        if self.duration == 0:
+            return self.end
+        fraction = min(self.position / self.duration, 1.0)
+        return self.start + fraction * (self.end - self.start)
+
+    def advance(self) -> None:
+        self.position += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "duration": self.duration,
+                "position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.start, self.end = float(state["start"]), float(state["end"])
+        self.duration, self.position = int(state["duration"]), int(state["position"])
+
+
+def _check_shapes(module: nn.Module, state: Mapping[str, Any], what: str) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise IncompatibleCheckpointError(
+            f"{what}: the checkpoint's network has different layers (missing: "
+            f"{', '.join(missing) or 'none'}; unexpected: {', '.join(unexpected) or 'none'}); "
+            "it was trained with another architecture (hidden_sizes) or environment")
+    for name, tensor in own.items():
+        saved = state[name]
+        if tuple(saved.shape) != tuple(tensor.shape):
+            raise IncompatibleCheckpointError(
+                f"{what}: tensor '{name}' has shape {tuple(saved.shape)} in the checkpoint but "
+                f"{tuple(tensor.shape)} here; the checkpoint was trained with another "
+                "architecture (hidden_sizes) or environment")
+
+
+class DQNAgent:
+    """Deep Q-Network with a target network, Huber loss, optional Double DQN and Adam.
+
+    Args:
+        obs_dim: length of the observation vector.
+        n_actions: number of discrete actions.
+        config: hyperparameters (``hidden_sizes``, ``learning_rate``, ``gamma``, ...).
+        device: where the networks live.
+        seed: seeds the weight initialisation (through a private generator).
+
+    Introduced in notebook ``01_pipeline_trace``.
+    """
+
+    def __init__(self, obs_dim: int, n_actions: int, config: DQNConfig,
+                 device: torch.device | str = "cpu", seed: int = 0) -> None:
+        self.obs_dim, self.n_actions, self.config = obs_dim, n_actions, config
+        self.device = torch.device(device)
+        init_rng = torch.Generator().manual_seed(seed)
+        self.q_net = QNetwork(obs_dim, n_actions, config.hidden_sizes, init_rng).to(self.device)
+        self.target_net = QNetwork(obs_dim, n_actions, config.hidden_sizes).to(self.device)
+        self.target_net.load_state_dict(self.q_net.state_dict())
+        self.target_net.requires_grad_(False)
+        # fused: one kernel for all parameters; noticeably less per-update overhead on a CPU.
+        self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=config.learning_rate,
+                                          fused=True)
+        self.updates = 0
+
+    # -- acting -------------------------------------------------------------------------------
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        """Q-values of one observation (or a batch) as a numpy array."""
+        with torch.inference_mode():
+            x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            return self.q_net(x).cpu().numpy()
+
+    def greedy_action(self, obs: np.ndarray) -> int:
+        """The action with the highest Q-value."""
+        with torch.inference_mode():
+            x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+            return int(self.q_net(x).argmax())
+
+    def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> int:
+        """Epsilon-greedy: a random action with probability ``epsilon``, else the greedy one."""
+        if rng.random() < epsilon:
+            return int(rng.integers(self.n_actions))
+        return self.greedy_action(obs)
+
+    # -- learning -----------------------------------------------------------------------------
+    def update(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+               next_obs: torch.Tensor, terminated: torch.Tensor) -> float:
+        """One gradient step on a batch of transitions; returns the Huber TD loss."""
+        q = self.q_net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            next_target = self.target_net(next_obs)
+            if self.config.double_dqn:
+                best = self.q_net(next_obs).argmax(1, keepdim=True)
+                next_q = next_target.gather(1, best).squeeze(1)
+            else:
+                next_q = next_target.max(1).values
+            target = rewards + self.config.gamma * (1.0 - terminated) * next_q
+        loss = F.smooth_l1_loss(q, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.q_net.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.updates += 1
+        return loss.item()
+
+    def sync_target(self) -> None:
+        """Copy the online network's weights into the target network."""
+        self.target_net.load_state_dict(self.q_net.state_dict())
+
+    # -- checkpointing ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "q_net": self.q_net.state_dict(),
+            "target_net": self.target_net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load weights, target weights and optimizer state; shapes are checked first."""
+        _check_shapes(self.q_net, state["q_net"], "Q-network")
+        _check_shapes(self.target_net, state["target_net"], "target network")
+        self.q_net.load_state_dict(state["q_net"])
+        self.target_net.load_state_dict(state["target_net"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise IncompatibleCheckpointError(
+                f"optimizer state does not fit this agent ({exc})") from None
+        self.updates = int(state["updates"])

@@ -1,0 +1,633 @@
+"""Atomic, verifiable, pickle-free checkpoints of any ``state_dict()`` objects.
+
+On-disk format (version 1), one directory per checkpoint::
+
+    <checkpoints>/
+        latest                   JSON pointer {"checkpoint": "step_00003000", "step": 3000}
+        step_00003000/
+            manifest.json        format, step, times, metrics, config and its hash,
+                                 library versions, components, SHA-256 and size of every file,
+                                 and the SHA-256 of the manifest itself
+            tensors.safetensors  every tensor and array, keyed "component/path/to/leaf"
+            state.json           everything else, per component
+
+How a save stays invisible until complete: files are written into ``.tmp-step_...`` beside the
+final name, each file and the directory are fsynced, the directory is renamed into place, the
+parent is fsynced, and only then is ``latest`` replaced (temporary file + ``os.replace``; no
+symlinks, so it works on Windows and macOS). A crash at any moment leaves either the old set of
+checkpoints or the new one; leftovers are ignored and removed by the next writer.
+
+How a load stays safe: JSON and safetensors cannot execute code, and ckptlab never calls
+``pickle`` or ``torch.load``. Every file's hash is checked before its contents are used.
+
+Introduced in notebook ``01_pipeline_trace``; failure handling in ``07_failure_modes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
+
+from . import __version__
+from .errors import (
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    CkptlabError,
+    ForeignFileError,
+    UnsupportedFormatError,
+)
+from .faults import fault_point
+from .serialization import join_state, referenced_tensor_keys, split_state
+
+FORMAT_NAME = "ckptlab-checkpoint"
+FORMAT_VERSION = 1
+
+MANIFEST = "manifest.json"
+TENSORS = "tensors.safetensors"
+STATE = "state.json"
+LATEST = "latest"
+CHECKPOINTS_SUBDIR = "checkpoints"
+
+_STEP_DIR = re.compile(r"^step_(\d{8,})$")
+_TEMP_PREFIX = ".tmp-"
+_TRASH_PREFIX = ".trash-"
+_REPLACED_PREFIX = ".replaced-"
+_MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """The newest checkpoint was unusable and an older valid one is used instead."""
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """Anything with ``state_dict()`` / ``load_state_dict()`` can be checkpointed."""
+
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> Any: ...
+
+
+def checkpoint_dir_name(step: int) -> str:
+    """The directory name of the checkpoint taken at ``step`` (zero-padded, sorts by step)."""
+    return f"step_{step:08d}"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a checkpoint's contents, recorded in the manifest."""
+    import gymnasium
+    import numpy
+    import safetensors
+
+    return {
+        "ckptlab": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "gymnasium": gymnasium.__version__,
+        "safetensors": safetensors.__version__,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Low-level durable file operations
+# --------------------------------------------------------------------------------------------
+
+def _fsync_dir(path: Path) -> None:
+    # Directory fsync makes a rename durable on POSIX; Windows cannot open directories.
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, indent=1, allow_nan=False).encode("utf-8")
+
+
+def _manifest_self_hash(manifest: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return _sha256(_canonical_json(body))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and verifying
+# --------------------------------------------------------------------------------------------
+
+def describe_foreign_file(path: Path) -> str | None:
+    """If ``path`` is a file in a format ckptlab refuses, say what it looks like; else ``None``.
+
+    Only the first bytes are read; nothing is deserialised.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle"
+    if head[:4] == b"PK\x03\x04":
+        return "a zip archive (torch.save and Stable-Baselines3 write these; they contain pickles)"
+    if path.suffix in {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}:
+        return f"a '{path.suffix}' file"
+    return None
+
+
+def _foreign_error(path: Path, what: str) -> ForeignFileError:
+    return ForeignFileError(
+        f"{path} is {what}, not a ckptlab checkpoint. ckptlab never unpickles files, because "
+        "loading a pickle can run arbitrary code; nothing in it was executed. Point at a "
+        "ckptlab checkpoint directory (it contains manifest.json) or a run directory."
+    )
+
+
+def read_manifest(checkpoint: Path) -> dict[str, Any]:
+    """Read and validate ``manifest.json`` of one checkpoint directory.
+
+    Raises:
+        ForeignFileError: the directory is not a ckptlab checkpoint.
+        CheckpointCorruptError: the manifest is missing, unreadable, or fails its self-hash.
+        UnsupportedFormatError: written by a newer ckptlab format.
+    """
+    path = checkpoint / MANIFEST
+    if not path.is_file():
+        raise CheckpointCorruptError(
+            f"{checkpoint}: manifest.json is missing, so this checkpoint was never completed "
+            "or has been damaged")
+    if path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise CheckpointCorruptError(f"{path}: manifest is implausibly large; not a checkpoint")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointCorruptError(f"{path}: manifest is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ForeignFileError(f"{path} is not a ckptlab manifest (no format '{FORMAT_NAME}')")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointCorruptError(f"{path}: format_version {version!r} is not valid")
+    if version > FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"{checkpoint} uses checkpoint format {version}, but this ckptlab "
+            f"({__version__}) reads formats up to {FORMAT_VERSION}; upgrade ckptlab to load it")
+    if manifest.get("manifest_sha256") != _manifest_self_hash(manifest):
+        raise CheckpointCorruptError(f"{path}: manifest content does not match its own hash "
+                                     "(the file was modified or damaged)")
+    return manifest
+
+
+def _read_verified(checkpoint: Path, manifest: Mapping[str, Any], name: str) -> bytes:
+    entry = manifest.get("files", {}).get(name)
+    if entry is None:
+        raise CheckpointCorruptError(f"{checkpoint}: manifest does not list {name}")
+    path = checkpoint / name
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointCorruptError(f"{path} is missing") from None
+    if len(data) != entry["bytes"]:
+        raise CheckpointCorruptError(
+            f"{path} has {len(data)} bytes but the manifest records {entry['bytes']} "
+            "(truncated or overwritten)")
+    if _sha256(data) != entry["sha256"]:
+        raise CheckpointCorruptError(f"{path}: SHA-256 does not match the manifest "
+                                     "(the file is corrupted)")
+    return data
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A committed checkpoint on disk and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.manifest["step"])
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.manifest.get("metrics", {}))
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        return self.manifest.get("config")
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(int(f["bytes"]) for f in self.manifest["files"].values())
+
+
+def verify_checkpoint(checkpoint: str | os.PathLike[str]) -> CheckpointInfo:
+    """Check a checkpoint's manifest and every file's size and SHA-256.
+
+    Returns the checkpoint's :class:`CheckpointInfo` when everything matches.
+
+    Raises:
+        CheckpointCorruptError, ForeignFileError, UnsupportedFormatError: what is wrong.
+    """
+    path = Path(checkpoint)
+    manifest = read_manifest(path)
+    for name in manifest.get("files", {}):
+        _read_verified(path, manifest, name)
+    return CheckpointInfo(path, manifest)
+
+
+def load_checkpoint_state(checkpoint: str | os.PathLike[str],
+                          keys: Iterable[str] | None = None) -> tuple[CheckpointInfo,
+                                                                      dict[str, Any]]:
+    """Read, verify and decode a checkpoint into ``{component: state}``.
+
+    Each file is read once and its hash is checked before it is parsed.
+
+    Args:
+        checkpoint: a checkpoint directory.
+        keys: component names to decode; ``None`` decodes all of them.
+    """
+    path = Path(checkpoint)
+    manifest = read_manifest(path)
+    tree = json.loads(_read_verified(path, manifest, STATE).decode("utf-8"))
+    try:
+        tensors = safetensors_load(_read_verified(path, manifest, TENSORS))
+    except SafetensorError as exc:  # hash matched, so the writer produced it: still report it
+        raise CheckpointCorruptError(f"{path / TENSORS}: unreadable ({exc})") from None
+    wanted = list(tree) if keys is None else list(keys)
+    missing = [k for k in wanted if k not in tree]
+    if missing:
+        raise CheckpointNotFoundError(
+            f"{path} has no component(s) {', '.join(missing)}; it contains "
+            f"{', '.join(sorted(tree)) or 'nothing'}")
+    try:
+        states = {name: join_state(tree[name], tensors) for name in wanted}
+    except (KeyError, ValueError) as exc:
+        raise CheckpointCorruptError(f"{path}: state.json and tensors disagree ({exc})") from None
+    return CheckpointInfo(path, manifest), states
+
+
+def restore_components(components: Mapping[str, Stateful], states: Mapping[str, Any],
+                       source: Path) -> None:
+    """Call ``load_state_dict`` on each component with its decoded state.
+
+    Raises:
+        CheckpointNotFoundError: a component has no state in the checkpoint.
+    """
+    missing = [name for name in components if name not in states]
+    if missing:
+        raise CheckpointNotFoundError(
+            f"{source} has no state for {', '.join(missing)} (it has "
+            f"{', '.join(sorted(states)) or 'nothing'}); it was written by a different program "
+            "or with different components registered")
+    for name, component in components.items():
+        component.load_state_dict(states[name])
+
+
+# --------------------------------------------------------------------------------------------
+# Locating checkpoints
+# --------------------------------------------------------------------------------------------
+
+def resolve_location(location: str | os.PathLike[str]) -> tuple[Path, Path | None]:
+    """Interpret a user-given path as ``(checkpoints_dir, specific_checkpoint_or_None)``.
+
+    Accepts a run directory (containing ``checkpoints/``), a checkpoints directory, one
+    checkpoint directory, its ``manifest.json``, or a ``latest`` pointer file.
+
+    Raises:
+        CheckpointNotFoundError: nothing exists there, or it holds no checkpoints.
+        ForeignFileError: it is a file in another format (for example a pickled ``.pt``).
+    """
+    path = Path(location)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"{path} does not exist; check the path (a run directory "
+                                      "or a checkpoint directory is expected)")
+    if path.is_file():
+        if path.name == MANIFEST:
+            return path.parent.parent, path.parent
+        if path.name == LATEST:
+            return path.parent, None
+        what = describe_foreign_file(path) or "a file of unknown format"
+        raise _foreign_error(path, what)
+    if (path / MANIFEST).exists():
+        return path.parent, path
+    if (path / CHECKPOINTS_SUBDIR).is_dir():
+        return path / CHECKPOINTS_SUBDIR, None
+    if any(_STEP_DIR.match(p.name) for p in path.iterdir()) or (path / LATEST).exists():
+        return path, None
+    foreign = [p for p in sorted(path.iterdir()) if p.is_file() and describe_foreign_file(p)]
+    if foreign:
+        raise _foreign_error(foreign[0], describe_foreign_file(foreign[0]) or "foreign")
+    raise CheckpointNotFoundError(f"{path} contains no ckptlab checkpoints")
+
+
+def latest_valid_checkpoint(location: str | os.PathLike[str]) -> CheckpointInfo:
+    """Verify and return the newest valid checkpoint at ``location`` (see :func:`resolve_location`).
+
+    A newer checkpoint that fails verification is skipped with a
+    :class:`CheckpointFallbackWarning`.
+    """
+    directory, specific = resolve_location(location)
+    if specific is not None:
+        return verify_checkpoint(specific)
+    return CheckpointManager(directory, create=False).latest_valid()
+
+
+# --------------------------------------------------------------------------------------------
+# The manager
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class SaveTimings:
+    """Wall seconds spent in each part of the most recent save."""
+
+    serialize: float = 0.0
+    write: float = 0.0
+    commit: float = 0.0
+    total: float = 0.0
+
+
+@dataclass
+class CheckpointManager:
+    """Saves registered components atomically and restores them, falling back past corruption.
+
+    Components are registered by name (like DreamerV3's checkpoint): any object with
+    ``state_dict()`` / ``load_state_dict()`` works, not only ckptlab's own.
+
+    Example::
+
+        manager = CheckpointManager("runs/demo/checkpoints", keep_last=3)
+        manager.register("model", model)
+        manager.register("optimizer", optimizer)
+        info = manager.restore_latest()        # None on a fresh run
+        ...
+        manager.save(step, metrics={"loss": 0.1})
+
+    Args:
+        directory: where checkpoint directories live; created on first save.
+        keep_last: keep only this many newest checkpoints (``None`` keeps all). The checkpoint
+            just saved is never deleted, and nothing is deleted before it is committed.
+        create: ``False`` opens the directory read-only (inspect, verify): nothing is created
+            or cleaned.
+
+    Introduced in notebook ``01_pipeline_trace``.
+    """
+
+    directory: Path
+    keep_last: int | None = None
+    create: bool = True
+    components: dict[str, Stateful] = field(default_factory=dict)
+    last_save_timings: SaveTimings = field(default_factory=SaveTimings)
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        if self.keep_last is not None and self.keep_last < 1:
+            raise CkptlabError(f"keep_last must be at least 1 (got {self.keep_last})")
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CkptlabError(f"{self.directory} exists and is not a directory")
+        if self.create and self.directory.is_dir():
+            self.remove_leftovers()
+
+    # -- registration ---------------------------------------------------------------------
+    def register(self, name: str, component: Stateful) -> None:
+        """Register ``component`` under ``name``; its state is saved and restored by that name."""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise CkptlabError(f"component name {name!r} may only use letters, digits, _ . -")
+        if not isinstance(component, Stateful):
+            raise CkptlabError(f"component {name!r} ({type(component).__name__}) has no "
+                               "state_dict()/load_state_dict()")
+        self.components[name] = component
+
+    # -- listing --------------------------------------------------------------------------
+    def committed(self) -> list[Path]:
+        """Committed checkpoint directories, oldest first (not verified)."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.directory.iterdir()
+                 if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+        return [p for _, p in sorted(found)]
+
+    def latest_pointer(self) -> str | None:
+        """The checkpoint name the ``latest`` pointer names, or ``None`` if there is none."""
+        try:
+            data = json.loads((self.directory / LATEST).read_text("utf-8"))
+            return str(data["checkpoint"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def latest_valid(self) -> CheckpointInfo:
+        """Verify checkpoints newest first and return the first valid one.
+
+        Raises:
+            CheckpointNotFoundError: there are no checkpoints.
+            CheckpointCorruptError: there are checkpoints but none is valid.
+        """
+        candidates = self.committed()
+        if not candidates:
+            raise CheckpointNotFoundError(f"{self.directory} contains no ckptlab checkpoints")
+        problems = []
+        for path in reversed(candidates):
+            try:
+                info = verify_checkpoint(path)
+            except (CheckpointCorruptError, ForeignFileError) as exc:
+                problems.append(str(exc))
+                continue
+            for problem in problems:
+                warnings.warn(f"skipping unusable checkpoint: {problem}; falling back to "
+                              f"{info.name}", CheckpointFallbackWarning, stacklevel=2)
+            return info
+        raise CheckpointCorruptError(
+            f"none of the {len(candidates)} checkpoints in {self.directory} is valid "
+            f"(newest problem: {problems[0]}); run 'python -m ckptlab verify "
+            f"{self.directory}' for the full list")
+
+    # -- restore --------------------------------------------------------------------------
+    def restore(self, checkpoint: str | os.PathLike[str] | None = None) -> CheckpointInfo:
+        """Load every registered component from ``checkpoint`` (default: newest valid here).
+
+        Nothing is loaded into any component unless the whole checkpoint verified and holds
+        a state for every registered component.
+        """
+        info = verify_checkpoint(checkpoint) if checkpoint is not None else self.latest_valid()
+        _, states = load_checkpoint_state(info.path, keys=None)
+        restore_components(self.components, states, info.path)
+        return info
+
+    def restore_latest(self) -> CheckpointInfo | None:
+        """Restore from the newest valid checkpoint, or return ``None`` when there is none."""
+        if not self.committed():
+            return None
+        return self.restore()
+
+    # -- save -----------------------------------------------------------------------------
+    def save(self, step: int, *, metrics: Mapping[str, Any] | None = None,
+             config: Mapping[str, Any] | None = None,
+             extra: Mapping[str, Any] | None = None) -> CheckpointInfo:
+        """Atomically write a checkpoint of every registered component at ``step``.
+
+        Args:
+            step: the training step; names the directory ``step_{step:08d}``.
+            metrics: numbers worth seeing without loading (recorded in the manifest).
+            config: the run configuration (recorded with its SHA-256 hash).
+            extra: further JSON-compatible manifest fields (for example ``episode``).
+        """
+        if not self.create:
+            raise CkptlabError(f"{self.directory} was opened read-only")
+        if not self.components:
+            raise CkptlabError("no components registered; call register(name, obj) first")
+        if step < 0:
+            raise CkptlabError(f"step must be non-negative (got {step})")
+        t0 = time.perf_counter()
+        tree: dict[str, Any] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        for name, component in self.components.items():
+            tree[name], part = split_state(component.state_dict(), name)
+            tensors.update(part)
+        tensor_bytes = safetensors_save(tensors, metadata={"format": FORMAT_NAME})
+        state_bytes = _canonical_json(tree)
+        t1 = time.perf_counter()
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / checkpoint_dir_name(step)
+        temp = self.directory / f"{_TEMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+        temp.mkdir()
+        try:
+            _write_durable(temp / TENSORS, tensor_bytes)
+            _write_durable(temp / STATE, state_bytes)
+            manifest = self._manifest(step, tree, tensors, tensor_bytes, state_bytes,
+                                      metrics, config, extra)
+            _write_durable(temp / MANIFEST, _canonical_json(manifest))
+            _fsync_dir(temp)
+            t2 = time.perf_counter()
+            fault_point("save:files-written", step)
+            self._commit(temp, final)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        fault_point("save:committed", step)
+        self._write_latest(final.name, step)
+        fault_point("save:pointer-updated", step)
+        self._apply_retention(keep=final)
+        t3 = time.perf_counter()
+        self.last_save_timings = SaveTimings(t1 - t0, t2 - t1, t3 - t2, t3 - t0)
+        return CheckpointInfo(final, manifest)
+
+    def _manifest(self, step: int, tree: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                  tensor_bytes: bytes, state_bytes: bytes, metrics: Mapping[str, Any] | None,
+                  config: Mapping[str, Any] | None,
+                  extra: Mapping[str, Any] | None) -> dict[str, Any]:
+        components = {}
+        for name, subtree in tree.items():
+            keys = referenced_tensor_keys(subtree)
+            components[name] = {
+                "tensors": len(keys),
+                "tensor_bytes": sum(tensors[k].numel() * tensors[k].element_size() for k in keys),
+                "json_bytes": len(_canonical_json(subtree)),
+            }
+        now = time.time()
+        manifest: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            **dict(extra or {}),
+            "created_unix": now,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "metrics": dict(metrics or {}),
+            "config": dict(config) if config is not None else None,
+            "config_sha256": _sha256(_canonical_json(config)) if config is not None else None,
+            "versions": library_versions(),
+            "components": components,
+            "files": {
+                TENSORS: {"bytes": len(tensor_bytes), "sha256": _sha256(tensor_bytes)},
+                STATE: {"bytes": len(state_bytes), "sha256": _sha256(state_bytes)},
+            },
+        }
+        manifest["manifest_sha256"] = _manifest_self_hash(manifest)
+        return manifest
+
+    def _commit(self, temp: Path, final: Path) -> None:
+        if final.exists():
+            # A checkpoint of the same step exists (a resumed run re-reaching it, or a corrupt
+            # one). Move it aside first: os.replace cannot replace a non-empty directory.
+            # A crash between the two renames is undone by remove_leftovers().
+            aside = self.directory / f"{_REPLACED_PREFIX}{final.name}"
+            if aside.exists():
+                shutil.rmtree(aside)
+            os.replace(final, aside)
+            os.replace(temp, final)
+            _fsync_dir(self.directory)
+            shutil.rmtree(aside)
+        else:
+            os.replace(temp, final)
+            _fsync_dir(self.directory)
+
+    def _write_latest(self, name: str, step: int) -> None:
+        temp = self.directory / f"{_TEMP_PREFIX}{LATEST}-{uuid.uuid4().hex[:8]}"
+        _write_durable(temp, _canonical_json({"checkpoint": name, "step": step}))
+        fault_point("save:pointer-temp", step)
+        os.replace(temp, self.directory / LATEST)
+        _fsync_dir(self.directory)
+
+    def _apply_retention(self, keep: Path) -> None:
+        if self.keep_last is None:
+            return
+        committed = self.committed()
+        doomed = [p for p in committed[:-self.keep_last] if p != keep]
+        for path in doomed:
+            # Rename first so a crash mid-delete never leaves a half-deleted "committed" dir.
+            trash = self.directory / f"{_TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(path, trash)
+            shutil.rmtree(trash)
+        if doomed:
+            _fsync_dir(self.directory)
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete temporary and trash entries left by crashed saves or deletions.
+
+        A checkpoint moved aside to be replaced, whose replacement never arrived, is put back.
+        """
+        removed = []
+        for path in self.directory.iterdir():
+            if path.name.startswith(_REPLACED_PREFIX):
+                original = self.directory / path.name[len(_REPLACED_PREFIX):]
+                if not original.exists():
+                    os.replace(path, original)
+                    continue
+            if path.name.startswith((_TEMP_PREFIX, _TRASH_PREFIX, _REPLACED_PREFIX)):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path)
+        return removed

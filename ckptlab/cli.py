@@ -1,0 +1,326 @@
+"""Command line: ``python -m ckptlab train | inspect | verify``.
+
+Every deliberate failure prints one line starting with ``error:`` and exits with status 2
+(verification failures exit with 1); nothing that already exists is changed by a failed command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import struct
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__
+from .checkpoint import (
+    CHECKPOINTS_SUBDIR,
+    TENSORS,
+    CheckpointInfo,
+    CheckpointManager,
+    latest_valid_checkpoint,
+    read_manifest,
+    resolve_location,
+    verify_checkpoint,
+)
+from .config import DQNConfig
+from .errors import CheckpointNotFoundError, CkptlabError
+from .train import Trainer, check_config_compatible
+
+EXIT_OK, EXIT_VERIFY_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m ckptlab",
+                     description="Train a DQN agent with exact-resume checkpoints, and inspect "
+                                 "or verify checkpoints.")
+    parser.add_argument("--version", action="version", version=f"ckptlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train (or resume training) in a run directory",
+                           description="Train a DQN agent. By default the run resumes from the "
+                                       "newest valid checkpoint in --run-dir.")
+    train.add_argument("--run-dir", required=True, type=Path,
+                       help="directory of the run; checkpoints go to RUN_DIR/checkpoints")
+    train.add_argument("--config", type=Path, metavar="JSON",
+                       help="a JSON file of DQNConfig fields (command-line flags win)")
+    train.add_argument("--env", dest="env_id", help="gymnasium env id (default CartPole-v1)")
+    train.add_argument("--steps", dest="total_steps", type=_positive_int,
+                       help="total environment steps of the run (default 30000)")
+    train.add_argument("--seed", type=_non_negative_int, help="random seed (default 0)")
+    train.add_argument("--save-every", dest="save_every_steps", type=_non_negative_int,
+                       help="steps between checkpoints; 0 saves only at the end (default 5000)")
+    train.add_argument("--keep-last", type=_positive_int,
+                       help="keep only the N newest checkpoints (default: keep all)")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                       help="where to train (default auto: CUDA when available)")
+    train.add_argument("--resume", default="auto", metavar="auto|never|PATH",
+                       help="auto: continue from RUN_DIR's newest valid checkpoint if any "
+                            "(default); never: refuse if RUN_DIR has checkpoints; PATH: start "
+                            "from that checkpoint or run directory")
+    train.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
+
+    for name, text in (("inspect", "show what a checkpoint contains and how big each part is"),
+                       ("verify", "check every file hash; exit 1 if anything fails")):
+        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("path", type=Path, metavar="DIR|CKPT",
+                       help="a run directory, its checkpoints directory, or one checkpoint")
+        if name == "inspect":
+            p.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+
+def _resume_source(args: argparse.Namespace) -> CheckpointInfo | None:
+    run_dir: Path = args.run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CkptlabError(f"--run-dir {run_dir} exists and is not a directory")
+    own = CheckpointManager(run_dir / CHECKPOINTS_SUBDIR, create=False)
+    has_own = bool(own.committed())
+    if args.resume == "never":
+        if has_own:
+            raise CkptlabError(
+                f"{run_dir} already holds checkpoints; continue it with --resume auto or "
+                "choose another --run-dir (nothing was changed)")
+        return None
+    if args.resume == "auto":
+        return own.latest_valid() if has_own else None
+    info = latest_valid_checkpoint(args.resume)
+    if has_own and info.path.parent.resolve() != own.directory.resolve():
+        raise CkptlabError(
+            f"{run_dir} already holds checkpoints of its own; resuming {info.path} into it "
+            "would mix two runs. Choose an empty --run-dir (nothing was changed)")
+    return info
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise CkptlabError(f"--config {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CkptlabError(f"--config {path} is not readable JSON ({exc})") from None
+    known = {f.name for f in dataclasses.fields(DQNConfig)}
+    if not isinstance(data, dict) or set(data) - known:
+        extra = sorted(set(data) - known) if isinstance(data, dict) else []
+        raise CkptlabError(f"--config {path} must be a JSON object of DQNConfig fields"
+                           + (f"; unknown: {', '.join(extra)}" if extra else ""))
+    return data
+
+
+def _config_for(args: argparse.Namespace, info: CheckpointInfo | None) -> DQNConfig:
+    overrides = _read_config_file(args.config) if args.config else {}
+    overrides.update({k: getattr(args, k) for k in ("env_id", "total_steps", "seed",
+                                                    "save_every_steps", "device")
+                      if getattr(args, k) is not None})
+    if info is None:
+        return DQNConfig(**overrides)
+    if info.config is None:
+        raise CkptlabError(f"{info.path} records no training config; it was not written by "
+                           "'python -m ckptlab train'")
+    config = dataclasses.replace(DQNConfig.from_dict(info.config), **overrides)
+    check_config_compatible(info, config)
+    return config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    info = _resume_source(args)
+    config = _config_for(args, info)
+    if info is not None and info.step >= config.total_steps:
+        print(f"The run in {args.run_dir} is already finished: {info.name} is at step "
+              f"{info.step} of {config.total_steps}. Nothing to do; pass --steps N with "
+              f"N > {info.step} to train longer.")
+        return EXIT_OK
+    say = None if args.quiet else _print_line
+    trainer = Trainer(config, args.run_dir, keep_last=args.keep_last,
+                      progress_bar=not args.quiet, log=say)
+    try:
+        if info is not None:
+            trainer.restore(info.path)
+            print(f"Resuming from {info.path} (step {info.step} of {config.total_steps}, "
+                  f"epoch {trainer.progress.epoch}, episode {trainer.progress.episode}).",
+                  flush=True)
+        else:
+            print(f"Starting a new run in {args.run_dir}: {config.env_id}, seed {config.seed}, "
+                  f"{config.total_steps} steps, device {trainer.device}.", flush=True)
+        try:
+            result = trainer.train()
+        except KeyboardInterrupt:
+            print(f"\nInterrupted at step {trainer.progress.step}. Run the same command again "
+                  "to resume from the last checkpoint.", file=sys.stderr)
+            return 130
+    finally:
+        trainer.close()
+    evaluation = result.last_evaluation
+    score = (f"; last evaluation: mean return {evaluation.mean_return:.1f}, "
+             f"{100 * evaluation.success_rate:.0f}% of episodes reached the time limit"
+             if evaluation else "")
+    where = f"; final checkpoint {result.last_checkpoint.path}" if result.last_checkpoint else ""
+    print(f"Finished at step {result.final_step} in {result.train_seconds:.1f} s{score}{where}.")
+    return EXIT_OK
+
+
+def _print_line(line: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(line)
+
+
+# --------------------------------------------------------------------------------------------
+# inspect / verify
+# --------------------------------------------------------------------------------------------
+
+def read_tensor_table(path: Path) -> dict[str, dict[str, Any]]:
+    """Names, dtypes, shapes and byte sizes from a safetensors header, without reading data."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    return {name: {"dtype": h["dtype"], "shape": h["shape"],
+                   "bytes": h["data_offsets"][1] - h["data_offsets"][0]}
+            for name, h in sorted(header.items())}
+
+
+def describe_checkpoint(path: Path) -> dict[str, Any]:
+    """A JSON-compatible description of one checkpoint (what ``inspect --json`` prints)."""
+    manifest = read_manifest(path)
+    try:
+        verify_checkpoint(path)
+        status = "valid"
+    except CkptlabError as exc:
+        status = f"INVALID: {exc}"
+    tensors = read_tensor_table(path / TENSORS) if status == "valid" else {}
+    components = {}
+    for name, entry in manifest["components"].items():
+        components[name] = {
+            **entry, "total_bytes": entry["tensor_bytes"] + entry["json_bytes"],
+            "tensors_detail": {k: v for k, v in tensors.items() if k.startswith(name + "/")}}
+    keys = ("step", "episode", "epoch", "total_steps", "created", "format_version", "metrics",
+            "config", "config_sha256", "versions", "files")
+    return {"path": str(path), "status": status, **{k: manifest.get(k) for k in keys},
+            "components": components}
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    directory, specific = resolve_location(args.path)
+    listing = []
+    if specific is None:
+        manager = CheckpointManager(directory, create=False)
+        listing = [p.name for p in manager.committed()]
+        if not listing:
+            raise CheckpointNotFoundError(f"{args.path} contains no ckptlab checkpoints")
+        specific = manager.latest_valid().path
+    d = describe_checkpoint(specific)
+    if args.json:
+        print(json.dumps({**d, "checkpoints_in_directory": listing}, indent=2))
+        return EXIT_OK
+    if listing:
+        print(f"{directory}: {len(listing)} checkpoint(s): {', '.join(listing)}")
+        print("Showing the newest valid one.\n")
+    cfg = d["config"] or {}
+    print(f"checkpoint  {d['path']}  ({d['status']})")
+    print(f"step {d['step']}, episode {d.get('episode')}, epoch {d.get('epoch')}, "
+          f"saved {d['created']}, format v{d['format_version']}")
+    if cfg:
+        print(f"config      {cfg.get('env_id')}, seed {cfg.get('seed')}, hidden "
+              f"{cfg.get('hidden_sizes')}, sha256 {str(d['config_sha256'])[:12]}")
+    print("metrics     " + ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in d["metrics"].items()))
+    print("versions    " + ", ".join(f"{k} {v}" for k, v in d["versions"].items()))
+    print("\ncomponent         size    tensors")
+    for name, c in d["components"].items():
+        print(f"  {name:14s} {_human(c['total_bytes']):>9s}  {c['tensors']:3d}")
+        for key, t in c["tensors_detail"].items():
+            shape = "x".join(map(str, t["shape"])) or "scalar"
+            print(f"      {key[len(name) + 1:]:34s} {t['dtype']:5s} {shape:>12s} "
+                  f"{_human(t['bytes']):>9s}")
+    print("\nfiles")
+    for name, f in d["files"].items():
+        print(f"  {name:20s} {_human(f['bytes']):>9s}  sha256 {f['sha256'][:16]}...")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    directory, specific = resolve_location(args.path)
+    if specific is not None:
+        targets = [specific]
+    else:
+        targets = CheckpointManager(directory, create=False).committed()
+        if not targets:
+            raise CheckpointNotFoundError(f"{args.path} contains no ckptlab checkpoints")
+    failures, problems = 0, []
+    for path in targets:
+        try:
+            info = verify_checkpoint(path)
+            print(f"OK    {path.name}  step {info.step}  {_human(info.total_bytes)}")
+        except CkptlabError as exc:
+            failures += 1
+            print(f"FAIL  {path.name}  {exc}")
+    if specific is None:
+        pointer = CheckpointManager(directory, create=False).latest_pointer()
+        if pointer is not None and not (directory / pointer).is_dir():
+            problems.append(f"the latest pointer names {pointer}, which does not exist")
+            print(f"FAIL  latest pointer names {pointer}, which does not exist")
+    print(f"{len(targets) - failures} of {len(targets)} checkpoint(s) valid"
+          + (f"; {len(problems)} other problem(s)" if problems else ""))
+    return EXIT_VERIFY_FAILED if failures or problems else EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+
+def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    commands = {"train": cmd_train, "inspect": cmd_inspect, "verify": cmd_verify}
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # one readable line per warning
+        try:
+            return commands[args.command](args)
+        except CkptlabError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_ERROR

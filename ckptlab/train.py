@@ -1,0 +1,312 @@
+"""The step-based DQN training loop with complete, exact-resume checkpoints.
+
+Reads top to bottom: :meth:`Trainer.step` is one environment step and (maybe) one update;
+:meth:`Trainer.train` repeats it, closes epochs, evaluates and saves.
+
+The checkpoint holds seven components, registered by name:
+
+=================  ==========================================================================
+``agent``          online and target weights, Adam state, update count
+``replay_buffer``  stored transitions and the write position
+``exploration``    the epsilon schedule's position
+``progress``       step, episode and epoch counters
+``env``            the environment mid-episode: physics, RNG, time-limit counter, observation,
+                   running episode return
+``rng``            the run's generator and the global Python / numpy / torch (/ CUDA) RNGs
+``metrics``        per-update losses, per-episode returns, per-epoch summaries, evaluations
+=================  ==========================================================================
+
+Introduced in notebook ``01_pipeline_trace``; exact resume is the subject of
+``04_interrupt_and_resume``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .agent import DQNAgent, LinearSchedule, resolve_device
+from .checkpoint import (
+    CHECKPOINTS_SUBDIR,
+    CheckpointInfo,
+    CheckpointManager,
+    Stateful,
+    latest_valid_checkpoint,
+    load_checkpoint_state,
+    restore_components,
+)
+from .config import DQNConfig, diff_configs
+from .envs import EnvRunner, Evaluation, GreedyEvaluator
+from .errors import IncompatibleCheckpointError
+from .faults import fault_point
+from .metrics import EpochSummary, MetricHistory
+from .replay import ReplayBuffer
+from .rng import RNGStates, seed_everything
+
+
+@dataclass
+class TrainProgress:
+    """Counters of a run: environment steps, finished episodes, finished epochs."""
+
+    step: int = 0
+    episode: int = 0
+    epoch: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "episode": self.episode, "epoch": self.epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step, self.episode, self.epoch = (int(state[k]) for k in ("step", "episode",
+                                                                       "epoch"))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :meth:`Trainer.train` did."""
+
+    start_step: int
+    final_step: int
+    finished: bool                 # reached config.total_steps
+    stopped_early: bool            # a stop condition ended training
+    last_evaluation: Evaluation | None
+    train_seconds: float           # wall time in the loop, including saves
+    save_seconds: float            # wall time spent saving checkpoints
+    saves: int
+    last_checkpoint: CheckpointInfo | None
+
+
+class Trainer:
+    """Builds every piece of a DQN run and trains it, saving and restoring checkpoints.
+
+    Args:
+        config: hyperparameters.
+        run_dir: where ``checkpoints/`` goes; ``None`` trains without saving.
+        keep_last: retain only this many newest checkpoints (``None``: keep all).
+        progress_bar: show a tqdm progress bar.
+        log: called with one line per finished epoch (and per save); ``None`` is silent.
+
+    Creating a Trainer seeds the global Python, numpy and torch generators with
+    ``config.seed`` and sets torch's CPU thread count to ``config.num_threads``.
+    """
+
+    def __init__(self, config: DQNConfig, run_dir: str | Path | None = None, *,
+                 keep_last: int | None = None, progress_bar: bool = False,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        torch.set_num_threads(config.num_threads)
+        seed_everything(config.seed)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress_bar, self.log = progress_bar, log
+
+        self.runner = EnvRunner(config.env_id, config.seed)
+        self.agent = DQNAgent(self.runner.obs_dim, self.runner.n_actions, config, self.device,
+                              seed=config.seed)
+        self.buffer = ReplayBuffer(config.buffer_capacity, self.runner.obs_dim)
+        self.exploration = LinearSchedule(config.epsilon_start, config.epsilon_end,
+                                          config.exploration_steps)
+        self.progress = TrainProgress()
+        self.rng = RNGStates(config.seed)
+        self.metrics = MetricHistory()
+        self.evaluator = GreedyEvaluator(config.env_id, config.eval_episodes, config.seed)
+
+        self.checkpoints: CheckpointManager | None = None
+        if self.run_dir is not None:
+            self.checkpoints = CheckpointManager(self.run_dir / CHECKPOINTS_SUBDIR,
+                                                 keep_last=keep_last)
+            for name, component in self.components().items():
+                self.checkpoints.register(name, component)
+        self.last_evaluation: Evaluation | None = None
+        self.save_seconds = 0.0
+        self.saves = 0
+
+    def components(self) -> dict[str, Stateful]:
+        """The named pieces of state that make up a checkpoint."""
+        return {"agent": self.agent, "replay_buffer": self.buffer,
+                "exploration": self.exploration, "progress": self.progress,
+                "env": self.runner, "rng": self.rng, "metrics": self.metrics}
+
+    # -- one step -----------------------------------------------------------------------------
+    def step(self) -> float | None:
+        """One environment step, storing the transition and (on cadence) one update.
+
+        Returns the update's loss, or ``None`` when no update happened this step.
+        """
+        cfg, rng = self.config, self.rng.generator
+        obs = self.runner.current_obs()
+        action = self.agent.act(obs, self.exploration.value(), rng)
+        result = self.runner.step(action)
+        self.buffer.add(result.obs, action, result.reward, result.next_obs, result.terminated)
+        self.exploration.advance()
+        self.progress.step += 1
+        step = self.progress.step
+        if result.episode_done:
+            self.progress.episode += 1
+            self.metrics.record_episode(step, self.runner.episode_return,
+                                        self.runner.episode_length)
+        loss = None
+        if step > cfg.learning_starts and step % cfg.train_every == 0:
+            loss = self.agent.update(*self.buffer.sample(cfg.batch_size, rng, self.device))
+            self.metrics.record_loss(step, loss)
+        if step % cfg.target_update_every == 0:
+            self.agent.sync_target()
+        return loss
+
+    # -- epochs and evaluation ----------------------------------------------------------------
+    def evaluate(self) -> Evaluation:
+        """Greedy episodes on the evaluation envs (never affects training)."""
+        return self.evaluator.evaluate(lambda batch: self.agent.q_values(batch).argmax(1),
+                                       self.progress.step)
+
+    def _end_epoch(self) -> EpochSummary:
+        cfg, step = self.config, self.progress.step
+        self.progress.epoch += 1
+        first = step - cfg.steps_per_epoch + 1
+        losses = self.metrics.losses_between(first, step)
+        returns = self.metrics.returns_between(first, step)
+        evaluation = None
+        if self.progress.epoch % cfg.eval_every_epochs == 0:
+            evaluation = self.last_evaluation = self.evaluate()
+            self.metrics.evaluations.append({
+                "step": step, "epoch": self.progress.epoch,
+                "mean_return": evaluation.mean_return,
+                "success_rate": evaluation.success_rate, "returns": list(evaluation.returns)})
+        summary = EpochSummary(
+            epoch=self.progress.epoch, end_step=step,
+            mean_loss=float(np.mean(losses)) if losses else None,
+            mean_return=float(np.mean(returns)) if returns else None,
+            episodes=len(returns), epsilon=self.exploration.value(),
+            eval_mean_return=evaluation.mean_return if evaluation else None,
+            eval_success_rate=evaluation.success_rate if evaluation else None)
+        self.metrics.epochs.append(summary)
+        self._say(format_epoch(summary))
+        return summary
+
+    # -- the loop -----------------------------------------------------------------------------
+    def train(self, until_step: int | None = None,
+              stop_when: Callable[[EpochSummary], bool] | None = None) -> TrainResult:
+        """Train until ``until_step`` (default ``config.total_steps``) or ``stop_when`` is true.
+
+        Saves every ``config.save_every_steps`` steps and a final checkpoint when the run
+        reaches ``total_steps`` (when a run directory was given).
+        """
+        cfg = self.config
+        target = cfg.total_steps if until_step is None else min(until_step, cfg.total_steps)
+        start, started = self.progress.step, time.perf_counter()
+        saves_before, save_seconds_before = self.saves, self.save_seconds
+        last_checkpoint, stopped = None, False
+        bar = tqdm(total=target, initial=start, unit="step", disable=not self.progress_bar,
+                   dynamic_ncols=True, leave=False)
+        try:
+            while self.progress.step < target:
+                self.step()
+                step = self.progress.step
+                summary = self._end_epoch() if step % cfg.steps_per_epoch == 0 else None
+                is_final = step == cfg.total_steps
+                if self.checkpoints is not None and (
+                        is_final or (cfg.save_every_steps and step % cfg.save_every_steps == 0)):
+                    last_checkpoint = self.save()
+                fault_point("step", step)
+                if step % 100 == 0:
+                    bar.update(step - bar.n)
+                if summary is not None and stop_when is not None and stop_when(summary):
+                    stopped = True
+                    break
+        finally:
+            bar.close()
+        return TrainResult(
+            start_step=start, final_step=self.progress.step,
+            finished=self.progress.step >= cfg.total_steps, stopped_early=stopped,
+            last_evaluation=self.last_evaluation,
+            train_seconds=time.perf_counter() - started,
+            save_seconds=self.save_seconds - save_seconds_before,
+            saves=self.saves - saves_before, last_checkpoint=last_checkpoint)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save(self) -> CheckpointInfo:
+        """Write a checkpoint of the complete training state now."""
+        if self.checkpoints is None:
+            raise IncompatibleCheckpointError("this Trainer has no run_dir to save into")
+        t0 = time.perf_counter()
+        last_epoch = self.metrics.epochs[-1] if self.metrics.epochs else None
+        metrics = {"epsilon": self.exploration.value(),
+                   "episodes": self.progress.episode}
+        if last_epoch is not None:
+            metrics.update(mean_loss=last_epoch.mean_loss, mean_return=last_epoch.mean_return)
+        if self.metrics.evaluations:
+            metrics.update(eval_mean_return=self.metrics.evaluations[-1]["mean_return"],
+                           eval_success_rate=self.metrics.evaluations[-1]["success_rate"])
+        info = self.checkpoints.save(
+            self.progress.step, metrics=metrics, config=self.config.to_dict(),
+            extra={"episode": self.progress.episode, "epoch": self.progress.epoch,
+                   "total_steps": self.config.total_steps})
+        self.save_seconds += time.perf_counter() - t0
+        self.saves += 1
+        self._say(f"saved checkpoint {info.name} ({info.total_bytes / 1e6:.2f} MB)")
+        return info
+
+    def restore(self, checkpoint: str | Path | None = None) -> CheckpointInfo:
+        """Load the complete training state from ``checkpoint`` (default: newest valid one).
+
+        The checkpoint's config must match this Trainer's in every ``trajectory`` field;
+        differences in ``numerics`` fields (device, threads) are allowed with a warning.
+        """
+        if checkpoint is None:
+            if self.checkpoints is None:
+                raise IncompatibleCheckpointError("give a checkpoint path or a run_dir")
+            info = self.checkpoints.latest_valid()
+        else:
+            info = latest_valid_checkpoint(checkpoint)
+        check_config_compatible(info, self.config)
+        _, states = load_checkpoint_state(info.path)
+        restore_components(self.components(), states, info.path)
+        return info
+
+    def close(self) -> None:
+        """Close the environments."""
+        self.runner.close()
+        self.evaluator.close()
+
+    def _say(self, line: str) -> None:
+        if self.log is not None:
+            self.log(line)
+
+
+def check_config_compatible(info: CheckpointInfo, config: DQNConfig) -> None:
+    """Refuse a checkpoint whose run would not continue identically under ``config``."""
+    if info.config is None:
+        raise IncompatibleCheckpointError(
+            f"{info.path} records no DQN config; it was not written by ckptlab's Trainer")
+    saved = DQNConfig.from_dict(info.config)
+    changes = diff_configs(saved, config)
+    blocking = [c for c in changes if c.role == "trajectory"]
+    if blocking:
+        raise IncompatibleCheckpointError(
+            f"{info.path} was trained with a different configuration: "
+            + "; ".join(str(c) for c in blocking)
+            + ". Resume with the checkpoint's values or start a new run directory")
+    for change in changes:
+        if change.role == "numerics":
+            warnings.warn(f"resuming with {change}: results may differ in the last bits from "
+                          "an uninterrupted run", stacklevel=3)
+
+
+def format_epoch(s: EpochSummary) -> str:
+    """One readable line per epoch, as the CLI prints it."""
+    def fmt(value: float | None, spec: str) -> str:
+        return "   -  " if value is None else format(value, spec)
+
+    line = (f"epoch {s.epoch:3d} | step {s.end_step:7d} | loss {fmt(s.mean_loss, '6.3f')} | "
+            f"return {fmt(s.mean_return, '6.1f')} | eps {s.epsilon:.2f}")
+    if s.eval_mean_return is not None:
+        line += (f" | eval {s.eval_mean_return:6.1f}"
+                 f" (success {100 * (s.eval_success_rate or 0):3.0f}%)")
+    return line

@@ -1,0 +1,177 @@
+"""The CLI: train / resume / finished messages, inspect, verify, and every error path.
+
+Error paths must print one line starting with 'error:', exit non-zero, show no traceback and
+leave every existing file untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+from ckptlab.cli import main
+from ckptlab.checkpoint import TENSORS
+
+from conftest import FAST, run_cli, tree_digest
+
+SMALL = {**FAST, "total_steps": 800, "save_every_steps": 400}
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "small.json"
+    path.write_text(json.dumps(SMALL))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, config_file) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    assert main(["train", "--run-dir", str(run_dir), "--config", str(config_file),
+                 "--quiet"]) == 0
+    return run_dir
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def test_train_finishes_then_says_it_is_finished(finished_run, config_file, capsys):
+    capsys.readouterr()
+    assert main(["train", "--run-dir", str(finished_run), "--config", str(config_file)]) == 0
+    out = capsys.readouterr().out
+    assert "already finished" in out and "step 800 of 800" in out and "--steps" in out
+
+
+def test_extending_a_finished_run_resumes_with_one_clear_line(tmp_path, finished_run,
+                                                              config_file, capsys):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_run, run_dir)
+    capsys.readouterr()
+    assert main(["train", "--run-dir", str(run_dir), "--config", str(config_file),
+                 "--steps", "1200", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    resume_lines = [line for line in out.splitlines() if line.startswith("Resuming from")]
+    assert len(resume_lines) == 1 and "step 800 of 1200" in resume_lines[0]
+    assert (run_dir / "checkpoints" / "step_00001200").is_dir()
+
+
+def test_inspect_shows_components_and_sizes(finished_run, capsys):
+    capsys.readouterr()
+    assert main(["inspect", str(finished_run)]) == 0
+    out = capsys.readouterr().out
+    for word in ("agent", "replay_buffer", "env", "rng", "metrics", "q_net/layers.0.weight",
+                 "tensors.safetensors", "sha256", "CartPole-v1", "valid"):
+        assert word in out, word
+    assert main(["inspect", str(finished_run / "checkpoints" / "step_00000400"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["step"] == 400 and data["status"] == "valid"
+    sizes = {k: v["total_bytes"] for k, v in data["components"].items()}
+    assert sizes["replay_buffer"] > sizes["progress"] > 0
+
+
+def test_verify_ok_then_fails_on_corruption(tmp_path, finished_run, capsys):
+    import shutil
+
+    assert main(["verify", str(finished_run)]) == 0
+    assert "2 of 2 checkpoint(s) valid" in capsys.readouterr().out
+    broken = tmp_path / "broken"
+    shutil.copytree(finished_run, broken)
+    tensors = broken / "checkpoints" / "step_00000800" / TENSORS
+    data = bytearray(tensors.read_bytes())
+    data[100] ^= 1
+    tensors.write_bytes(bytes(data))
+    assert main(["verify", str(broken)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  step_00000800" in out and "SHA-256" in out and "1 of 2" in out
+
+
+def test_resume_auto_falls_back_past_a_corrupt_checkpoint(tmp_path, finished_run, config_file,
+                                                          capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / "checkpoints" / "step_00000800" / TENSORS).write_bytes(b"garbage")
+    capsys.readouterr()
+    assert main(["train", "--run-dir", str(run_dir), "--config", str(config_file),
+                 "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: skipping unusable checkpoint" in captured.err
+    assert "Resuming from" in captured.out and "step_00000400" in captured.out
+
+
+def test_error_paths_one_line_and_nothing_changed(tmp_path, finished_run, config_file, capsys):
+    before = tree_digest(finished_run)
+    pickled = tmp_path / "agent.pt"
+    pickled.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    not_a_dir = tmp_path / "file.txt"
+    not_a_dir.write_text("x")
+    run = str(finished_run)
+    cases = [
+        (["inspect", str(tmp_path / "missing")], "does not exist"),
+        (["verify", str(tmp_path / "missing")], "does not exist"),
+        (["inspect", str(pickled)], "never unpickles"),
+        (["verify", str(pickled)], "never unpickles"),
+        (["train", "--run-dir", run, "--resume", "never"], "already holds checkpoints"),
+        (["train", "--run-dir", run, "--env", "Acrobot-v1"], "env_id"),
+        (["train", "--run-dir", str(tmp_path / "new"), "--resume", str(pickled)],
+         "never unpickles"),
+        (["train", "--run-dir", str(tmp_path / "new"), "--resume", str(tmp_path / "nowhere")],
+         "does not exist"),
+        (["train", "--run-dir", str(not_a_dir)], "not a directory"),
+        (["train", "--run-dir", str(tmp_path / "new"), "--env", "NoSuchEnv-v0"],
+         "cannot create environment"),
+        (["train", "--run-dir", str(tmp_path / "new"), "--env", "Pendulum-v1"],
+         "discrete action"),
+        (["train", "--run-dir", str(tmp_path / "new"), "--config", str(not_a_dir)],
+         "not readable JSON"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        line = one_error_line(capsys)
+        assert message in line, (argv, line)
+    assert tree_digest(finished_run) == before
+    assert not (tmp_path / "new").exists(), "a failed command created a run directory"
+
+
+def test_resume_path_of_another_architecture_is_refused(tmp_path, finished_run, capsys):
+    other_cfg = tmp_path / "wide.json"
+    other_cfg.write_text(json.dumps({**SMALL, "hidden_sizes": [32]}))
+    capsys.readouterr()
+    code = main(["train", "--run-dir", str(tmp_path / "new"), "--resume", str(finished_run),
+                 "--config", str(other_cfg)])
+    assert code == 2
+    line = one_error_line(capsys)
+    assert "hidden_sizes" in line and "(64, 64)" in line
+
+
+@pytest.mark.parametrize("argv", [
+    ["train"], ["train", "--run-dir", "x", "--steps", "abc"],
+    ["train", "--run-dir", "x", "--steps", "-5"], ["train", "--run-dir", "x", "--steps", "0"],
+    ["train", "--run-dir", "x", "--keep-last", "0"], ["launch"], [],
+    ["train", "--run-dir", "x", "--device", "tpu"],
+])
+def test_nonsense_arguments(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    one_error_line(capsys)
+    assert not (tmp_path / "x").exists()
+
+
+def test_real_process_error_has_no_traceback(tmp_path):
+    done = run_cli("verify", str(tmp_path / "missing"))
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error:") and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-"""Command line: ``python -m ckptlab train | inspect | verify``.
+"""Command line: ``python -m ckptlab train | inspect | verify | demo``.
 
 Every deliberate failure prints one line starting with ``error:`` and exits with status 2
 (verification failures exit with 1); nothing that already exists is changed by a failed command.
@@ -87,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default); never: refuse if RUN_DIR has checkpoints; PATH: start "
                             "from that checkpoint or run directory")
     train.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
+
+    demo = sub.add_parser("demo", help="kill a run with SIGKILL, resume it, compare it with "
+                                       "an uninterrupted run",
+                          description="Train the same run twice - once uninterrupted, once "
+                                      "killed with SIGKILL and resumed - and compare the final "
+                                      "checkpoints bit for bit.")
+    demo.add_argument("--run-dir", type=Path, help="keep both runs here (default: a "
+                                                   "temporary directory, removed afterwards)")
+    demo.add_argument("--steps", type=_positive_int, default=10_000,
+                      help="steps per run (default 10000)")
+    demo.add_argument("--kill-at", type=_positive_int, default=5_555,
+                      help="the step after which the process is killed (default 5555)")
+    demo.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
 
     for name, text in (("inspect", "show what a checkpoint contains and how big each part is"),
                        ("verify", "check every file hash; exit 1 if anything fails")):
@@ -308,6 +321,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    if args.run_dir is not None and args.run_dir.exists() and any(args.run_dir.iterdir()):
+        raise CkptlabError(f"--run-dir {args.run_dir} is not empty; choose a new directory")
+    if args.kill_at >= args.steps:
+        raise CkptlabError(f"--kill-at ({args.kill_at}) must be smaller than --steps "
+                           f"({args.steps})")
+    return demo_main(args.run_dir, args.steps, args.kill_at, args.seed)
+
+
 def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
@@ -316,7 +340,8 @@ def _show_warning(message: Any, category: type[Warning], filename: str, lineno: 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "inspect": cmd_inspect, "verify": cmd_verify}
+    commands = {"train": cmd_train, "inspect": cmd_inspect, "verify": cmd_verify,
+                "demo": cmd_demo}
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning  # one readable line per warning
         try:
@@ -324,3 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except CkptlabError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_ERROR
+
+
+def main_exit() -> None:
+    """Console-script entry point (``ckptlab ...`` after ``pip install``)."""
+    sys.exit(main())

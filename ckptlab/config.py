@@ -42,19 +42,19 @@ class DQNConfig:
                           "Environment steps to train for; extend it to train a finished run longer.")
     steps_per_epoch: int = _f(1_000, "bookkeeping",
                               "Environment steps per epoch (one row of the epoch summary).")
-    hidden_sizes: tuple[int, ...] = _f((64, 64), "trajectory",
+    hidden_sizes: tuple[int, ...] = _f((256, 256), "trajectory",
                                        "Widths of the Q-network's hidden layers.")
-    learning_rate: float = _f(1e-3, "trajectory", "Adam learning rate.")
+    learning_rate: float = _f(2.5e-3, "trajectory", "Adam learning rate.")
     gamma: float = _f(0.99, "trajectory", "Discount factor.")
     batch_size: int = _f(64, "trajectory", "Transitions per gradient update.")
     buffer_capacity: int = _f(50_000, "trajectory", "Replay buffer size in transitions.")
     learning_starts: int = _f(1_000, "trajectory",
                               "Steps of experience collected before the first update.")
-    train_every: int = _f(1, "trajectory", "Environment steps between gradient updates.")
-    target_update_every: int = _f(250, "trajectory",
+    train_every: int = _f(4, "trajectory", "Environment steps between gradient updates.")
+    target_update_every: int = _f(100, "trajectory",
                                   "Steps between copies of the online network into the target.")
     epsilon_start: float = _f(1.0, "trajectory", "Exploration rate at step 0.")
-    epsilon_end: float = _f(0.05, "trajectory", "Exploration rate after the decay.")
+    epsilon_end: float = _f(0.04, "trajectory", "Exploration rate after the decay.")
     exploration_steps: int = _f(8_000, "trajectory",
                                 "Steps over which epsilon decays linearly (absolute, so "
                                 "extending total_steps keeps the schedule).")

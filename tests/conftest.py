@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A run that learns something but takes about a second: episodes end mid-epoch, updates start
 # early, the target syncs and several checkpoints are written.
-FAST = dict(total_steps=2_400, steps_per_epoch=400, learning_starts=300, buffer_capacity=3_000,
+FAST = dict(hidden_sizes=[64, 64], total_steps=2_400, steps_per_epoch=400, learning_starts=300, buffer_capacity=3_000,
             target_update_every=100, exploration_steps=1_500, eval_episodes=2,
             save_every_steps=800)
 

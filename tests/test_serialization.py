@@ -44,7 +44,7 @@ def test_nested_structures_keep_their_types():
     assert back["tensor0d"].shape == () and int(back["tensor0d"]) == 7
     assert back["bool_tensor"].dtype == torch.bool
     assert back["numpy_scalar"] == 1.5
-    assert len(tensors) == 7
+    assert len(tensors) == 6
 
 
 def test_python_and_numpy_rng_states_round_trip():

@@ -1,0 +1,29 @@
+# One command each: `make demo` (the main job) and `make test` (every test).
+# Both create .venv and install the pinned requirements on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+export JUPYTER_PLATFORM_DIRS = 1
+
+.PHONY: setup demo test bench clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup  ## kill a training run with SIGKILL, resume it, compare with an uninterrupted run
+	$(PY) -m ckptlab demo
+
+test: setup  ## unit, fault and exact-resume tests
+	$(PY) -m pytest -q
+
+bench: setup  ## measured figures for benchmarks/README.md
+	$(PY) benchmarks/time_to_solve.py
+	$(PY) benchmarks/checkpoint_cost.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,107 @@
+"""Benchmark 2: what a checkpoint costs.
+
+1. A synchronous save and a load of the complete training state with >= 50k transitions in the
+   replay buffer, against writing (and reading) the same number of bytes raw, with fsync, in
+   the same run. Reported as ratios (target: <= 1.5x).
+2. Checkpointing's share of training wall time at the default save cadence (target: <= 2%).
+
+    python benchmarks/checkpoint_cost.py [--transitions 50000] [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._machine import describe  # noqa: E402
+from ckptlab import DQNConfig, Trainer, load_checkpoint_state  # noqa: E402
+from ckptlab.checkpoint import restore_components  # noqa: E402
+
+
+def raw_write(path: Path, data: bytes) -> float:
+    t0 = time.perf_counter()
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return time.perf_counter() - t0
+
+
+def raw_read(path: Path) -> float:
+    t0 = time.perf_counter()
+    path.read_bytes()
+    return time.perf_counter() - t0
+
+
+def save_and_load(transitions: int, repeats: int) -> None:
+    # Fill the buffer with real transitions; no updates, so filling is quick.
+    config = DQNConfig(buffer_capacity=transitions, learning_starts=10**9,
+                       total_steps=10**9, eval_every_epochs=10**6)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, Path(tmp) / "run", keep_last=2)
+        loader = Trainer(config)  # a fresh run to load into, as a resume would
+        trainer.train(until_step=transitions)
+        assert len(trainer.buffer) == transitions
+        save_times, load_times, raw_w, raw_r = [], [], [], []
+        for i in range(repeats):
+            info = trainer.save()
+            save_times.append(trainer.checkpoints.last_save_timings.total)
+            trainer.progress.step += 1  # next save gets its own directory
+            size = info.total_bytes
+            blob = os.urandom(size)
+            raw_path = Path(tmp) / f"raw-{i % 2}.bin"
+            raw_w.append(raw_write(raw_path, blob))
+            raw_r.append(raw_read(raw_path))
+            t0 = time.perf_counter()
+            _, states = load_checkpoint_state(info.path)
+            restore_components(loader.components(), states, info.path)
+            load_times.append(time.perf_counter() - t0)
+        trainer.close()
+        loader.close()
+    ms = lambda xs: statistics.median(xs) * 1e3  # noqa: E731
+    timings = trainer.checkpoints.last_save_timings
+    print(f"checkpoint size: {size / 1e6:.2f} MB ({transitions} transitions in the buffer)")
+    print(f"  save (serialize+hash+write+fsync+commit): {ms(save_times):7.2f} ms   "
+          f"raw write+fsync of the same bytes: {ms(raw_w):6.2f} ms   "
+          f"ratio {ms(save_times) / ms(raw_w):.2f}x (target <= 1.5x)")
+    print(f"    last save split: serialize {timings.serialize * 1e3:.2f} ms, "
+          f"write {timings.write * 1e3:.2f} ms, commit+pointer {timings.commit * 1e3:.2f} ms")
+    print(f"  load (read+verify hashes+decode+restore): {ms(load_times):7.2f} ms   "
+          f"raw read of the same bytes:        {ms(raw_r):6.2f} ms   "
+          f"ratio {ms(load_times) / ms(raw_r):.2f}x")
+    print(f"  (medians of {repeats} repeats)")
+
+
+def share_of_training(steps: int) -> None:
+    config = DQNConfig(total_steps=steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, tmp)
+        result = trainer.train()
+        trainer.close()
+    share = result.save_seconds / result.train_seconds
+    print(f"training {steps} steps at the default cadence (a save every "
+          f"{config.save_every_steps} steps): {result.saves} saves took "
+          f"{result.save_seconds * 1e3:.1f} ms of {result.train_seconds:.1f} s = "
+          f"{100 * share:.2f}% (target <= 2%)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transitions", type=int, default=50_000)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--train-steps", type=int, default=20_000)
+    args = parser.parse_args()
+    print(f"machine: {describe()}")
+    save_and_load(args.transitions, args.repeats)
+    share_of_training(args.train_steps)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The headless demonstration: kill a real training process, resume it, compare bit for bit.
+
+``python -m ckptlab demo`` trains one run without interruption and the same configuration in a
+separate process that is killed with SIGKILL mid-run (mid-episode, between checkpoints), then
+resumes it with the same command and compares the two final checkpoints component by
+component. Notebook ``04_interrupt_and_resume`` tells the same story with plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import CHECKPOINTS_SUBDIR, CheckpointManager, checkpoint_dir_name
+from .compare import ComponentComparison, compare_checkpoints
+from .config import DQNConfig
+from .errors import CkptlabError
+from .faults import ENV_VAR
+
+
+@dataclass
+class InterruptedRun:
+    """What happened to a run that was killed and resumed."""
+
+    run_dir: Path
+    killed_at_step: int
+    resumed_from_step: int
+    final_checkpoint: Path
+
+    @property
+    def steps_redone(self) -> int:
+        """Steps between the last checkpoint and the kill, trained twice."""
+        return self.killed_at_step - self.resumed_from_step
+
+
+def _cli(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
+    if fault:
+        env[ENV_VAR] = fault
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent,
+                                                      env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "ckptlab", *args], capture_output=True,
+                          text=True, env=env)
+
+
+def run_killed_and_resumed(config: DQNConfig, run_dir: Path, kill_at_step: int
+                           ) -> InterruptedRun:
+    """Train ``config`` in a subprocess, SIGKILL it after ``kill_at_step``, then resume it.
+
+    Introduced in notebook ``04_interrupt_and_resume``.
+    """
+    if not 0 < kill_at_step < config.total_steps:
+        raise CkptlabError(f"kill_at_step must be between 1 and {config.total_steps - 1}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "config.json"
+    config_file.write_text(json.dumps(config.to_dict(), indent=1))
+    cmd = ["train", "--run-dir", str(run_dir), "--config", str(config_file), "--quiet"]
+    killed = _cli(cmd, fault=f"step@{kill_at_step}")
+    if killed.returncode != -signal.SIGKILL:
+        raise CkptlabError(f"the training process was expected to die by SIGKILL but exited "
+                           f"with {killed.returncode}: {killed.stderr.strip()[-500:]}")
+    manager = CheckpointManager(run_dir / CHECKPOINTS_SUBDIR, create=False)
+    resumed_from = manager.latest_valid().step if manager.committed() else 0
+    resumed = _cli(cmd)
+    if resumed.returncode != 0:
+        raise CkptlabError(f"resuming failed: {resumed.stderr.strip()[-500:]}")
+    final = run_dir / CHECKPOINTS_SUBDIR / checkpoint_dir_name(config.total_steps)
+    return InterruptedRun(run_dir, kill_at_step, resumed_from, final)
+
+
+def run_uninterrupted(config: DQNConfig, run_dir: Path) -> Path:
+    """Train ``config`` start to finish in a subprocess; return its final checkpoint."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "config.json"
+    config_file.write_text(json.dumps(config.to_dict(), indent=1))
+    done = _cli(["train", "--run-dir", str(run_dir), "--config", str(config_file), "--quiet"])
+    if done.returncode != 0:
+        raise CkptlabError(f"training failed: {done.stderr.strip()[-500:]}")
+    return run_dir / CHECKPOINTS_SUBDIR / checkpoint_dir_name(config.total_steps)
+
+
+def format_comparison(rows: list[ComponentComparison]) -> str:
+    """A small table: component, leaves compared, identical or what differs."""
+    lines = [f"{'component':15s} {'values':>7s}  result"]
+    for row in rows:
+        verdict = "identical" if row.identical else (
+            f"DIFFERENT ({len(row.differing)} values, max |diff| {row.max_abs_diff:.3g}; "
+            f"first: {row.differing[0]})")
+        lines.append(f"{row.name:15s} {row.leaves:7d}  {verdict}")
+    return "\n".join(lines)
+
+
+def main(run_dir: Path | None, total_steps: int, kill_at_step: int, seed: int) -> int:
+    """Run the demonstration; return 0 when the resumed run is bit-for-bit identical."""
+    config = DQNConfig(total_steps=total_steps, seed=seed, save_every_steps=2_000)
+    with tempfile.TemporaryDirectory(prefix="ckptlab-demo-") as tmp:
+        root = run_dir if run_dir is not None else Path(tmp)
+        print(f"Training {config.total_steps} steps of {config.env_id} (seed {seed}) twice, "
+              f"saving every {config.save_every_steps} steps.", flush=True)
+        reference = run_uninterrupted(config, root / "uninterrupted")
+        print("  uninterrupted run: done", flush=True)
+        run = run_killed_and_resumed(config, root / "interrupted", kill_at_step)
+        print(f"  interrupted run: killed with SIGKILL after step {run.killed_at_step}, "
+              f"resumed from the checkpoint at step {run.resumed_from_step} "
+              f"({run.steps_redone} steps trained again), finished", flush=True)
+        rows = compare_checkpoints(reference, run.final_checkpoint)
+        print("\nFinal state, resumed run vs uninterrupted run:")
+        print(format_comparison(rows))
+        same = all(r.identical for r in rows)
+        print("\nResult: the resumed run is " + (
+            "bit-for-bit identical to the uninterrupted run." if same else
+            "NOT identical to the uninterrupted run."))
+        if run_dir is not None:
+            print(f"Runs kept in {run_dir}.")
+        return 0 if same else 1

@@ -16,5 +16,5 @@ def describe() -> str:
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} "
-            f"({torch.get_num_threads()} thread(s)); GPU: {gpu}; Python {platform.python_version()}")
+    return (f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__}; GPU: {gpu}; "
+            f"Python {platform.python_version()}")

@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -42,7 +43,6 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
-from safetensors.torch import save as safetensors_save
 
 from . import __version__
 from .errors import (
@@ -53,7 +53,7 @@ from .errors import (
     UnsupportedFormatError,
 )
 from .faults import fault_point
-from .serialization import join_state, referenced_tensor_keys, split_state
+from .serialization import join_state, split_state
 
 FORMAT_NAME = "ckptlab-checkpoint"
 FORMAT_VERSION = 1
@@ -127,12 +127,96 @@ def _write_durable(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL", torch.uint16: "U16", torch.uint32: "U32",
+    torch.uint64: "U64",
+}
+
+
+def safetensors_chunks(tensors: Mapping[str, torch.Tensor],
+                       metadata: Mapping[str, str]) -> list[bytes | memoryview]:
+    """The bytes of a safetensors file as a list of chunks, without copying tensor data.
+
+    Layout (the public safetensors format): 8-byte little-endian header length, a JSON header
+    of dtypes, shapes and byte ranges, then the raw little-endian data. Tensors are ordered by
+    element size (largest first) so every tensor stays aligned, like the reference writer.
+    The result is read back by ``safetensors.torch.load``.
+    """
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    chunks: list[bytes | memoryview] = []
+    offset = 0
+    for key in order:
+        tensor = tensors[key].contiguous()
+        size = tensor.numel() * tensor.element_size()
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + size]}
+        offset += size
+        if size:
+            chunks.append(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # data starts 8-byte aligned
+    return [len(text).to_bytes(8, "little"), text, *chunks]
+
+
+def _write_files_durably(directory: Path,
+                         files: Mapping[str, list[bytes | memoryview]]) -> dict[str, Any]:
+    """Write new files from chunks, fsync them; return each file's size and SHA-256.
+
+    The fsyncs run in threads while this thread hashes the same chunks: both release the GIL,
+    so hashing hides inside the disk flush instead of adding to it.
+    """
+    handles = []
+    try:
+        for name, chunks in files.items():
+            handle = open(directory / name, "xb")
+            handles.append(handle)
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+        errors: list[BaseException] = []
+
+        def sync(fd: int) -> None:
+            try:
+                os.fsync(fd)
+            except BaseException as exc:  # re-raised below, in the saving thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=sync, args=(h.fileno(),)) for h in handles]
+        for thread in threads:
+            thread.start()
+        entries = {}
+        for name, chunks in files.items():
+            digest = hashlib.sha256()
+            for chunk in chunks:
+                digest.update(chunk)
+            entries[name] = {"bytes": sum(memoryview(c).nbytes for c in chunks),
+                             "sha256": digest.hexdigest()}
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return entries
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, indent=1, allow_nan=False).encode("utf-8")
+def _canonical_json(obj: Any, readable: bool = False) -> bytes:
+    # indent= switches json to its pure-Python encoder (~10x slower), so only small files
+    # meant for people (manifest, pointer) are indented; state.json is compact.
+    return json.dumps(obj, sort_keys=True, allow_nan=False, indent=1 if readable else None,
+                      separators=None if readable else (",", ":")).encode("utf-8")
 
 
 def _manifest_self_hash(manifest: Mapping[str, Any]) -> str:
@@ -509,13 +593,19 @@ class CheckpointManager:
         if step < 0:
             raise CkptlabError(f"step must be non-negative (got {step})")
         t0 = time.perf_counter()
-        tree: dict[str, Any] = {}
+        json_parts: dict[str, bytes] = {}
         tensors: dict[str, torch.Tensor] = {}
+        tensor_keys: dict[str, list[str]] = {}
         for name, component in self.components.items():
-            tree[name], part = split_state(component.state_dict(), name)
+            subtree, part = split_state(component.state_dict(), name)
+            json_parts[name] = _canonical_json(subtree)
+            tensor_keys[name] = list(part)
             tensors.update(part)
-        tensor_bytes = safetensors_save(tensors, metadata={"format": FORMAT_NAME})
-        state_bytes = _canonical_json(tree)
+        tensor_chunks = safetensors_chunks(tensors, {"format": FORMAT_NAME})
+        # One JSON object, assembled from the per-component encodings (done once each).
+        state_bytes = b"{\n" + b",\n".join(
+            json.dumps(name).encode() + b": " + part for name, part in json_parts.items()
+        ) + b"\n}"
         t1 = time.perf_counter()
 
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -523,11 +613,13 @@ class CheckpointManager:
         temp = self.directory / f"{_TEMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
         temp.mkdir()
         try:
-            _write_durable(temp / TENSORS, tensor_bytes)
-            _write_durable(temp / STATE, state_bytes)
-            manifest = self._manifest(step, tree, tensors, tensor_bytes, state_bytes,
-                                      metrics, config, extra)
-            _write_durable(temp / MANIFEST, _canonical_json(manifest))
+            files = _write_files_durably(temp, {TENSORS: tensor_chunks, STATE: [state_bytes]})
+            components = {name: {"tensors": len(keys),
+                                 "tensor_bytes": sum(_nbytes(tensors[k]) for k in keys),
+                                 "json_bytes": len(json_parts[name])}
+                          for name, keys in tensor_keys.items()}
+            manifest = self._manifest(step, components, files, metrics, config, extra)
+            _write_durable(temp / MANIFEST, _canonical_json(manifest, readable=True))
             _fsync_dir(temp)
             t2 = time.perf_counter()
             fault_point("save:files-written", step)
@@ -543,18 +635,9 @@ class CheckpointManager:
         self.last_save_timings = SaveTimings(t1 - t0, t2 - t1, t3 - t2, t3 - t0)
         return CheckpointInfo(final, manifest)
 
-    def _manifest(self, step: int, tree: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
-                  tensor_bytes: bytes, state_bytes: bytes, metrics: Mapping[str, Any] | None,
-                  config: Mapping[str, Any] | None,
+    def _manifest(self, step: int, components: dict[str, Any], files: dict[str, Any],
+                  metrics: Mapping[str, Any] | None, config: Mapping[str, Any] | None,
                   extra: Mapping[str, Any] | None) -> dict[str, Any]:
-        components = {}
-        for name, subtree in tree.items():
-            keys = referenced_tensor_keys(subtree)
-            components[name] = {
-                "tensors": len(keys),
-                "tensor_bytes": sum(tensors[k].numel() * tensors[k].element_size() for k in keys),
-                "json_bytes": len(_canonical_json(subtree)),
-            }
         now = time.time()
         manifest: dict[str, Any] = {
             "format": FORMAT_NAME,
@@ -568,10 +651,7 @@ class CheckpointManager:
             "config_sha256": _sha256(_canonical_json(config)) if config is not None else None,
             "versions": library_versions(),
             "components": components,
-            "files": {
-                TENSORS: {"bytes": len(tensor_bytes), "sha256": _sha256(tensor_bytes)},
-                STATE: {"bytes": len(state_bytes), "sha256": _sha256(state_bytes)},
-            },
+            "files": files,
         }
         manifest["manifest_sha256"] = _manifest_self_hash(manifest)
         return manifest
@@ -594,7 +674,7 @@ class CheckpointManager:
 
     def _write_latest(self, name: str, step: int) -> None:
         temp = self.directory / f"{_TEMP_PREFIX}{LATEST}-{uuid.uuid4().hex[:8]}"
-        _write_durable(temp, _canonical_json({"checkpoint": name, "step": step}))
+        _write_durable(temp, _canonical_json({"checkpoint": name, "step": step}, readable=True))
         fault_point("save:pointer-temp", step)
         os.replace(temp, self.directory / LATEST)
         _fsync_dir(self.directory)

@@ -42,7 +42,7 @@ class DQNConfig:
                           "Environment steps to train for; extend it to train a finished run longer.")
     steps_per_epoch: int = _f(1_000, "bookkeeping",
                               "Environment steps per epoch (one row of the epoch summary).")
-    hidden_sizes: tuple[int, ...] = _f((256, 256), "trajectory",
+    hidden_sizes: tuple[int, ...] = _f((128, 128), "trajectory",
                                        "Widths of the Q-network's hidden layers.")
     learning_rate: float = _f(2.5e-3, "trajectory", "Adam learning rate.")
     gamma: float = _f(0.99, "trajectory", "Discount factor.")

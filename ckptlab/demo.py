@@ -39,15 +39,27 @@ class InterruptedRun:
         return self.killed_at_step - self.resumed_from_step
 
 
-def _cli(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess[str]:
+def _start_cli(args: list[str], fault: str | None = None) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
     if fault:
         env[ENV_VAR] = fault
     package_parent = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent,
                                                       env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "ckptlab", *args], capture_output=True,
-                          text=True, env=env)
+    return subprocess.Popen([sys.executable, "-m", "ckptlab", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    _, err = proc.communicate()
+    return proc.returncode, err
+
+
+def _train_args(config: DQNConfig, run_dir: Path) -> list[str]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "config.json"
+    config_file.write_text(json.dumps(config.to_dict(), indent=1))
+    return ["train", "--run-dir", str(run_dir), "--config", str(config_file), "--quiet"]
 
 
 def run_killed_and_resumed(config: DQNConfig, run_dir: Path, kill_at_step: int
@@ -58,31 +70,30 @@ def run_killed_and_resumed(config: DQNConfig, run_dir: Path, kill_at_step: int
     """
     if not 0 < kill_at_step < config.total_steps:
         raise CkptlabError(f"kill_at_step must be between 1 and {config.total_steps - 1}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_file = run_dir / "config.json"
-    config_file.write_text(json.dumps(config.to_dict(), indent=1))
-    cmd = ["train", "--run-dir", str(run_dir), "--config", str(config_file), "--quiet"]
-    killed = _cli(cmd, fault=f"step@{kill_at_step}")
-    if killed.returncode != -signal.SIGKILL:
+    cmd = _train_args(config, run_dir)
+    code, err = _finish(_start_cli(cmd, fault=f"step@{kill_at_step}"))
+    if code != -signal.SIGKILL:
         raise CkptlabError(f"the training process was expected to die by SIGKILL but exited "
-                           f"with {killed.returncode}: {killed.stderr.strip()[-500:]}")
+                           f"with {code}: {err.strip()[-500:]}")
     manager = CheckpointManager(run_dir / CHECKPOINTS_SUBDIR, create=False)
     resumed_from = manager.latest_valid().step if manager.committed() else 0
-    resumed = _cli(cmd)
-    if resumed.returncode != 0:
-        raise CkptlabError(f"resuming failed: {resumed.stderr.strip()[-500:]}")
+    code, err = _finish(_start_cli(cmd))
+    if code != 0:
+        raise CkptlabError(f"resuming failed: {err.strip()[-500:]}")
     final = run_dir / CHECKPOINTS_SUBDIR / checkpoint_dir_name(config.total_steps)
     return InterruptedRun(run_dir, kill_at_step, resumed_from, final)
 
 
-def run_uninterrupted(config: DQNConfig, run_dir: Path) -> Path:
-    """Train ``config`` start to finish in a subprocess; return its final checkpoint."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_file = run_dir / "config.json"
-    config_file.write_text(json.dumps(config.to_dict(), indent=1))
-    done = _cli(["train", "--run-dir", str(run_dir), "--config", str(config_file), "--quiet"])
-    if done.returncode != 0:
-        raise CkptlabError(f"training failed: {done.stderr.strip()[-500:]}")
+def start_uninterrupted(config: DQNConfig, run_dir: Path) -> subprocess.Popen[str]:
+    """Start training ``config`` start to finish in a subprocess (see :func:`finish_run`)."""
+    return _start_cli(_train_args(config, run_dir))
+
+
+def finish_run(proc: subprocess.Popen[str], config: DQNConfig, run_dir: Path) -> Path:
+    """Wait for a run started by :func:`start_uninterrupted`; return its final checkpoint."""
+    code, err = _finish(proc)
+    if code != 0:
+        raise CkptlabError(f"training failed: {err.strip()[-500:]}")
     return run_dir / CHECKPOINTS_SUBDIR / checkpoint_dir_name(config.total_steps)
 
 
@@ -104,9 +115,12 @@ def main(run_dir: Path | None, total_steps: int, kill_at_step: int, seed: int) -
         root = run_dir if run_dir is not None else Path(tmp)
         print(f"Training {config.total_steps} steps of {config.env_id} (seed {seed}) twice, "
               f"saving every {config.save_every_steps} steps.", flush=True)
-        reference = run_uninterrupted(config, root / "uninterrupted")
-        print("  uninterrupted run: done", flush=True)
+        # Both runs train at the same time, one process per core; each is single-threaded
+        # and deterministic, so running them side by side changes no bits.
+        proc = start_uninterrupted(config, root / "uninterrupted")
         run = run_killed_and_resumed(config, root / "interrupted", kill_at_step)
+        reference = finish_run(proc, config, root / "uninterrupted")
+        print("  uninterrupted run: finished", flush=True)
         print(f"  interrupted run: killed with SIGKILL after step {run.killed_at_step}, "
               f"resumed from the checkpoint at step {run.resumed_from_step} "
               f"({run.steps_redone} steps trained again), finished", flush=True)

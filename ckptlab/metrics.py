@@ -9,8 +9,9 @@ Introduced in notebook ``03_loss_curves``.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,14 +32,18 @@ class EpochSummary:
 
 
 class MetricHistory:
-    """Append-only record of a run's learning signals."""
+    """Append-only record of a run's learning signals.
+
+    Per-step series are kept in typed ``array.array`` buffers: appending is as cheap as a list,
+    and numpy views them without copying, so saving a long history costs no conversion.
+    """
 
     def __init__(self) -> None:
-        self.loss_steps: list[int] = []
-        self.losses: list[float] = []
-        self.episode_end_steps: list[int] = []
-        self.episode_returns: list[float] = []
-        self.episode_lengths: list[int] = []
+        self.loss_steps = array("q")
+        self.losses = array("d")
+        self.episode_end_steps = array("q")
+        self.episode_returns = array("d")
+        self.episode_lengths = array("q")
         self.epochs: list[EpochSummary] = []
         self.evaluations: list[dict[str, Any]] = []
 
@@ -53,33 +58,43 @@ class MetricHistory:
 
     def losses_between(self, first_step: int, last_step: int) -> list[float]:
         """Losses of updates made at steps in ``[first_step, last_step]``."""
-        steps = np.asarray(self.loss_steps)
-        lo, hi = np.searchsorted(steps, [first_step, last_step + 1])
-        return self.losses[lo:hi]
+        lo, hi = np.searchsorted(_view(self.loss_steps, np.int64), [first_step, last_step + 1])
+        return self.losses[lo:hi].tolist()
 
     def returns_between(self, first_step: int, last_step: int) -> list[float]:
         """Returns of episodes that ended at steps in ``[first_step, last_step]``."""
-        steps = np.asarray(self.episode_end_steps)
-        lo, hi = np.searchsorted(steps, [first_step, last_step + 1])
-        return self.episode_returns[lo:hi]
+        lo, hi = np.searchsorted(_view(self.episode_end_steps, np.int64),
+                                 [first_step, last_step + 1])
+        return self.episode_returns[lo:hi].tolist()
 
     def state_dict(self) -> dict[str, Any]:
         # Long per-step series go to safetensors as arrays; summaries stay readable JSON.
+        # Copies, so the saved state cannot change if training continues during the save.
         return {
-            "loss_steps": np.asarray(self.loss_steps, dtype=np.int64),
-            "losses": np.asarray(self.losses, dtype=np.float64),
-            "episode_end_steps": np.asarray(self.episode_end_steps, dtype=np.int64),
-            "episode_returns": np.asarray(self.episode_returns, dtype=np.float64),
-            "episode_lengths": np.asarray(self.episode_lengths, dtype=np.int64),
-            "epochs": [asdict(e) for e in self.epochs],
+            "loss_steps": _view(self.loss_steps, np.int64).copy(),
+            "losses": _view(self.losses, np.float64).copy(),
+            "episode_end_steps": _view(self.episode_end_steps, np.int64).copy(),
+            "episode_returns": _view(self.episode_returns, np.float64).copy(),
+            "episode_lengths": _view(self.episode_lengths, np.int64).copy(),
+            "epochs": [dict(vars(e)) for e in self.epochs],  # asdict() deep-copies: slow
             "evaluations": list(self.evaluations),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.loss_steps = [int(s) for s in state["loss_steps"]]
-        self.losses = [float(v) for v in state["losses"]]
-        self.episode_end_steps = [int(s) for s in state["episode_end_steps"]]
-        self.episode_returns = [float(v) for v in state["episode_returns"]]
-        self.episode_lengths = [int(v) for v in state["episode_lengths"]]
+        def typed(code: str, values: Any) -> array:
+            out = array(code)
+            out.frombytes(np.ascontiguousarray(values, dtype=np.dtype(code)).tobytes())
+            return out
+
+        self.loss_steps = typed("q", state["loss_steps"])
+        self.losses = typed("d", state["losses"])
+        self.episode_end_steps = typed("q", state["episode_end_steps"])
+        self.episode_returns = typed("d", state["episode_returns"])
+        self.episode_lengths = typed("q", state["episode_lengths"])
         self.epochs = [EpochSummary(**e) for e in state["epochs"]]
         self.evaluations = [dict(e) for e in state["evaluations"]]
+
+
+def _view(values: array, dtype: type) -> np.ndarray:
+    """A zero-copy numpy view of an ``array.array`` (empty arrays included)."""
+    return np.frombuffer(values, dtype=dtype) if len(values) else np.zeros(0, dtype=dtype)

@@ -33,9 +33,12 @@ class RNGStates:
         self.generator = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 1])))
 
     def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss_next = random.getstate()
         state: dict[str, Any] = {
             "generator": self.generator.bit_generator.state,
-            "python": random.getstate(),
+            # Mersenne Twister words as one uint32 array rather than 625 JSON numbers.
+            "python": {"version": version, "internal": np.array(internal, dtype=np.uint32),
+                       "gauss_next": gauss_next},
             "numpy_global": np.random.get_state(legacy=False),
             "torch_cpu": torch.get_rng_state(),
             "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -46,7 +49,9 @@ class RNGStates:
         bit_generator = getattr(np.random, state["generator"]["bit_generator"])()
         bit_generator.state = state["generator"]
         self.generator = np.random.Generator(bit_generator)
-        random.setstate(state["python"])
+        python = state["python"]
+        random.setstate((int(python["version"]),
+                         tuple(int(x) for x in python["internal"]), python["gauss_next"]))
         np.random.set_state(state["numpy_global"])
         torch.set_rng_state(state["torch_cpu"])
         cuda_states = list(state["torch_cuda"])

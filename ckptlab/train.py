@@ -45,7 +45,7 @@ from .checkpoint import (
 )
 from .config import DQNConfig, diff_configs
 from .envs import EnvRunner, Evaluation, GreedyEvaluator
-from .errors import IncompatibleCheckpointError
+from .errors import CkptlabError, IncompatibleCheckpointError
 from .faults import fault_point
 from .metrics import EpochSummary, MetricHistory
 from .replay import ReplayBuffer
@@ -127,6 +127,11 @@ class Trainer:
         self.last_evaluation: Evaluation | None = None
         self.save_seconds = 0.0
         self.saves = 0
+        # Wall time is recorded in manifests, never in the state: it differs between any two
+        # runs, and the state must not. A resume reads it back from the manifest.
+        self.training_seconds_before = 0.0
+        self._loop_started: float | None = None
+        self._restored_from: CheckpointInfo | None = None
 
     def components(self) -> dict[str, Stateful]:
         """The named pieces of state that make up a checkpoint."""
@@ -178,7 +183,8 @@ class Trainer:
             self.metrics.evaluations.append({
                 "step": step, "epoch": self.progress.epoch,
                 "mean_return": evaluation.mean_return,
-                "success_rate": evaluation.success_rate, "returns": list(evaluation.returns)})
+                "success_rate": evaluation.success_rate, "returns": list(evaluation.returns),
+                "reached_time_limit": list(evaluation.reached_time_limit)})
         summary = EpochSummary(
             epoch=self.progress.epoch, end_step=step,
             mean_loss=float(np.mean(losses)) if losses else None,
@@ -199,8 +205,14 @@ class Trainer:
         reaches ``total_steps`` (when a run directory was given).
         """
         cfg = self.config
+        if (self.checkpoints is not None and self._restored_from is None
+                and self.progress.step == 0 and self.checkpoints.committed()):
+            raise CkptlabError(
+                f"{self.checkpoints.directory} already holds checkpoints; call restore() to "
+                "continue that run, or use another run_dir (nothing was changed)")
         target = cfg.total_steps if until_step is None else min(until_step, cfg.total_steps)
         start, started = self.progress.step, time.perf_counter()
+        self._loop_started = started
         saves_before, save_seconds_before = self.saves, self.save_seconds
         last_checkpoint, stopped = None, False
         bar = tqdm(total=target, initial=start, unit="step", disable=not self.progress_bar,
@@ -222,6 +234,8 @@ class Trainer:
                     break
         finally:
             bar.close()
+            self.training_seconds_before += time.perf_counter() - started
+            self._loop_started = None
         return TrainResult(
             start_step=start, final_step=self.progress.step,
             finished=self.progress.step >= cfg.total_steps, stopped_early=stopped,
@@ -244,10 +258,15 @@ class Trainer:
         if self.metrics.evaluations:
             metrics.update(eval_mean_return=self.metrics.evaluations[-1]["mean_return"],
                            eval_success_rate=self.metrics.evaluations[-1]["success_rate"])
+        in_loop = time.perf_counter() - self._loop_started if self._loop_started else 0.0
         info = self.checkpoints.save(
             self.progress.step, metrics=metrics, config=self.config.to_dict(),
             extra={"episode": self.progress.episode, "epoch": self.progress.epoch,
-                   "total_steps": self.config.total_steps})
+                   "total_steps": self.config.total_steps,
+                   "training_seconds": round(self.training_seconds_before + in_loop, 3),
+                   "resumed_from": (None if self._restored_from is None else
+                                    {"path": str(self._restored_from.path),
+                                     "step": self._restored_from.step})})
         self.save_seconds += time.perf_counter() - t0
         self.saves += 1
         self._say(f"saved checkpoint {info.name} ({info.total_bytes / 1e6:.2f} MB)")
@@ -268,6 +287,13 @@ class Trainer:
         check_config_compatible(info, self.config)
         _, states = load_checkpoint_state(info.path)
         restore_components(self.components(), states, info.path)
+        self.training_seconds_before = float(info.manifest.get("training_seconds") or 0.0)
+        self._restored_from = info
+        evaluations = self.metrics.evaluations
+        if evaluations:  # so the next manifest and TrainResult report the latest score
+            last = evaluations[-1]
+            self.last_evaluation = Evaluation(last["step"], tuple(last["returns"]),
+                                              tuple(last["reached_time_limit"]))
         return info
 
     def close(self) -> None:

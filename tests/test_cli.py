@@ -175,3 +175,30 @@ def test_real_process_error_has_no_traceback(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error:") and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_demo_kills_resumes_and_reports_identical(capsys):
+    assert main(["demo", "--steps", "1500", "--kill-at", "1100"]) == 0
+    out = capsys.readouterr().out
+    assert "killed with SIGKILL after step 1100" in out
+    assert "resumed from the checkpoint at step 0" in out or "step 1000" in out
+    assert "bit-for-bit identical" in out and "DIFFERENT" not in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["demo", "--steps", "100", "--kill-at", "200"], "must be smaller"),
+])
+def test_demo_bad_arguments(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in one_error_line(capsys)
+
+
+def test_library_refuses_to_overwrite_a_run_without_restore(finished_run):
+    from ckptlab import CkptlabError, DQNConfig, Trainer
+
+    before = tree_digest(finished_run)
+    trainer = Trainer(DQNConfig(**SMALL), finished_run)
+    with pytest.raises(CkptlabError, match="call restore"):
+        trainer.train()
+    trainer.close()
+    assert tree_digest(finished_run) == before

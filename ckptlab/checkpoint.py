@@ -25,6 +25,7 @@ Introduced in notebook ``01_pipeline_trace``; failure handling in ``07_failure_m
 
 from __future__ import annotations
 
+import errno as errno_module
 import hashlib
 import json
 import os
@@ -35,8 +36,9 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -53,6 +55,16 @@ from .errors import (
     UnsupportedFormatError,
 )
 from .faults import fault_point
+from .lock import RunLock
+from .policies import (
+    BestBy,
+    CheckpointRecord,
+    Decision,
+    DiskBudget,
+    KeepLastN,
+    RetentionPolicy,
+    decide_retention,
+)
 from .serialization import join_state, split_state
 
 FORMAT_NAME = "ckptlab-checkpoint"
@@ -62,6 +74,8 @@ MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
 LATEST = "latest"
+BEST = "best"
+DECISIONS = "decisions.jsonl"
 CHECKPOINTS_SUBDIR = "checkpoints"
 
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
@@ -456,13 +470,31 @@ def latest_valid_checkpoint(location: str | os.PathLike[str]) -> CheckpointInfo:
 class SaveTimings:
     """Wall seconds spent in each part of the most recent save."""
 
-    serialize: float = 0.0
-    write: float = 0.0
-    commit: float = 0.0
-    total: float = 0.0
+    snapshot: float = 0.0   # state_dict() + encoding, on the calling thread
+    write: float = 0.0      # files written, hashed and fsynced
+    commit: float = 0.0     # rename, pointers, retention
+    total: float = 0.0      # all of it (for an async save: in the background)
+    blocking: float = 0.0   # how long the calling thread was held
+
+
+class CheckpointWriteError(CkptlabError):
+    """A save failed (disk full, permission denied, ...); earlier checkpoints are intact."""
 
 
 @dataclass
+class _Snapshot:
+    """Everything a save writes, captured on the training thread."""
+
+    step: int
+    json_parts: dict[str, bytes]
+    tensors: dict[str, torch.Tensor]
+    tensor_keys: dict[str, list[str]]
+    metrics: dict[str, Any]
+    config: dict[str, Any] | None
+    extra: dict[str, Any]
+    taken: float
+
+
 class CheckpointManager:
     """Saves registered components atomically and restores them, falling back past corruption.
 
@@ -471,36 +503,53 @@ class CheckpointManager:
 
     Example::
 
-        manager = CheckpointManager("runs/demo/checkpoints", keep_last=3)
-        manager.register("model", model)
-        manager.register("optimizer", optimizer)
-        info = manager.restore_latest()        # None on a fresh run
-        ...
-        manager.save(step, metrics={"loss": 0.1})
+        with CheckpointManager("runs/demo/checkpoints", retention=[KeepLastN(3)],
+                               best=BestBy("eval_return", "max")) as manager:
+            manager.register("model", model)
+            manager.register("optimizer", optimizer)
+            manager.restore_latest()          # None on a fresh run
+            ...
+            manager.save(step, metrics={"eval_return": 412.0})
 
     Args:
         directory: where checkpoint directories live; created on first save.
-        keep_last: keep only this many newest checkpoints (``None`` keeps all). The checkpoint
-            just saved is never deleted, and nothing is deleted before it is committed.
-        create: ``False`` opens the directory read-only (inspect, verify): nothing is created
-            or cleaned.
+        keep_last: shorthand for ``retention=[KeepLastN(keep_last)]``.
+        retention: retention policies; a checkpoint survives if any keeps it (none given: all
+            are kept). The latest and the best are never deleted, and nothing is deleted before
+            the new checkpoint is committed. Each decision is appended, with its reasons, to
+            ``decisions.jsonl`` in ``directory``.
+        best: how the ``best`` pointer is chosen (``None``: no best pointer).
+        disk_budget_bytes: after retention, delete the oldest unprotected checkpoints until
+            all fit in this many bytes.
+        create: ``False`` opens the directory read-only (inspect, verify, prune --dry-run):
+            nothing is created, locked or cleaned.
 
-    Introduced in notebook ``01_pipeline_trace``.
+    A writing manager holds the directory's writer lock until :meth:`close`.
+
+    Introduced in notebook ``01_pipeline_trace``; policies in ``06_retention_strategies``.
     """
 
-    directory: Path
-    keep_last: int | None = None
-    create: bool = True
-    components: dict[str, Stateful] = field(default_factory=dict)
-    last_save_timings: SaveTimings = field(default_factory=SaveTimings)
-
-    def __post_init__(self) -> None:
-        self.directory = Path(self.directory)
-        if self.keep_last is not None and self.keep_last < 1:
-            raise CkptlabError(f"keep_last must be at least 1 (got {self.keep_last})")
+    def __init__(self, directory: str | os.PathLike[str], *, keep_last: int | None = None,
+                 retention: Sequence[RetentionPolicy] = (), best: BestBy | None = None,
+                 disk_budget_bytes: int | None = None, create: bool = True) -> None:
+        self.directory = Path(directory)
+        self.retention: list[RetentionPolicy] = list(retention)
+        if keep_last is not None:
+            self.retention.append(KeepLastN(keep_last))
+        self.best = best
+        self.budget = DiskBudget(disk_budget_bytes) if disk_budget_bytes is not None else None
+        self.create = create
+        self.components: dict[str, Stateful] = {}
+        self.last_save_timings = SaveTimings()
+        self._manifests: dict[str, dict[str, Any]] = {}  # cache: name -> manifest
+        self._history: list[tuple[int, dict[str, Any]]] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future[CheckpointInfo] | None = None
+        self._lock = RunLock(self.directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise CkptlabError(f"{self.directory} exists and is not a directory")
-        if self.create and self.directory.is_dir():
+        if create and self.directory.is_dir():
+            self._lock.acquire()  # before cleaning: leftovers might be another writer's
             self.remove_leftovers()
 
     # -- registration ---------------------------------------------------------------------
@@ -522,13 +571,36 @@ class CheckpointManager:
                  if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
         return [p for _, p in sorted(found)]
 
-    def latest_pointer(self) -> str | None:
-        """The checkpoint name the ``latest`` pointer names, or ``None`` if there is none."""
+    def _read_pointer(self, name: str) -> str | None:
         try:
-            data = json.loads((self.directory / LATEST).read_text("utf-8"))
+            data = json.loads((self.directory / name).read_text("utf-8"))
             return str(data["checkpoint"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+    def latest_pointer(self) -> str | None:
+        """The checkpoint name the ``latest`` pointer names, or ``None`` if there is none."""
+        return self._read_pointer(LATEST)
+
+    def best_pointer(self) -> str | None:
+        """The checkpoint name the ``best`` pointer names, or ``None`` if there is none."""
+        return self._read_pointer(BEST)
+
+    def records(self) -> list[CheckpointRecord]:
+        """What retention sees of each committed checkpoint with a readable manifest."""
+        records = []
+        for path in self.committed():
+            manifest = self._manifests.get(path.name)
+            if manifest is None:
+                try:
+                    manifest = read_manifest(path)
+                except CkptlabError:
+                    continue  # unreadable: neither counted nor chosen; verify reports it
+                self._manifests[path.name] = manifest
+            size = sum(int(f["bytes"]) for f in manifest["files"].values())
+            records.append(CheckpointRecord(path.name, int(manifest["step"]),
+                                            dict(manifest.get("metrics") or {}), size))
+        return records
 
     def latest_valid(self) -> CheckpointInfo:
         """Verify checkpoints newest first and return the first valid one.
@@ -582,10 +654,71 @@ class CheckpointManager:
 
         Args:
             step: the training step; names the directory ``step_{step:08d}``.
-            metrics: numbers worth seeing without loading (recorded in the manifest).
+            metrics: numbers worth seeing without loading (manifest, retention, best pointer).
             config: the run configuration (recorded with its SHA-256 hash).
             extra: further JSON-compatible manifest fields (for example ``episode``).
+
+        Raises:
+            CheckpointWriteError: the disk refused (full, permissions); earlier checkpoints
+                and pointers are unchanged.
         """
+        self.wait()  # an earlier async save must land (or report its error) first
+        t0 = time.perf_counter()
+        snapshot = self._snapshot(step, metrics, config, extra, copy=False)
+        info = self._write(snapshot)
+        self.last_save_timings.blocking = time.perf_counter() - t0
+        return info
+
+    def save_async(self, step: int, *, metrics: Mapping[str, Any] | None = None,
+                   config: Mapping[str, Any] | None = None,
+                   extra: Mapping[str, Any] | None = None) -> Future[CheckpointInfo]:
+        """Like :meth:`save`, but only the snapshot happens on the calling thread.
+
+        The state is copied now (so training may continue and change it) and written by a
+        background thread. One save is in flight at a time: a new one first waits for the
+        previous. A failure is raised by the next :meth:`save`, :meth:`save_async`,
+        :meth:`wait` or :meth:`close` - never swallowed.
+        """
+        t0 = time.perf_counter()
+        self.wait()
+        snapshot = self._snapshot(step, metrics, config, extra, copy=True)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="ckptlab-save")
+        self._pending = self._executor.submit(self._write, snapshot)
+        self.last_save_timings.blocking = time.perf_counter() - t0
+        return self._pending
+
+    def wait(self) -> CheckpointInfo | None:
+        """Block until the in-flight async save (if any) is committed; raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        try:
+            return pending.result()
+        except CkptlabError:
+            raise
+        except Exception as exc:  # an unexpected failure in the writer thread
+            raise CheckpointWriteError(f"background checkpoint save failed: {exc!r}") from exc
+
+    def close(self) -> None:
+        """Finish any async save (raising its error), stop the writer thread, release the lock."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            self._lock.release()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _snapshot(self, step: int, metrics: Mapping[str, Any] | None,
+                  config: Mapping[str, Any] | None, extra: Mapping[str, Any] | None,
+                  copy: bool) -> _Snapshot:
         if not self.create:
             raise CkptlabError(f"{self.directory} was opened read-only")
         if not self.components:
@@ -598,41 +731,70 @@ class CheckpointManager:
         tensor_keys: dict[str, list[str]] = {}
         for name, component in self.components.items():
             subtree, part = split_state(component.state_dict(), name)
+            # Encoded now: bytes cannot change if the component changes after this call.
             json_parts[name] = _canonical_json(subtree)
+            if copy:
+                part = {k: t.clone() for k, t in part.items()}
             tensor_keys[name] = list(part)
             tensors.update(part)
-        tensor_chunks = safetensors_chunks(tensors, {"format": FORMAT_NAME})
-        # One JSON object, assembled from the per-component encodings (done once each).
-        state_bytes = b"{\n" + b",\n".join(
-            json.dumps(name).encode() + b": " + part for name, part in json_parts.items()
-        ) + b"\n}"
-        t1 = time.perf_counter()
+        snap = _Snapshot(step, json_parts, tensors, tensor_keys,
+                         json.loads(json.dumps(dict(metrics or {}))),
+                         json.loads(json.dumps(dict(config))) if config is not None else None,
+                         json.loads(json.dumps(dict(extra or {}))), t0)
+        self.last_save_timings = SaveTimings(snapshot=time.perf_counter() - t0)
+        return snap
 
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def _write(self, snap: _Snapshot) -> CheckpointInfo:
+        step = snap.step
+        t1 = time.perf_counter()
         final = self.directory / checkpoint_dir_name(step)
         temp = self.directory / f"{_TEMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
-        temp.mkdir()
         try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+            temp.mkdir()
+            tensor_chunks = safetensors_chunks(snap.tensors, {"format": FORMAT_NAME})
+            # One JSON object, assembled from the per-component encodings (done once each).
+            state_bytes = b"{\n" + b",\n".join(
+                json.dumps(name).encode() + b": " + part
+                for name, part in snap.json_parts.items()) + b"\n}"
             files = _write_files_durably(temp, {TENSORS: tensor_chunks, STATE: [state_bytes]})
             components = {name: {"tensors": len(keys),
-                                 "tensor_bytes": sum(_nbytes(tensors[k]) for k in keys),
-                                 "json_bytes": len(json_parts[name])}
-                          for name, keys in tensor_keys.items()}
-            manifest = self._manifest(step, components, files, metrics, config, extra)
+                                 "tensor_bytes": sum(_nbytes(snap.tensors[k]) for k in keys),
+                                 "json_bytes": len(snap.json_parts[name])}
+                          for name, keys in snap.tensor_keys.items()}
+            manifest = self._manifest(step, components, files, snap.metrics, snap.config,
+                                      snap.extra)
             _write_durable(temp / MANIFEST, _canonical_json(manifest, readable=True))
             _fsync_dir(temp)
             t2 = time.perf_counter()
             fault_point("save:files-written", step)
             self._commit(temp, final)
+        except OSError as exc:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise CheckpointWriteError(
+                f"could not save checkpoint {final.name} in {self.directory}: "
+                f"{_describe_os_error(exc)}. Earlier checkpoints and pointers are unchanged; "
+                "free disk space or fix permissions, then save again") from exc
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
+        self._manifests[final.name] = manifest
         fault_point("save:committed", step)
-        self._write_latest(final.name, step)
-        fault_point("save:pointer-updated", step)
-        self._apply_retention(keep=final)
+        try:
+            self._write_pointer(LATEST, final.name, step)
+            fault_point("save:pointer-updated", step)
+            self._log_save(final.name, step, snap.metrics)
+            self._apply_retention()
+        except OSError as exc:
+            raise CheckpointWriteError(
+                f"checkpoint {final.name} was committed, but updating pointers or retention "
+                f"failed: {_describe_os_error(exc)}. The checkpoint itself is complete and "
+                "will be found on resume") from exc
         t3 = time.perf_counter()
-        self.last_save_timings = SaveTimings(t1 - t0, t2 - t1, t3 - t2, t3 - t0)
+        timings = self.last_save_timings
+        self.last_save_timings = SaveTimings(timings.snapshot, t2 - t1, t3 - t2,
+                                             timings.snapshot + (t3 - t1), timings.blocking)
         return CheckpointInfo(final, manifest)
 
     def _manifest(self, step: int, components: dict[str, Any], files: dict[str, Any],
@@ -671,26 +833,74 @@ class CheckpointManager:
         else:
             os.replace(temp, final)
             _fsync_dir(self.directory)
+        self._manifests.pop(final.name, None)
 
-    def _write_latest(self, name: str, step: int) -> None:
-        temp = self.directory / f"{_TEMP_PREFIX}{LATEST}-{uuid.uuid4().hex[:8]}"
+    def _write_pointer(self, pointer: str, name: str, step: int) -> None:
+        temp = self.directory / f"{_TEMP_PREFIX}{pointer}-{uuid.uuid4().hex[:8]}"
         _write_durable(temp, _canonical_json({"checkpoint": name, "step": step}, readable=True))
-        fault_point("save:pointer-temp", step)
-        os.replace(temp, self.directory / LATEST)
+        if pointer == LATEST:
+            fault_point("save:pointer-temp", step)
+        os.replace(temp, self.directory / pointer)
         _fsync_dir(self.directory)
 
-    def _apply_retention(self, keep: Path) -> None:
-        if self.keep_last is None:
-            return
-        committed = self.committed()
-        doomed = [p for p in committed[:-self.keep_last] if p != keep]
+    # -- retention and the decision log ---------------------------------------------------
+    def history(self) -> list[tuple[int, dict[str, Any]]]:
+        """``(step, metrics)`` of every save recorded in the decision log, deleted ones too."""
+        if self._history is None:
+            latest_by_step: dict[int, dict[str, Any]] = {}
+            for event in read_decision_log(self.directory):
+                if event.get("event") == "saved":
+                    latest_by_step[int(event["step"])] = dict(event.get("metrics") or {})
+            self._history = sorted(latest_by_step.items())
+        return self._history
+
+    def _log(self, events: Iterable[Mapping[str, Any]]) -> None:
+        lines = "".join(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **e}) + "\n"
+                        for e in events)
+        if lines:
+            with open(self.directory / DECISIONS, "a", encoding="utf-8") as f:
+                f.write(lines)
+
+    def _log_save(self, name: str, step: int, metrics: Mapping[str, Any]) -> None:
+        history = self.history()
+        history[:] = [h for h in history if h[0] != step] + [(step, dict(metrics))]
+        history.sort(key=lambda h: h[0])
+        self._log([{"event": "saved", "checkpoint": name, "step": step,
+                    "metrics": dict(metrics)}])
+
+    def plan_retention(self) -> list[Decision]:
+        """What retention would decide now, without deleting anything (``prune --dry-run``)."""
+        return decide_retention(self.records(), self.retention, best=self.best,
+                                budget=self.budget, history=self.history())
+
+    def _apply_retention(self) -> list[Decision]:
+        records = self.records()
+        decisions = decide_retention(records, self.retention, best=self.best,
+                                     budget=self.budget, history=self.history())
+        best = self.best.pick(records) if self.best is not None else None
+        if best is not None and self.best_pointer() != best.name:
+            self._write_pointer(BEST, best.name, best.step)
+        if self.retention or self.budget is not None:
+            self._log({"event": "retention", "checkpoint": d.name, "step": d.step,
+                       "action": "keep" if d.keep else "delete", "reasons": list(d.reasons)}
+                      for d in decisions)
+        doomed = [self.directory / d.name for d in decisions if not d.keep]
         for path in doomed:
             # Rename first so a crash mid-delete never leaves a half-deleted "committed" dir.
             trash = self.directory / f"{_TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
             os.replace(path, trash)
+            self._manifests.pop(path.name, None)
             shutil.rmtree(trash)
         if doomed:
             _fsync_dir(self.directory)
+        return decisions
+
+    def prune(self) -> list[Decision]:
+        """Apply retention now (the manager must be writable); returns the decisions."""
+        if not self.create:
+            raise CkptlabError(f"{self.directory} was opened read-only")
+        self._lock.acquire()
+        return self._apply_retention()
 
     def remove_leftovers(self) -> list[Path]:
         """Delete temporary and trash entries left by crashed saves or deletions.
@@ -711,3 +921,27 @@ class CheckpointManager:
                     path.unlink()
                 removed.append(path)
         return removed
+
+
+def read_decision_log(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every event in ``directory/decisions.jsonl``; a line torn by a crash is skipped."""
+    path = Path(directory) / DECISIONS
+    events = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(event, dict):
+                    events.append(event)
+    except FileNotFoundError:
+        pass
+    return events
+
+
+def _describe_os_error(exc: OSError) -> str:
+    name = errno_module.errorcode.get(exc.errno or 0, "")
+    text = exc.strerror or str(exc)
+    return f"{text} ({name})" if name else text

@@ -297,9 +297,19 @@ class Trainer:
         return info
 
     def close(self) -> None:
-        """Close the environments."""
-        self.runner.close()
-        self.evaluator.close()
+        """Finish pending saves, release the run directory's lock, close the environments."""
+        try:
+            if self.checkpoints is not None:
+                self.checkpoints.close()
+        finally:
+            self.runner.close()
+            self.evaluator.close()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _say(self, line: str) -> None:
         if self.log is not None:

@@ -28,9 +28,13 @@ def fast_config() -> DQNConfig:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    """Relative path -> SHA-256 of every file under ``root`` (to prove nothing changed)."""
+    """Relative path -> SHA-256 of every file under ``root`` (to prove nothing changed).
+
+    The writer lock's files are left out: taking the lock records who holds it, which is
+    bookkeeping, not data.
+    """
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and ".writer.lock" not in p.name}
 
 
 def assert_same_state(ckpt_a: Path, ckpt_b: Path) -> None:

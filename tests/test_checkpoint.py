@@ -19,7 +19,7 @@ from ckptlab import (
     latest_valid_checkpoint,
     verify_checkpoint,
 )
-from ckptlab.checkpoint import LATEST, MANIFEST, STATE, TENSORS, resolve_location
+from ckptlab.checkpoint import DECISIONS, LATEST, MANIFEST, STATE, TENSORS, resolve_location
 
 
 class Counter:
@@ -65,7 +65,7 @@ def save_n(manager, model, optimizer, counter, n):
 def test_plain_pytorch_objects_round_trip(tmp_path):
     manager, model, optimizer, counter = make_manager(tmp_path / "ck")
     save_n(manager, model, optimizer, counter, 3)
-    fresh, model2, optimizer2, counter2 = make_manager(tmp_path / "ck")
+    fresh, model2, optimizer2, counter2 = make_manager(tmp_path / "ck", create=False)
     info = fresh.restore()
     assert info.step == 3 and counter2.value == 3
     for a, b in zip(model.parameters(), model2.parameters()):
@@ -84,7 +84,8 @@ def test_layout_manifest_and_pointer(tmp_path):
     manager, *objs = make_manager(tmp_path / "ck")
     info = save_n(manager, *objs, 2)[-1]
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
-        LATEST, "step_00000001", "step_00000002"]
+        ".writer.lock", ".writer.lock.json", DECISIONS, LATEST, "step_00000001",
+        "step_00000002"]
     assert sorted(p.name for p in info.path.iterdir()) == [MANIFEST, STATE, TENSORS]
     manifest = json.loads((info.path / MANIFEST).read_text())
     assert manifest["format"] == "ckptlab-checkpoint" and manifest["format_version"] == 1
@@ -117,15 +118,18 @@ def test_leftover_temporaries_are_ignored_then_cleaned(tmp_path):
     reader = CheckpointManager(tmp_path / "ck", create=False)
     assert [p.name for p in reader.committed()] == ["step_00000001"]
     assert partial.exists(), "a read-only manager must not delete anything"
-    CheckpointManager(tmp_path / "ck")  # a writer cleans up
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [LATEST, "step_00000001"]
+    manager.close()
+    CheckpointManager(tmp_path / "ck").close()  # a writer cleans up
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()
+                  if not p.name.startswith(".writer")) == [DECISIONS, LATEST, "step_00000001"]
 
 
 def test_interrupted_same_step_replacement_is_undone(tmp_path):
     manager, *objs = make_manager(tmp_path / "ck")
     save_n(manager, *objs, 1)
+    manager.close()
     os.replace(tmp_path / "ck" / "step_00000001", tmp_path / "ck" / ".replaced-step_00000001")
-    CheckpointManager(tmp_path / "ck")
+    CheckpointManager(tmp_path / "ck").close()
     verify_checkpoint(tmp_path / "ck" / "step_00000001")
 
 
@@ -136,7 +140,7 @@ def test_saving_an_existing_step_replaces_it(tmp_path):
     with torch.no_grad():
         model.weight.fill_(3.0)
     manager.save(1)
-    fresh, model2, _, _ = make_manager(tmp_path / "ck")
+    fresh, model2, _, _ = make_manager(tmp_path / "ck", create=False)
     fresh.restore()
     assert torch.all(model2.weight == 3.0)
 
@@ -164,7 +168,7 @@ def test_corrupt_newest_falls_back_with_warning(tmp_path, filename, how):
     corrupt(tmp_path / "ck" / "step_00000003" / filename, how)
     with pytest.raises(CheckpointCorruptError):
         verify_checkpoint(tmp_path / "ck" / "step_00000003")
-    fresh, _, _, counter = make_manager(tmp_path / "ck")
+    fresh, _, _, counter = make_manager(tmp_path / "ck", create=False)
     with pytest.warns(CheckpointFallbackWarning, match="step_00000002"):
         info = fresh.restore()
     assert info.step == 2 and counter.value == 2
@@ -195,7 +199,7 @@ def test_no_valid_checkpoint_is_a_clear_error(tmp_path):
     save_n(manager, *objs, 2)
     for step in (1, 2):
         corrupt(tmp_path / "ck" / f"step_{step:08d}" / TENSORS, "bitflip")
-    fresh, _, _, counter = make_manager(tmp_path / "ck")
+    fresh, _, _, counter = make_manager(tmp_path / "ck", create=False)
     with pytest.raises(CheckpointCorruptError, match="none of the 2 checkpoints"):
         fresh.restore()
     assert counter.value == 0, "nothing may be loaded from a failed restore"
@@ -267,7 +271,7 @@ def test_bad_component_names_and_objects_are_rejected(tmp_path):
 def test_restore_requires_every_registered_component(tmp_path):
     manager, *objs = make_manager(tmp_path / "ck")
     save_n(manager, *objs, 1)
-    other = CheckpointManager(tmp_path / "ck")
+    other = CheckpointManager(tmp_path / "ck", create=False)
     other.register("counter", Counter())
     other.register("extra", Counter())
     with pytest.raises(CheckpointNotFoundError, match="no state for extra"):
@@ -279,4 +283,4 @@ def test_fallback_is_silent_when_newest_is_fine(tmp_path):
     save_n(manager, *objs, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert make_manager(tmp_path / "ck")[0].restore().step == 2
+        assert make_manager(tmp_path / "ck", create=False)[0].restore().step == 2

@@ -122,7 +122,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, fast_config_file, c
     final = final_checkpoint(tmp_path, FAST["total_steps"])
     assert file_hashes(final) == file_hashes(cli_reference)
     assert_same_state(cli_reference, final)
-    leftovers = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
+    leftovers = [p.name for p in (tmp_path / "checkpoints").iterdir()
+                 if p.name.startswith((".tmp-", ".trash-", ".replaced-"))]
     assert leftovers == []
 
 

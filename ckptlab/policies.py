@@ -1,0 +1,439 @@
+"""Save policies (when to write a checkpoint) and retention policies (which ones to keep).
+
+Both are small objects that compose, in the spirit of Orbax's CheckpointManager:
+
+* a **save policy** looks at a :class:`SaveContext` after every training step and returns the
+  reasons to save now (an empty list: do not save). :class:`AnyOf` combines several.
+* a **retention policy** looks at the committed checkpoints and says, for each, whether it
+  wants to keep it and why. A checkpoint survives when *any* policy keeps it; the latest and
+  the best checkpoint always survive; :class:`DiskBudget` then trims the oldest unprotected
+  ones until the total fits. Every decision is logged with its reasons.
+
+Introduced in notebook ``06_retention_strategies``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from .errors import CkptlabError
+
+Mode = Literal["min", "max"]
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("min", "max"):
+        raise CkptlabError(f"mode must be 'min' or 'max' (got {mode!r})")
+
+
+def _better(a: float, b: float | None, mode: Mode, min_delta: float = 0.0) -> bool:
+    if b is None:
+        return True
+    return a > b + min_delta if mode == "max" else a < b - min_delta
+
+
+# --------------------------------------------------------------------------------------------
+# Save policies
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SaveContext:
+    """What a save policy can see after a training step."""
+
+    step: int
+    episode: int
+    epoch: int
+    episode_ended: bool = False   # an episode finished at this step
+    is_start: bool = False        # before any training (step 0 of a fresh run)
+    is_final: bool = False        # the run just reached its last step
+    metrics: Mapping[str, float] = field(default_factory=dict)  # newest values, e.g. eval_return
+    new_metrics: bool = False     # ``metrics`` were refreshed at this step (an evaluation ran)
+    now: float = 0.0              # time.monotonic() at this step
+
+
+class SavePolicy(Protocol):
+    """Decides whether to save after a step; ``reasons`` returns why (empty: don't save)."""
+
+    def reasons(self, ctx: SaveContext) -> list[str]: ...
+
+    def saved(self, ctx: SaveContext) -> None:
+        """Told after every save, whichever policy asked for it."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class _Stateless:
+    def saved(self, ctx: SaveContext) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class EveryNSteps(_Stateless):
+    """Save when the step count is a multiple of ``n``."""
+
+    n: int
+
+    def reasons(self, ctx: SaveContext) -> list[str]:
+        return [f"every {self.n} steps"] if self.n and ctx.step and ctx.step % self.n == 0 else []
+
+
+@dataclass
+class EveryNEpisodes(_Stateless):
+    """Save when an episode ends and the episode count is a multiple of ``n``."""
+
+    n: int
+
+    def reasons(self, ctx: SaveContext) -> list[str]:
+        hit = ctx.episode_ended and ctx.episode % self.n == 0
+        return [f"every {self.n} episodes"] if hit else []
+
+
+@dataclass
+class EveryTSeconds:
+    """Save when ``seconds`` of wall time have passed since the last save (or the start).
+
+    Wall time decides only *when* checkpoints are written, never what training does, so runs
+    stay exactly reproducible. The timer restarts after a resume.
+    """
+
+    seconds: float
+    _last: float | None = field(default=None, repr=False)
+
+    def reasons(self, ctx: SaveContext) -> list[str]:
+        if self._last is None:
+            self._last = ctx.now
+        return [f"every {self.seconds:g} s"] if ctx.now - self._last >= self.seconds else []
+
+    def saved(self, ctx: SaveContext) -> None:
+        self._last = ctx.now
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._last = None
+
+
+@dataclass
+class OnStart(_Stateless):
+    """Save a baseline before any training (step 0 of a fresh run)."""
+
+    def reasons(self, ctx: SaveContext) -> list[str]:
+        return ["on start (baseline before training)"] if ctx.is_start else []
+
+
+@dataclass
+class Final(_Stateless):
+    """Save when the run reaches its last step."""
+
+    def reasons(self, ctx: SaveContext) -> list[str]:
+        return ["final"] if ctx.is_final else []
+
+
+@dataclass
+class OnImprovement:
+    """Save when ``metric`` improves on the best value seen so far by more than ``min_delta``.
+
+    Only fresh values count (``ctx.new_metrics``), so one good evaluation saves once.
+    """
+
+    metric: str
+    mode: Mode = "max"
+    min_delta: float = 0.0
+    best: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_mode(self.mode)
+
+    def reasons(self, ctx: SaveContext) -> list[str]:
+        value = ctx.metrics.get(self.metric)
+        if not ctx.new_metrics or value is None or not math.isfinite(value):
+            return []
+        if not _better(value, self.best, self.mode, self.min_delta):
+            return []
+        previous = "none" if self.best is None else f"{self.best:.4g}"
+        self.best = value
+        return [f"{self.metric} improved to {value:.4g} (best before: {previous})"]
+
+    def saved(self, ctx: SaveContext) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = state.get("best")
+
+
+class AnyOf:
+    """Save when any of ``policies`` asks to; all reasons are reported."""
+
+    def __init__(self, *policies: SavePolicy) -> None:
+        self.policies = list(policies)
+
+    def reasons(self, ctx: SaveContext) -> list[str]:
+        # Ask every policy (not just until the first yes) so stateful ones stay up to date.
+        return [r for policy in self.policies for r in policy.reasons(ctx)]
+
+    def saved(self, ctx: SaveContext) -> None:
+        for policy in self.policies:
+            policy.saved(ctx)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {repr(p): p.state_dict() for p in self.policies}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        # Matched by description: policies that were added or changed start fresh.
+        for policy in self.policies:
+            if repr(policy) in state:
+                policy.load_state_dict(state[repr(policy)])
+
+    def __repr__(self) -> str:
+        return f"AnyOf({', '.join(map(repr, self.policies))})"
+
+
+def Hybrid(metric: str, every_steps: int, mode: Mode = "max",  # noqa: N802 - a constructor
+           min_delta: float = 0.0) -> AnyOf:
+    """Save when ``metric`` improves OR every ``every_steps`` steps."""
+    return AnyOf(OnImprovement(metric, mode, min_delta), EveryNSteps(every_steps))
+
+
+# --------------------------------------------------------------------------------------------
+# Retention policies
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """What retention knows about one committed checkpoint."""
+
+    name: str
+    step: int
+    metrics: Mapping[str, Any]
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One policy's view of one checkpoint."""
+
+    keep: bool
+    reason: str
+
+
+MetricHistory = Sequence[tuple[int, Mapping[str, Any]]]  # (step, metrics) of every save
+
+
+class RetentionPolicy(Protocol):
+    """Votes keep or not, with a reason, for every checkpoint."""
+
+    def review(self, checkpoints: Sequence[CheckpointRecord],
+               history: MetricHistory) -> dict[str, Vote]: ...
+
+
+@dataclass(frozen=True)
+class KeepLastN:
+    """Keep the ``n`` newest checkpoints."""
+
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise CkptlabError(f"KeepLastN needs n >= 1 (got {self.n})")
+
+    def review(self, checkpoints: Sequence[CheckpointRecord],
+               history: MetricHistory) -> dict[str, Vote]:
+        newest = sorted(checkpoints, key=lambda c: c.step, reverse=True)
+        return {c.name: Vote(i < self.n, f"{'' if i < self.n else 'not '}among the {self.n} "
+                                         f"newest (#{i + 1})")
+                for i, c in enumerate(newest)}
+
+
+@dataclass(frozen=True)
+class KeepEveryKSteps:
+    """Keep every checkpoint whose step is a multiple of ``k``, forever (milestones)."""
+
+    k: int
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise CkptlabError(f"KeepEveryKSteps needs k >= 1 (got {self.k})")
+
+    def review(self, checkpoints: Sequence[CheckpointRecord],
+               history: MetricHistory) -> dict[str, Vote]:
+        return {c.name: Vote(c.step % self.k == 0,
+                             f"step {'is' if c.step % self.k == 0 else 'is not'} a multiple "
+                             f"of {self.k} (milestone)") for c in checkpoints}
+
+
+def smoothed_metric(history: MetricHistory, metric: str, step: int, window: int) -> float | None:
+    """Mean of the last ``window`` recorded values of ``metric`` at or before ``step``."""
+    values = [float(m[metric]) for s, m in sorted(history, key=lambda h: h[0])
+              if s <= step and isinstance(m.get(metric), (int, float))
+              and math.isfinite(float(m[metric]))]
+    if not values:
+        return None
+    recent = values[-window:]
+    return sum(recent) / len(recent)
+
+
+@dataclass(frozen=True)
+class KeepTopK:
+    """Keep the ``k`` best checkpoints by ``metric``.
+
+    With ``smooth > 1`` a checkpoint is ranked by the mean of the last ``smooth`` values of the
+    metric recorded up to it (RL returns are noisy: one lucky evaluation should not evict a
+    checkpoint that was consistently good).
+    """
+
+    metric: str
+    k: int
+    mode: Mode = "max"
+    smooth: int = 1
+
+    def __post_init__(self) -> None:
+        _check_mode(self.mode)
+        if self.k < 1 or self.smooth < 1:
+            raise CkptlabError(f"KeepTopK needs k >= 1 and smooth >= 1 (got {self.k}, "
+                               f"{self.smooth})")
+
+    def score(self, record: CheckpointRecord, history: MetricHistory) -> float | None:
+        if self.smooth == 1:
+            value = record.metrics.get(self.metric)
+            return float(value) if isinstance(value, (int, float)) and math.isfinite(value) \
+                else None
+        return smoothed_metric([*history, (record.step, record.metrics)], self.metric,
+                               record.step, self.smooth)
+
+    def review(self, checkpoints: Sequence[CheckpointRecord],
+               history: MetricHistory) -> dict[str, Vote]:
+        label = self.metric if self.smooth == 1 else \
+            f"{self.metric} (mean of last {self.smooth})"
+        scored = [(self.score(c, history), c) for c in checkpoints]
+        ranked = sorted((s, c) for s, c in scored if s is not None)
+        if self.mode == "max":
+            ranked.sort(key=lambda sc: (-sc[0], sc[1].step))
+        else:
+            ranked.sort(key=lambda sc: (sc[0], sc[1].step))
+        votes = {c.name: Vote(False, f"no {self.metric} recorded") for s, c in scored
+                 if s is None}
+        for rank, (score, c) in enumerate(ranked):
+            keep = rank < self.k
+            votes[c.name] = Vote(keep, f"{'' if keep else 'not '}in the top {self.k} by "
+                                       f"{label}: {score:.4g} (rank {rank + 1})")
+        return votes
+
+
+@dataclass(frozen=True)
+class DiskBudget:
+    """Delete the oldest unprotected checkpoints until all together use at most ``max_bytes``.
+
+    The latest and the best checkpoint are never deleted, even when they alone exceed the
+    budget (the log then says so).
+    """
+
+    max_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 0:
+            raise CkptlabError(f"DiskBudget needs max_bytes >= 0 (got {self.max_bytes})")
+
+
+@dataclass(frozen=True)
+class BestBy:
+    """How the ``best`` checkpoint is chosen: by ``metric``, higher (max) or lower (min)."""
+
+    metric: str
+    mode: Mode = "max"
+
+    def __post_init__(self) -> None:
+        _check_mode(self.mode)
+
+    def pick(self, checkpoints: Sequence[CheckpointRecord]) -> CheckpointRecord | None:
+        """The best checkpoint; ties go to the earliest (it reached the value first)."""
+        best: CheckpointRecord | None = None
+        best_value: float | None = None
+        for c in sorted(checkpoints, key=lambda c: c.step):
+            value = c.metrics.get(self.metric)
+            if isinstance(value, (int, float)) and math.isfinite(value) and \
+                    _better(float(value), best_value, self.mode):
+                best, best_value = c, float(value)
+        return best
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What retention decided for one checkpoint, and why."""
+
+    name: str
+    step: int
+    keep: bool
+    reasons: tuple[str, ...]
+
+
+def decide_retention(checkpoints: Sequence[CheckpointRecord],
+                     policies: Sequence[RetentionPolicy], *, best: BestBy | None = None,
+                     budget: DiskBudget | None = None,
+                     history: MetricHistory = ()) -> list[Decision]:
+    """Apply retention to ``checkpoints`` and return one decision per checkpoint (by step).
+
+    Rules, in order: a checkpoint is kept if any policy keeps it (all are kept when there is no
+    policy); the latest and the best are always kept; the disk budget then deletes the oldest
+    unprotected survivors until the total fits.
+    """
+    if not checkpoints:
+        return []
+    ordered = sorted(checkpoints, key=lambda c: c.step)
+    latest = ordered[-1]
+    best_record = best.pick(ordered) if best is not None else None
+    protected = {latest.name: "latest (never deleted)"}
+    if best_record is not None:
+        protected.setdefault(best_record.name, "")
+        protected[best_record.name] = "; ".join(filter(None, [
+            protected[best_record.name], f"best by {best.metric} (never deleted)"]))
+
+    votes = [policy.review(ordered, history) for policy in policies]
+    keep: dict[str, bool] = {}
+    reasons: dict[str, list[str]] = {}
+    for c in ordered:
+        mine = [v[c.name] for v in votes if c.name in v]
+        keep[c.name] = any(v.keep for v in mine) if policies else True
+        reasons[c.name] = [v.reason for v in mine if v.keep == keep[c.name]] or (
+            ["no retention policy: keep all"] if not policies else [])
+        if c.name in protected:
+            if not keep[c.name]:
+                reasons[c.name] = []
+            keep[c.name] = True
+            reasons[c.name].insert(0, protected[c.name])
+
+    if budget is not None:
+        total = sum(c.size_bytes for c in ordered if keep[c.name])
+        for c in ordered:  # oldest first
+            if total <= budget.max_bytes:
+                break
+            if keep[c.name] and c.name not in protected:
+                keep[c.name] = False
+                reasons[c.name] = [f"disk budget {budget.max_bytes} bytes exceeded (kept "
+                                   f"checkpoints used {total} bytes); oldest goes first"]
+                total -= c.size_bytes
+        if total > budget.max_bytes:
+            for name in protected:
+                reasons[name].append(f"over the disk budget ({total} > {budget.max_bytes} "
+                                     "bytes) but protected")
+    return [Decision(c.name, c.step, keep[c.name], tuple(reasons[c.name])) for c in ordered]
+
+
+def wall_clock() -> float:
+    """The clock save policies use (monotonic seconds)."""
+    return time.monotonic()

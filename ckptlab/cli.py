@@ -1,4 +1,4 @@
-"""Command line: ``python -m ckptlab train | inspect | verify | demo``.
+"""Command line: ``python -m ckptlab train | inspect | verify | ls | export | prune | demo``.
 
 Every deliberate failure prints one line starting with ``error:`` and exits with status 2
 (verification failures exit with 1); nothing that already exists is changed by a failed command.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import struct
 import sys
 import warnings
@@ -27,7 +28,24 @@ from .checkpoint import (
     resolve_location,
     verify_checkpoint,
 )
+from .catalog import Catalog
 from .config import DQNConfig
+from .partial import export_checkpoint
+from .policies import (
+    AnyOf,
+    BestBy,
+    EveryNEpisodes,
+    EveryNSteps,
+    EveryTSeconds,
+    Final,
+    KeepEveryKSteps,
+    KeepLastN,
+    KeepTopK,
+    OnImprovement,
+    OnStart,
+    RetentionPolicy,
+    SavePolicy,
+)
 from .errors import CheckpointNotFoundError, CkptlabError
 from .train import Trainer, check_config_compatible
 
@@ -58,6 +76,54 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def _size(text: str) -> int:
+    match = _SIZE.match(text)
+    unit = (match.group(2) or "").lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 500MB, 2GiB)")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def _add_retention_args(group: Any) -> None:
+    group.add_argument("--keep-last", type=_positive_int, metavar="N",
+                       help="keep the N newest checkpoints")
+    group.add_argument("--keep-top", type=_positive_int, metavar="K",
+                       help="keep the K best by eval_return")
+    group.add_argument("--keep-top-smooth", type=_positive_int, default=1, metavar="M",
+                       help="rank --keep-top by the mean of the last M evaluations (default 1)")
+    group.add_argument("--keep-every", type=_positive_int, metavar="STEPS",
+                       help="keep checkpoints at multiples of STEPS forever")
+    group.add_argument("--disk-budget", type=_size, metavar="SIZE",
+                       help="delete the oldest unprotected checkpoints beyond SIZE (e.g. 200MB)")
+
+
+def _retention_from(args: argparse.Namespace) -> list[RetentionPolicy]:
+    policies: list[RetentionPolicy] = []
+    if args.keep_last:
+        policies.append(KeepLastN(args.keep_last))
+    if args.keep_top:
+        policies.append(KeepTopK("eval_return", args.keep_top, "max", args.keep_top_smooth))
+    if args.keep_every:
+        policies.append(KeepEveryKSteps(args.keep_every))
+    return policies
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m ckptlab",
                      description="Train a DQN agent with exact-resume checkpoints, and inspect "
@@ -78,8 +144,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_non_negative_int, help="random seed (default 0)")
     train.add_argument("--save-every", dest="save_every_steps", type=_non_negative_int,
                        help="steps between checkpoints; 0 saves only at the end (default 5000)")
-    train.add_argument("--keep-last", type=_positive_int,
-                       help="keep only the N newest checkpoints (default: keep all)")
+    saving = train.add_argument_group("when to save (any that applies triggers a save; a "
+                                      "final checkpoint is always written)")
+    saving.add_argument("--save-every-episodes", type=_positive_int, metavar="N",
+                        help="save when the episode count reaches a multiple of N")
+    saving.add_argument("--save-every-seconds", type=_positive_float, metavar="T",
+                        help="save when T seconds of wall time passed since the last save")
+    saving.add_argument("--save-on-start", action="store_true",
+                        help="save a baseline at step 0 before training")
+    saving.add_argument("--save-on-improvement", action="store_true",
+                        help="save whenever the greedy evaluation return improves")
+    saving.add_argument("--min-delta", type=float, default=0.0,
+                        help="improvement needed for --save-on-improvement (default 0)")
+    saving.add_argument("--async-save", action="store_true",
+                        help="write checkpoints in a background thread")
+    keeping = train.add_argument_group(
+        "what to keep (a checkpoint survives if any rule keeps it; the latest and the best "
+        "by eval_return always survive; default: keep all)")
+    _add_retention_args(keeping)
+    train.add_argument("--allow-config-change", action="store_true",
+                       help="resume even if settings that change the results differ from the "
+                            "checkpoint's (the differences are recorded)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"),
                        help="where to train (default auto: CUDA when available)")
     train.add_argument("--resume", default="auto", metavar="auto|never|PATH",
@@ -100,6 +185,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--kill-at", type=_positive_int, default=5_555,
                       help="the step after which the process is killed (default 5555)")
     demo.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
+
+    ls = sub.add_parser("ls", help="list every checkpoint under a directory, across runs",
+                        description="Index every checkpoint under ROOT (from the manifests, "
+                                    "into ROOT/.ckptlab-catalog.sqlite) and list them.")
+    ls.add_argument("root", type=Path, metavar="ROOT")
+    ls.add_argument("--sort", help="step, size_bytes, created, or a metric such as eval_return")
+    ls.add_argument("--ascending", action="store_true", help="smallest first (e.g. for loss)")
+    ls.add_argument("--top", type=_positive_int, help="show only the first N")
+    ls.add_argument("--run", help="only this run (a path relative to ROOT)")
+    ls.add_argument("--verify", action="store_true", help="check every file's SHA-256 too")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+
+    export = sub.add_parser("export", help="export weights and/or metadata for use without "
+                                           "ckptlab",
+                            description="Write weights.safetensors (plain state_dict names, "
+                                        "loadable with safetensors.torch.load_file) and/or "
+                                        "metadata.json.")
+    export.add_argument("path", type=Path, metavar="DIR|CKPT")
+    export.add_argument("--out", type=Path, required=True, help="output directory")
+    export.add_argument("--what", choices=("weights", "metadata", "both"), default="both")
+    export.add_argument("--tensors", default="agent/q_net",
+                        help="which tensors are the weights (default agent/q_net)")
+
+    prune = sub.add_parser("prune", help="apply retention rules to a run's checkpoints",
+                           description="Apply retention rules now. With --dry-run, only show "
+                                       "what would be deleted and why.")
+    prune.add_argument("path", type=Path, metavar="DIR")
+    prune.add_argument("--dry-run", action="store_true", help="change nothing")
+    _add_retention_args(prune)
 
     for name, text in (("inspect", "show what a checkpoint contains and how big each part is"),
                        ("verify", "check every file hash; exit 1 if anything fails")):
@@ -163,7 +277,7 @@ def _config_for(args: argparse.Namespace, info: CheckpointInfo | None) -> DQNCon
         raise CkptlabError(f"{info.path} records no training config; it was not written by "
                            "'python -m ckptlab train'")
     config = dataclasses.replace(DQNConfig.from_dict(info.config), **overrides)
-    check_config_compatible(info, config)
+    check_config_compatible(info, config, args.allow_config_change)
     return config
 
 
@@ -176,11 +290,24 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"N > {info.step} to train longer.")
         return EXIT_OK
     say = None if args.quiet else _print_line
-    trainer = Trainer(config, args.run_dir, keep_last=args.keep_last,
+    policies: list[SavePolicy] = [EveryNSteps(config.save_every_steps), Final()]
+    if args.save_every_episodes:
+        policies.append(EveryNEpisodes(args.save_every_episodes))
+    if args.save_every_seconds:
+        policies.append(EveryTSeconds(args.save_every_seconds))
+    if args.save_on_start:
+        policies.append(OnStart())
+    if args.save_on_improvement:
+        policies.append(OnImprovement("eval_return", "max", args.min_delta))
+    trainer = Trainer(config, args.run_dir, retention=_retention_from(args),
+                      disk_budget_bytes=args.disk_budget, save_policy=AnyOf(*policies),
+                      async_save=args.async_save, handle_signals=True,
                       progress_bar=not args.quiet, log=say)
     try:
         if info is not None:
-            trainer.restore(info.path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # drift was already reported by _config_for
+                trainer.restore(info.path, allow_config_change=args.allow_config_change)
             print(f"Resuming from {info.path} (step {info.step} of {config.total_steps}, "
                   f"epoch {trainer.progress.epoch}, episode {trainer.progress.episode}).",
                   flush=True)
@@ -195,6 +322,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 130
     finally:
         trainer.close()
+    if result.interrupted_by:
+        saved = result.last_checkpoint.path if result.last_checkpoint else "nothing"
+        print(f"Received {result.interrupted_by} at step {result.final_step}: saved {saved} "
+              "and stopped. Run the same command to resume.", flush=True)
+        return EXIT_OK
     evaluation = result.last_evaluation
     score = (f"; last evaluation: mean return {evaluation.mean_return:.1f}, "
              f"{100 * evaluation.success_rate:.0f}% of episodes reached the time limit"
@@ -321,6 +453,60 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------
 
+def cmd_ls(args: argparse.Namespace) -> int:
+    catalog = Catalog(args.root)
+    count = catalog.rebuild(verify=args.verify)
+    if count == 0:
+        raise CheckpointNotFoundError(f"{args.root} contains no ckptlab checkpoints")
+    if args.sort and args.sort not in ("step", "size_bytes", "created") \
+            and args.sort not in catalog.metric_names():
+        raise CkptlabError(f"no checkpoint under {args.root} records a metric {args.sort!r}; "
+                           f"known: {', '.join(catalog.metric_names()) or 'none'}")
+    rows = catalog.query(sort=args.sort, ascending=args.ascending, top=args.top, run=args.run)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
+        return EXIT_OK
+    metric = args.sort if args.sort not in (None, "step", "size_bytes", "created") \
+        else "eval_return"
+    print(f"{count} checkpoint(s) under {args.root} (index: {catalog.db_path})")
+    print(f"{'run':24s} {'checkpoint':16s} {'step':>8s} {metric:>12s} {'size':>9s}  status")
+    for r in rows:
+        value = r.metrics.get(metric)
+        shown = f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+        print(f"{r.run[-24:]:24s} {Path(r.path).name:16s} {r.step if r.step is not None else '-':>8} "
+              f"{shown:>12s} {_human(r.size_bytes or 0):>9s}  {r.status[:60]}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    for path in export_checkpoint(args.path, args.out, what=args.what, source=args.tensors):
+        print(f"wrote {path} ({_human(path.stat().st_size)})")
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    directory, specific = resolve_location(args.path)
+    if specific is not None:
+        raise CkptlabError(f"{args.path} is one checkpoint; give its run directory")
+    policies = _retention_from(args)
+    if not policies and args.disk_budget is None:
+        raise CkptlabError("give at least one rule: --keep-last, --keep-top, --keep-every or "
+                           "--disk-budget")
+    manager = CheckpointManager(directory, retention=policies, best=BestBy("eval_return"),
+                                disk_budget_bytes=args.disk_budget, create=not args.dry_run)
+    try:
+        decisions = manager.plan_retention() if args.dry_run else manager.prune()
+    finally:
+        manager.close()
+    verb = ("would delete", "would keep") if args.dry_run else ("deleted", "kept")
+    for d in decisions:
+        print(f"{verb[0] if not d.keep else verb[1]:12s} {d.name}  " + "; ".join(d.reasons))
+    doomed = sum(not d.keep for d in decisions)
+    print(f"{doomed} of {len(decisions)} checkpoint(s) {verb[0]}"
+          + ("; nothing was changed (dry run)" if args.dry_run else ""))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
@@ -341,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "inspect": cmd_inspect, "verify": cmd_verify,
-                "demo": cmd_demo}
+                "demo": cmd_demo, "ls": cmd_ls, "export": cmd_export, "prune": cmd_prune}
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning  # one readable line per warning
         try:

@@ -22,9 +22,11 @@ Introduced in notebook ``01_pipeline_trace``; exact resume is the subject of
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,15 +41,26 @@ from .checkpoint import (
     CheckpointInfo,
     CheckpointManager,
     Stateful,
+    checkpoint_dir_name,
     latest_valid_checkpoint,
     load_checkpoint_state,
     restore_components,
 )
-from .config import DQNConfig, diff_configs
+from .config import ConfigChange, DQNConfig, diff_configs
 from .envs import EnvRunner, Evaluation, GreedyEvaluator
 from .errors import CkptlabError, IncompatibleCheckpointError
 from .faults import fault_point
 from .metrics import EpochSummary, MetricHistory
+from .policies import (
+    AnyOf,
+    BestBy,
+    EveryNSteps,
+    Final,
+    RetentionPolicy,
+    SaveContext,
+    SavePolicy,
+    wall_clock,
+)
 from .replay import ReplayBuffer
 from .rng import RNGStates, seed_everything
 
@@ -81,6 +94,7 @@ class TrainResult:
     save_seconds: float            # wall time spent saving checkpoints
     saves: int
     last_checkpoint: CheckpointInfo | None
+    interrupted_by: str | None = None  # "SIGTERM" / "SIGINT" when a signal stopped training
 
 
 class Trainer:
@@ -98,7 +112,11 @@ class Trainer:
     """
 
     def __init__(self, config: DQNConfig, run_dir: str | Path | None = None, *,
-                 keep_last: int | None = None, progress_bar: bool = False,
+                 keep_last: int | None = None, retention: Sequence[RetentionPolicy] = (),
+                 disk_budget_bytes: int | None = None,
+                 best: BestBy | None = BestBy("eval_return", "max"),
+                 save_policy: SavePolicy | None = None, async_save: bool = False,
+                 handle_signals: bool = False, progress_bar: bool = False,
                  log: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.device = resolve_device(config.device)
@@ -118,10 +136,14 @@ class Trainer:
         self.metrics = MetricHistory()
         self.evaluator = GreedyEvaluator(config.env_id, config.eval_episodes, config.seed)
 
+        self.save_policy: SavePolicy = save_policy if save_policy is not None else AnyOf(
+            EveryNSteps(config.save_every_steps), Final())
+        self.async_save, self.handle_signals = async_save, handle_signals
         self.checkpoints: CheckpointManager | None = None
         if self.run_dir is not None:
-            self.checkpoints = CheckpointManager(self.run_dir / CHECKPOINTS_SUBDIR,
-                                                 keep_last=keep_last)
+            self.checkpoints = CheckpointManager(
+                self.run_dir / CHECKPOINTS_SUBDIR, keep_last=keep_last, retention=retention,
+                best=best, disk_budget_bytes=disk_budget_bytes)
             for name, component in self.components().items():
                 self.checkpoints.register(name, component)
         self.last_evaluation: Evaluation | None = None
@@ -132,6 +154,9 @@ class Trainer:
         self.training_seconds_before = 0.0
         self._loop_started: float | None = None
         self._restored_from: CheckpointInfo | None = None
+        self._resume_record: dict[str, Any] | None = None  # this session's resume, for manifests
+        self.lineage: dict[str, Any] | None = None  # the parent run, when started from another
+        self._stop_signal: int | None = None
 
     def components(self) -> dict[str, Stateful]:
         """The named pieces of state that make up a checkpoint."""
@@ -214,25 +239,42 @@ class Trainer:
         start, started = self.progress.step, time.perf_counter()
         self._loop_started = started
         saves_before, save_seconds_before = self.saves, self.save_seconds
-        last_checkpoint, stopped = None, False
+        last_checkpoint: CheckpointInfo | None = None
+        stopped, interrupted_by = False, None
         bar = tqdm(total=target, initial=start, unit="step", disable=not self.progress_bar,
                    dynamic_ncols=True, leave=False)
+        previous_handlers = self._install_signal_handlers()
         try:
+            if self.progress.step == 0 and self._restored_from is None:
+                last_checkpoint = self._maybe_save(self._context(is_start=True)) or \
+                    last_checkpoint
             while self.progress.step < target:
+                episodes_before = self.progress.episode
                 self.step()
                 step = self.progress.step
                 summary = self._end_epoch() if step % cfg.steps_per_epoch == 0 else None
-                is_final = step == cfg.total_steps
-                if self.checkpoints is not None and (
-                        is_final or (cfg.save_every_steps and step % cfg.save_every_steps == 0)):
-                    last_checkpoint = self.save()
+                ctx = self._context(episode_ended=self.progress.episode != episodes_before,
+                                    is_final=step == cfg.total_steps,
+                                    new_metrics=summary is not None
+                                    and summary.eval_mean_return is not None)
+                last_checkpoint = self._maybe_save(ctx) or last_checkpoint
                 fault_point("step", step)
                 if step % 100 == 0:
                     bar.update(step - bar.n)
+                if self._stop_signal is not None:
+                    interrupted_by = signal.Signals(self._stop_signal).name
+                    if self.checkpoints is not None and (last_checkpoint is None or
+                                                         last_checkpoint.step != step):
+                        last_checkpoint = self.save(reasons=[f"received {interrupted_by}"],
+                                                    blocking=True)
+                    break
                 if summary is not None and stop_when is not None and stop_when(summary):
                     stopped = True
                     break
+            if self.checkpoints is not None:
+                last_checkpoint = self.checkpoints.wait() or last_checkpoint
         finally:
+            self._restore_signal_handlers(previous_handlers)
             bar.close()
             self.training_seconds_before += time.perf_counter() - started
             self._loop_started = None
@@ -242,41 +284,95 @@ class Trainer:
             last_evaluation=self.last_evaluation,
             train_seconds=time.perf_counter() - started,
             save_seconds=self.save_seconds - save_seconds_before,
-            saves=self.saves - saves_before, last_checkpoint=last_checkpoint)
+            saves=self.saves - saves_before, last_checkpoint=last_checkpoint,
+            interrupted_by=interrupted_by)
+
+    def _context(self, **flags: Any) -> SaveContext:
+        return SaveContext(step=self.progress.step, episode=self.progress.episode,
+                           epoch=self.progress.epoch, metrics=self.latest_metrics(),
+                           now=wall_clock(), **flags)
+
+    def _maybe_save(self, ctx: SaveContext) -> CheckpointInfo | None:
+        if self.checkpoints is None:
+            return None
+        reasons = self.save_policy.reasons(ctx)
+        if not reasons:
+            return None
+        info = self.save(reasons=reasons, blocking=ctx.is_final or not self.async_save)
+        self.save_policy.saved(ctx)
+        return info
+
+    # -- signals: finish the step, save, stop ---------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return {}
+        self._stop_signal = None
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self._stop_signal = signum
+
+        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    @staticmethod
+    def _restore_signal_handlers(previous: Mapping[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
     # -- checkpoints --------------------------------------------------------------------------
-    def save(self) -> CheckpointInfo:
-        """Write a checkpoint of the complete training state now."""
+    def latest_metrics(self) -> dict[str, float]:
+        """The numbers recorded in the next manifest: the last epoch's and evaluation's."""
+        metrics: dict[str, float] = {"epsilon": self.exploration.value(),
+                                     "episodes": float(self.progress.episode)}
+        if self.metrics.epochs:
+            last = self.metrics.epochs[-1]
+            if last.mean_loss is not None:
+                metrics["loss"] = last.mean_loss
+            if last.mean_return is not None:
+                metrics["train_return"] = last.mean_return
+        if self.metrics.evaluations:
+            metrics["eval_return"] = self.metrics.evaluations[-1]["mean_return"]
+            metrics["eval_success_rate"] = self.metrics.evaluations[-1]["success_rate"]
+        return metrics
+
+    def save(self, reasons: Sequence[str] = ("requested",),
+             blocking: bool = True) -> CheckpointInfo | None:
+        """Write a checkpoint of the complete training state now.
+
+        With ``blocking=False`` the state is snapshotted and written in the background (see
+        :meth:`CheckpointManager.save_async`); ``None`` is returned and errors surface at the
+        next save or at :meth:`close`.
+        """
         if self.checkpoints is None:
             raise IncompatibleCheckpointError("this Trainer has no run_dir to save into")
         t0 = time.perf_counter()
-        last_epoch = self.metrics.epochs[-1] if self.metrics.epochs else None
-        metrics = {"epsilon": self.exploration.value(),
-                   "episodes": self.progress.episode}
-        if last_epoch is not None:
-            metrics.update(mean_loss=last_epoch.mean_loss, mean_return=last_epoch.mean_return)
-        if self.metrics.evaluations:
-            metrics.update(eval_mean_return=self.metrics.evaluations[-1]["mean_return"],
-                           eval_success_rate=self.metrics.evaluations[-1]["success_rate"])
         in_loop = time.perf_counter() - self._loop_started if self._loop_started else 0.0
-        info = self.checkpoints.save(
-            self.progress.step, metrics=metrics, config=self.config.to_dict(),
-            extra={"episode": self.progress.episode, "epoch": self.progress.epoch,
-                   "total_steps": self.config.total_steps,
-                   "training_seconds": round(self.training_seconds_before + in_loop, 3),
-                   "resumed_from": (None if self._restored_from is None else
-                                    {"path": str(self._restored_from.path),
-                                     "step": self._restored_from.step})})
+        extra = {"episode": self.progress.episode, "epoch": self.progress.epoch,
+                 "total_steps": self.config.total_steps, "save_reasons": list(reasons),
+                 "training_seconds": round(self.training_seconds_before + in_loop, 3),
+                 "resumed_from": self._resume_record, "lineage": self.lineage,
+                 "save_policy_state": self.save_policy.state_dict()}
+        kwargs = dict(metrics=self.latest_metrics(), config=self.config.to_dict(), extra=extra)
+        name = checkpoint_dir_name(self.progress.step)
+        if blocking:
+            info: CheckpointInfo | None = self.checkpoints.save(self.progress.step, **kwargs)
+        else:
+            self.checkpoints.save_async(self.progress.step, **kwargs)
+            info = None
         self.save_seconds += time.perf_counter() - t0
         self.saves += 1
-        self._say(f"saved checkpoint {info.name} ({info.total_bytes / 1e6:.2f} MB)")
+        self._say(f"saved checkpoint {name} ({'; '.join(reasons)})" if blocking else
+                  f"saving checkpoint {name} in the background ({'; '.join(reasons)})")
         return info
 
-    def restore(self, checkpoint: str | Path | None = None) -> CheckpointInfo:
-        """Load the complete training state from ``checkpoint`` (default: newest valid one).
+    def restore(self, checkpoint: str | Path | None = None, *,
+                allow_config_change: bool = False) -> CheckpointInfo:
+        """Load the complete training state from ``checkpoint`` (default: newest valid here).
 
-        The checkpoint's config must match this Trainer's in every ``trajectory`` field;
-        differences in ``numerics`` fields (device, threads) are allowed with a warning.
+        The checkpoint's config must match this Trainer's in every ``trajectory`` field unless
+        ``allow_config_change`` is set; differences in ``numerics`` fields (device, threads) are
+        allowed with a warning; every difference is recorded in the next manifests. Restoring
+        from another run's checkpoint starts a new lineage: this run's manifests name the
+        parent checkpoint (path, step, manifest hash) and the config changes.
         """
         if checkpoint is None:
             if self.checkpoints is None:
@@ -284,11 +380,21 @@ class Trainer:
             info = self.checkpoints.latest_valid()
         else:
             info = latest_valid_checkpoint(checkpoint)
-        check_config_compatible(info, self.config)
+        changes = check_config_compatible(info, self.config, allow_config_change)
         _, states = load_checkpoint_state(info.path)
         restore_components(self.components(), states, info.path)
+        self.save_policy.load_state_dict(info.manifest.get("save_policy_state") or {})
         self.training_seconds_before = float(info.manifest.get("training_seconds") or 0.0)
         self._restored_from = info
+        change_list = [{"field": c.name, "old": c.old, "new": c.new, "role": c.role}
+                       for c in changes]
+        self._resume_record = {"path": str(info.path.resolve()), "step": info.step,
+                               "manifest_sha256": info.manifest.get("manifest_sha256"),
+                               "config_changes": change_list}
+        same_run = (self.checkpoints is not None
+                    and info.path.parent.resolve() == self.checkpoints.directory.resolve())
+        self.lineage = info.manifest.get("lineage") if same_run else {
+            "parent": self._resume_record, "parent_lineage": info.manifest.get("lineage")}
         evaluations = self.metrics.evaluations
         if evaluations:  # so the next manifest and TrainResult report the latest score
             last = evaluations[-1]
@@ -316,23 +422,36 @@ class Trainer:
             self.log(line)
 
 
-def check_config_compatible(info: CheckpointInfo, config: DQNConfig) -> None:
-    """Refuse a checkpoint whose run would not continue identically under ``config``."""
+def check_config_compatible(info: CheckpointInfo, config: DQNConfig,
+                            allow_changes: bool = False) -> list[ConfigChange]:
+    """Compare ``config`` with the checkpoint's; return the differences.
+
+    Raises:
+        IncompatibleCheckpointError: a ``trajectory`` field differs (the resumed run could not
+            continue the original) and ``allow_changes`` is false. The message lists every
+            difference as ``field: old -> new``.
+    """
     if info.config is None:
         raise IncompatibleCheckpointError(
             f"{info.path} records no DQN config; it was not written by ckptlab's Trainer")
     saved = DQNConfig.from_dict(info.config)
     changes = diff_configs(saved, config)
     blocking = [c for c in changes if c.role == "trajectory"]
-    if blocking:
+    if blocking and not allow_changes:
         raise IncompatibleCheckpointError(
             f"{info.path} was trained with a different configuration: "
             + "; ".join(str(c) for c in blocking)
-            + ". Resume with the checkpoint's values or start a new run directory")
+            + ". These settings change what the agent learns, so the run would no longer "
+              "continue the original: resume with the checkpoint's values, or pass "
+              "--allow-config-change (allow_config_change=True) to branch off deliberately")
     for change in changes:
         if change.role == "numerics":
             warnings.warn(f"resuming with {change}: results may differ in the last bits from "
                           "an uninterrupted run", stacklevel=3)
+        elif change.role == "trajectory":
+            warnings.warn(f"config changed on resume ({change}): from here on this run "
+                          "differs from its parent", stacklevel=3)
+    return changes
 
 
 def format_epoch(s: EpochSummary) -> str:

@@ -1,0 +1,171 @@
+"""A SQLite index of every checkpoint under a root directory.
+
+The manifests stay the source of truth: the catalog is rebuilt from them at any time
+(:meth:`Catalog.rebuild`), so it can be deleted freely. It answers questions across runs at
+once, for example "which checkpoint was best across all my runs"::
+
+    python -m ckptlab ls runs/ --sort eval_return --top 5
+
+Introduced in notebook ``06_retention_strategies``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import MANIFEST, read_manifest, verify_checkpoint
+from .errors import CheckpointNotFoundError, CkptlabError
+
+DEFAULT_DB_NAME = ".ckptlab-catalog.sqlite"
+_SCHEMA = """
+CREATE TABLE checkpoints (
+    path TEXT PRIMARY KEY,      -- checkpoint directory, relative to the root
+    run TEXT NOT NULL,          -- run directory, relative to the root
+    step INTEGER,
+    created TEXT,
+    size_bytes INTEGER,
+    status TEXT NOT NULL,       -- 'valid', or what is wrong
+    env_id TEXT,
+    config_sha256 TEXT,
+    parent TEXT,                -- the checkpoint this run was started from, if another run
+    metrics TEXT NOT NULL       -- JSON object
+);
+CREATE INDEX checkpoints_run ON checkpoints(run, step);
+"""
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    """One checkpoint as the catalog knows it."""
+
+    path: str
+    run: str
+    step: int | None
+    created: str | None
+    size_bytes: int | None
+    status: str
+    env_id: str | None
+    parent: str | None
+    metrics: dict[str, Any]
+
+
+class Catalog:
+    """Index of the checkpoints under ``root``, stored in ``db_path``.
+
+    Args:
+        root: the directory to scan (for example ``runs/``).
+        db_path: where the SQLite file lives (default ``root/.ckptlab-catalog.sqlite``).
+    """
+
+    def __init__(self, root: str | os.PathLike[str],
+                 db_path: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise CheckpointNotFoundError(f"{self.root} is not a directory")
+        self.db_path = str(db_path) if db_path is not None else str(self.root / DEFAULT_DB_NAME)
+
+    def rebuild(self, verify: bool = False) -> int:
+        """Re-read every manifest under the root into a fresh index; return the count.
+
+        Without ``verify`` a checkpoint is 'valid' when its manifest passes its self-hash and
+        every file has the recorded size; with ``verify`` every file's SHA-256 is checked too.
+        """
+        rows = [self._row(manifest.parent, verify) for manifest in self._manifests()]
+        temp = self.db_path + ".tmp"
+        if os.path.exists(temp):
+            os.remove(temp)
+        con = sqlite3.connect(temp)
+        try:
+            con.executescript(_SCHEMA)
+            con.executemany("INSERT INTO checkpoints VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            con.commit()
+        finally:
+            con.close()
+        os.replace(temp, self.db_path)  # readers never see a half-built index
+        return len(rows)
+
+    def _manifests(self) -> list[Path]:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            # Skip unfinished or deleted checkpoints (.tmp-, .trash-, .replaced-).
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            if MANIFEST in filenames and re.match(r"step_\d+$", os.path.basename(dirpath)):
+                found.append(Path(dirpath) / MANIFEST)
+        return sorted(found)
+
+    def _row(self, checkpoint: Path, verify: bool) -> tuple[Any, ...]:
+        rel = checkpoint.relative_to(self.root)
+        run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" \
+            else checkpoint.parent
+        run = str(run_dir.relative_to(self.root)) if run_dir != self.root else "."
+        try:
+            manifest = read_manifest(checkpoint)
+        except CkptlabError as exc:
+            return (str(rel), run, None, None, None, f"invalid: {exc}", None, None, None, "{}")
+        status = "valid"
+        try:
+            if verify:
+                verify_checkpoint(checkpoint)
+            else:
+                for name, entry in manifest["files"].items():
+                    size = (checkpoint / name).stat().st_size
+                    if size != entry["bytes"]:
+                        raise CkptlabError(f"{name} has {size} bytes, manifest says "
+                                           f"{entry['bytes']}")
+        except (CkptlabError, OSError) as exc:
+            status = f"invalid: {exc}"
+        lineage = manifest.get("lineage") or {}
+        parent = (lineage.get("parent") or {}).get("path")
+        config = manifest.get("config") or {}
+        size_bytes = sum(int(f["bytes"]) for f in manifest["files"].values())
+        return (str(rel), run, manifest.get("step"), manifest.get("created"), size_bytes,
+                status, config.get("env_id"), manifest.get("config_sha256"), parent,
+                json.dumps(manifest.get("metrics") or {}))
+
+    def query(self, *, sort: str | None = None, ascending: bool = False,
+              top: int | None = None, run: str | None = None,
+              valid_only: bool = False) -> list[CatalogRow]:
+        """Checkpoints, optionally filtered by run, sorted by ``step`` / ``size_bytes`` /
+        ``created`` or any metric name (missing values last), at most ``top`` of them."""
+        if not os.path.exists(self.db_path):
+            self.rebuild()
+        con = sqlite3.connect(self.db_path)
+        try:
+            where, params = [], []
+            if run is not None:
+                where.append("run = ?")
+                params.append(run)
+            if valid_only:
+                where.append("status = 'valid'")
+            direction = "ASC" if ascending else "DESC"
+            if sort is None:
+                order = "run ASC, step ASC"
+            elif sort in ("step", "size_bytes", "created"):
+                order = f"{sort} IS NULL, {sort} {direction}"
+            else:
+                if not re.fullmatch(r"[A-Za-z0-9_.-]+", sort):
+                    raise CkptlabError(f"cannot sort by {sort!r}: use a metric name")
+                key = f"json_extract(metrics, '$.\"{sort}\"')"
+                order = f"{key} IS NULL, {key} {direction}, run, step"
+            sql = ("SELECT path, run, step, created, size_bytes, status, env_id, parent, metrics "
+                   f"FROM checkpoints {'WHERE ' + ' AND '.join(where) if where else ''} "
+                   f"ORDER BY {order}")
+            if top is not None:
+                sql += f" LIMIT {int(top)}"
+            rows = con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+        return [CatalogRow(*r[:8], json.loads(r[8])) for r in rows]
+
+    def metric_names(self) -> list[str]:
+        """Every metric name that appears in some checkpoint."""
+        names: set[str] = set()
+        for row in self.query():
+            names.update(row.metrics)
+        return sorted(names)

@@ -1,0 +1,172 @@
+"""Load part of a checkpoint, and export weights or metadata for use without ckptlab.
+
+* :func:`load_components` restores only some components (``keys=["agent"]``).
+* :func:`load_parameters` copies only the tensors whose names match a regex into a module -
+  for example warm-starting a fresh agent's Q-network from another run - and reports what was
+  loaded and what was skipped. A shape mismatch is an error that names the tensor.
+* :func:`export_checkpoint` writes weights only (one safetensors file that any PyTorch user
+  loads with ``safetensors.torch.load_file`` + ``load_state_dict``), metadata only (JSON), or
+  both.
+
+Introduced in notebook ``07_failure_modes`` (partial loads) and ``08_review`` (export).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .checkpoint import (
+    CheckpointInfo,
+    Stateful,
+    latest_valid_checkpoint,
+    load_checkpoint_state,
+    restore_components,
+)
+from .errors import CheckpointNotFoundError, CkptlabError, IncompatibleCheckpointError
+
+
+@dataclass
+class LoadReport:
+    """What a partial load did."""
+
+    source: Path
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+
+    def __str__(self) -> str:
+        lines = [f"from {self.source}: loaded {len(self.loaded)}, skipped {len(self.skipped)}"]
+        lines += [f"  loaded   {name}" for name in self.loaded]
+        lines += [f"  skipped  {name}: {why}" for name, why in self.skipped]
+        return "\n".join(lines)
+
+
+def load_components(checkpoint: str | os.PathLike[str], into: Mapping[str, Stateful],
+                    keys: Iterable[str] | None = None) -> LoadReport:
+    """Restore only the components named in ``keys`` (default: all of ``into``).
+
+    ``checkpoint`` may be a checkpoint or a run directory (newest valid checkpoint).
+    """
+    info = latest_valid_checkpoint(checkpoint)
+    wanted = list(into) if keys is None else list(keys)
+    unknown = [k for k in wanted if k not in into]
+    if unknown:
+        raise CkptlabError(f"no object given to load {', '.join(unknown)} into")
+    _, states = load_checkpoint_state(info.path, keys=wanted)
+    restore_components({k: into[k] for k in wanted}, states, info.path)
+    report = LoadReport(info.path, loaded=wanted)
+    all_components = info.manifest.get("components", {})
+    report.skipped = [(name, "not requested") for name in all_components if name not in wanted]
+    return report
+
+
+def _subtree(state: Any, path: str, source: Path) -> Mapping[str, Any]:
+    node = state
+    for part in filter(None, path.split("/")):
+        if not isinstance(node, Mapping) or part not in node:
+            raise CheckpointNotFoundError(f"{source} has no '{path}' (stopped at '{part}')")
+        node = node[part]
+    if not isinstance(node, Mapping):
+        raise CheckpointNotFoundError(f"'{path}' in {source} is not a set of named tensors")
+    return node
+
+
+def load_parameters(checkpoint: str | os.PathLike[str], module: nn.Module, *,
+                    source: str = "agent/q_net", pattern: str = ".*") -> LoadReport:
+    """Copy the parameters and buffers of ``module`` whose names match ``pattern`` from the
+    tensors at ``source`` (``component/sub/path``) in ``checkpoint``.
+
+    Every name in ``module`` is either loaded or reported as skipped (no match, or absent in
+    the checkpoint). Nothing is copied unless every matching tensor has the right shape.
+
+    Raises:
+        IncompatibleCheckpointError: a matching tensor's shape differs (the message names it).
+    """
+    info = latest_valid_checkpoint(checkpoint)
+    component, _, rest = source.partition("/")
+    _, states = load_checkpoint_state(info.path, keys=[component])
+    saved = _subtree(states[component], rest, info.path)
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise CkptlabError(f"pattern {pattern!r} is not a valid regular expression: {exc}") \
+            from None
+    report = LoadReport(info.path)
+    targets = module.state_dict()
+    plan = []
+    for name, tensor in targets.items():
+        if not regex.fullmatch(name):
+            report.skipped.append((name, f"does not match {pattern!r}"))
+        elif name not in saved:
+            report.skipped.append((name, f"not in {source}"))
+        elif tuple(saved[name].shape) != tuple(tensor.shape):
+            raise IncompatibleCheckpointError(
+                f"tensor '{name}' has shape {tuple(saved[name].shape)} in {info.path} "
+                f"({source}) but {tuple(tensor.shape)} in the module; nothing was loaded")
+        else:
+            plan.append(name)
+    with torch.no_grad():
+        for name in plan:
+            targets[name].copy_(saved[name])
+    report.loaded = plan
+    return report
+
+
+ExportWhat = Literal["weights", "metadata", "both"]
+
+
+def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+                      what: ExportWhat = "both", source: str = "agent/q_net") -> list[Path]:
+    """Export ``source`` tensors as ``weights.safetensors`` and/or ``metadata.json``.
+
+    The weights file holds plain ``state_dict`` names (``layers.0.weight``, ...) so that::
+
+        from safetensors.torch import load_file
+        model.load_state_dict(load_file("weights.safetensors"))
+
+    works in any PyTorch program. Its safetensors metadata names the source checkpoint. Existing
+    files are never overwritten.
+    """
+    if what not in ("weights", "metadata", "both"):
+        raise CkptlabError(f"what must be weights, metadata or both (got {what!r})")
+    info: CheckpointInfo = latest_valid_checkpoint(checkpoint)
+    out = Path(out_dir)
+    targets = {"weights": ["weights.safetensors"], "metadata": ["metadata.json"],
+               "both": ["weights.safetensors", "metadata.json"]}[what]
+    clashes = [name for name in targets if (out / name).exists()]
+    if clashes:
+        raise CkptlabError(f"{out} already contains {', '.join(clashes)}; choose an empty "
+                           "output directory (nothing was overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    source_meta = {"source_checkpoint": str(info.path.resolve()), "source_step": str(info.step),
+                   "source_manifest_sha256": str(info.manifest.get("manifest_sha256")),
+                   "source_tensors": source}
+    if what in ("weights", "both"):
+        component, _, rest = source.partition("/")
+        _, states = load_checkpoint_state(info.path, keys=[component])
+        tensors = {k: v.contiguous() for k, v in _subtree(states[component], rest,
+                                                          info.path).items()
+                   if isinstance(v, torch.Tensor)}
+        if not tensors:
+            raise CheckpointNotFoundError(f"'{source}' in {info.path} holds no tensors")
+        save_file(tensors, out / "weights.safetensors",
+                  metadata={"format": "ckptlab-export", **source_meta})
+        written.append(out / "weights.safetensors")
+    if what in ("metadata", "both"):
+        keys = ("step", "episode", "epoch", "created", "metrics", "config", "config_sha256",
+                "versions", "components", "lineage")
+        meta = {"format": "ckptlab-export", **source_meta,
+                **{k: info.manifest.get(k) for k in keys}}
+        (out / "metadata.json").write_text(json.dumps(meta, indent=1), "utf-8")
+        written.append(out / "metadata.json")
+    return written

@@ -279,7 +279,8 @@ class KeepEveryKSteps:
 
 def smoothed_metric(history: MetricHistory, metric: str, step: int, window: int) -> float | None:
     """Mean of the last ``window`` recorded values of ``metric`` at or before ``step``."""
-    values = [float(m[metric]) for s, m in sorted(history, key=lambda h: h[0])
+    by_step = dict(history)  # one value per step: a re-saved step counts once
+    values = [float(m[metric]) for s, m in sorted(by_step.items())
               if s <= step and isinstance(m.get(metric), (int, float))
               and math.isfinite(float(m[metric]))]
     if not values:
@@ -309,19 +310,22 @@ class KeepTopK:
                                f"{self.smooth})")
 
     def score(self, record: CheckpointRecord, history: MetricHistory) -> float | None:
+        """The value ranked: the checkpoint's own metric, or its smoothed version; ``None``
+        when the checkpoint recorded no finite value itself."""
+        value = record.metrics.get(self.metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return None
         if self.smooth == 1:
-            value = record.metrics.get(self.metric)
-            return float(value) if isinstance(value, (int, float)) and math.isfinite(value) \
-                else None
+            return float(value)
         return smoothed_metric([*history, (record.step, record.metrics)], self.metric,
-                               record.step, self.smooth)
+                               record.step, self.smooth)  # the record wins over history
 
     def review(self, checkpoints: Sequence[CheckpointRecord],
                history: MetricHistory) -> dict[str, Vote]:
         label = self.metric if self.smooth == 1 else \
             f"{self.metric} (mean of last {self.smooth})"
         scored = [(self.score(c, history), c) for c in checkpoints]
-        ranked = sorted((s, c) for s, c in scored if s is not None)
+        ranked = [(s, c) for s, c in scored if s is not None]
         if self.mode == "max":
             ranked.sort(key=lambda sc: (-sc[0], sc[1].step))
         else:

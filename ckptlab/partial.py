@@ -69,14 +69,16 @@ def load_components(checkpoint: str | os.PathLike[str], into: Mapping[str, State
     return report
 
 
-def _subtree(state: Any, path: str, source: Path) -> Mapping[str, Any]:
-    node = state
+def _subtree(state: Any, component: str, path: str, source: Path) -> Mapping[str, Any]:
+    node, walked = state, component
     for part in filter(None, path.split("/")):
         if not isinstance(node, Mapping) or part not in node:
-            raise CheckpointNotFoundError(f"{source} has no '{path}' (stopped at '{part}')")
-        node = node[part]
+            there = ", ".join(map(str, node)) if isinstance(node, Mapping) else "no entries"
+            raise CheckpointNotFoundError(
+                f"{source} has no '{walked}/{part}'; '{walked}' contains: {there}")
+        node, walked = node[part], f"{walked}/{part}"
     if not isinstance(node, Mapping):
-        raise CheckpointNotFoundError(f"'{path}' in {source} is not a set of named tensors")
+        raise CheckpointNotFoundError(f"'{walked}' in {source} is not a set of named tensors")
     return node
 
 
@@ -94,7 +96,7 @@ def load_parameters(checkpoint: str | os.PathLike[str], module: nn.Module, *,
     info = latest_valid_checkpoint(checkpoint)
     component, _, rest = source.partition("/")
     _, states = load_checkpoint_state(info.path, keys=[component])
-    saved = _subtree(states[component], rest, info.path)
+    saved = _subtree(states[component], component, rest, info.path)
     try:
         regex = re.compile(pattern)
     except re.error as exc:
@@ -154,9 +156,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
     if what in ("weights", "both"):
         component, _, rest = source.partition("/")
         _, states = load_checkpoint_state(info.path, keys=[component])
-        tensors = {k: v.contiguous() for k, v in _subtree(states[component], rest,
-                                                          info.path).items()
-                   if isinstance(v, torch.Tensor)}
+        subtree = _subtree(states[component], component, rest, info.path)
+        tensors = {k: v.contiguous() for k, v in subtree.items() if isinstance(v, torch.Tensor)}
         if not tensors:
             raise CheckpointNotFoundError(f"'{source}' in {info.path} holds no tensors")
         save_file(tensors, out / "weights.safetensors",

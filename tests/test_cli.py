@@ -202,3 +202,122 @@ def test_library_refuses_to_overwrite_a_run_without_restore(finished_run):
         trainer.train()
     trainer.close()
     assert tree_digest(finished_run) == before
+
+
+# --- issue 3: lineage, config drift, ls, export, prune ------------------------------------
+
+def manifest_of(ckpt: Path) -> dict:
+    return json.loads((ckpt / "manifest.json").read_text())
+
+
+def test_resume_into_a_new_run_records_lineage_and_leaves_the_original(tmp_path, finished_run,
+                                                                     config_file, capsys):
+    before = tree_digest(finished_run)
+    parent = finished_run / "checkpoints" / "step_00000400"
+    new_run = tmp_path / "branch"
+    assert main(["train", "--run-dir", str(new_run), "--resume", str(parent), "--config",
+                 str(config_file), "--save-every", "200", "--quiet"]) == 0
+    assert "Resuming from" in capsys.readouterr().out
+    assert tree_digest(finished_run) == before, "the parent run was modified"
+    manifest = manifest_of(new_run / "checkpoints" / "step_00000800")
+    lineage = manifest["lineage"]["parent"]
+    assert lineage["step"] == 400 and lineage["path"] == str(parent.resolve())
+    assert lineage["manifest_sha256"] == manifest_of(parent)["manifest_sha256"]
+    assert lineage["config_changes"] == [
+        {"field": "save_every_steps", "old": 400, "new": 200, "role": "bookkeeping"}]
+    # Auto-resuming the branch later keeps its lineage.
+    assert main(["train", "--run-dir", str(new_run), "--steps", "1000", "--quiet"]) == 0
+    assert manifest_of(new_run / "checkpoints" / "step_00001000")["lineage"]["parent"][
+        "step"] == 400
+
+
+def test_config_drift_is_refused_with_a_diff_unless_allowed(tmp_path, finished_run, capsys):
+    parent = finished_run / "checkpoints" / "step_00000400"
+    drift = tmp_path / "drift.json"
+    drift.write_text(json.dumps({**SMALL, "learning_rate": 0.01, "gamma": 0.9}))
+    argv = ["train", "--run-dir", str(tmp_path / "b"), "--resume", str(parent), "--config",
+            str(drift), "--quiet"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert "learning_rate: 0.0025 -> 0.01" in line and "gamma: 0.99 -> 0.9" in line
+    assert "--allow-config-change" in line
+    assert not (tmp_path / "b").exists()
+    assert main(argv + ["--allow-config-change"]) == 0
+    changes = manifest_of(tmp_path / "b" / "checkpoints" / "step_00000800")["lineage"][
+        "parent"]["config_changes"]
+    assert {c["field"] for c in changes} == {"learning_rate", "gamma"}
+
+
+def test_ls_sorts_across_runs(tmp_path, finished_run, capsys):
+    import shutil
+
+    shutil.copytree(finished_run, tmp_path / "runs" / "one")
+    shutil.copytree(finished_run, tmp_path / "runs" / "two")
+    capsys.readouterr()
+    assert main(["ls", str(tmp_path / "runs"), "--sort", "eval_return", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "4 checkpoint(s)" in out and len(out.strip().splitlines()) == 2 + 3
+    assert main(["ls", str(tmp_path / "runs"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["run"] for r in rows} == {"one", "two"} and all(r["status"] == "valid"
+                                                            for r in rows)
+    assert main(["ls", str(tmp_path / "runs"), "--sort", "no_such_metric"]) == 2
+    assert "known: " in one_error_line(capsys)
+
+
+def test_export_and_its_errors(tmp_path, finished_run, capsys):
+    assert main(["export", str(finished_run), "--out", str(tmp_path / "w"), "--what",
+                 "weights"]) == 0
+    assert (tmp_path / "w" / "weights.safetensors").is_file()
+    assert not (tmp_path / "w" / "metadata.json").exists()
+    capsys.readouterr()
+    assert main(["export", str(finished_run), "--out", str(tmp_path / "w"), "--what",
+                 "weights"]) == 2
+    assert "nothing was overwritten" in one_error_line(capsys)
+    assert main(["export", str(finished_run), "--out", str(tmp_path / "x"), "--tensors",
+                 "agent/nope"]) == 2
+    assert "agent/nope" in one_error_line(capsys)
+
+
+def test_prune_dry_run_explains_and_changes_nothing(tmp_path, finished_run, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = tree_digest(run)
+    capsys.readouterr()
+    assert main(["prune", str(run), "--keep-last", "1", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert tree_digest(run) == before
+    assert "would delete step_00000400" in out and "not among the 1 newest" in out
+    assert "nothing was changed" in out
+    assert main(["prune", str(run), "--keep-last", "1"]) == 0
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000800"]
+    assert main(["prune", str(run)]) == 2
+    assert "give at least one rule" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("command", ["train", "inspect", "verify", "ls", "export", "prune",
+                                     "demo"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_save_policies_from_the_command_line(tmp_path, config_file, capsys):
+    assert main(["train", "--run-dir", str(tmp_path / "r"), "--config", str(config_file),
+                 "--save-every", "0", "--save-on-start", "--save-on-improvement",
+                 "--keep-top", "1", "--quiet"]) == 0
+    ckpts = tmp_path / "r" / "checkpoints"
+    steps = sorted(int(p.name[5:]) for p in ckpts.glob("step_*"))
+    assert 800 in steps  # final, and the latest is never deleted
+    log = [json.loads(line) for line in (ckpts / "decisions.jsonl").read_text().splitlines()]
+    saved = [e["step"] for e in log if e["event"] == "saved"]
+    assert saved[0] == 0, "no baseline was saved before training"
+    reasons = [manifest_of(ckpts / f"step_{s:08d}")["save_reasons"] for s in steps]
+    assert ["final"] in reasons or any("final" in r for r in reasons)
+    best = json.loads((ckpts / "best").read_text())["checkpoint"]
+    assert (ckpts / best).is_dir()

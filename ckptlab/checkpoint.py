@@ -175,47 +175,52 @@ def safetensors_chunks(tensors: Mapping[str, torch.Tensor],
     return [len(text).to_bytes(8, "little"), text, *chunks]
 
 
-def _write_files_durably(directory: Path,
-                         files: Mapping[str, list[bytes | memoryview]]) -> dict[str, Any]:
-    """Write new files from chunks, fsync them; return each file's size and SHA-256.
+class _ParallelFlush:
+    """Write files now and fsync them in background threads, so several files share one disk
+    flush instead of queueing for one each (fsync releases the GIL)."""
 
-    The fsyncs run in threads while this thread hashes the same chunks: both release the GIL,
-    so hashing hides inside the disk flush instead of adding to it.
-    """
-    handles = []
-    try:
-        for name, chunks in files.items():
-            handle = open(directory / name, "xb")
-            handles.append(handle)
-            for chunk in chunks:
-                handle.write(chunk)
-            handle.flush()
-        errors: list[BaseException] = []
-
-        def sync(fd: int) -> None:
-            try:
-                os.fsync(fd)
-            except BaseException as exc:  # re-raised below, in the saving thread
-                errors.append(exc)
-
-        threads = [threading.Thread(target=sync, args=(h.fileno(),)) for h in handles]
-        for thread in threads:
+    def __init__(self, files: Mapping[Path, Sequence[bytes | memoryview]]) -> None:
+        self._handles = []
+        self._errors: list[BaseException] = []
+        self._threads = []
+        try:
+            for path, chunks in files.items():
+                handle = open(path, "xb")
+                self._handles.append(handle)
+                for chunk in chunks:
+                    handle.write(chunk)
+                handle.flush()
+        except BaseException:
+            self._close()
+            raise
+        for handle in self._handles:
+            thread = threading.Thread(target=self._sync, args=(handle.fileno(),))
             thread.start()
-        entries = {}
-        for name, chunks in files.items():
-            digest = hashlib.sha256()
-            for chunk in chunks:
-                digest.update(chunk)
-            entries[name] = {"bytes": sum(memoryview(c).nbytes for c in chunks),
-                             "sha256": digest.hexdigest()}
-        for thread in threads:
+            self._threads.append(thread)
+
+    def _sync(self, fd: int) -> None:
+        try:
+            os.fsync(fd)
+        except BaseException as exc:  # re-raised by join(), in the saving thread
+            self._errors.append(exc)
+
+    def join(self) -> None:
+        for thread in self._threads:
             thread.join()
-        if errors:
-            raise errors[0]
-        return entries
-    finally:
-        for handle in handles:
+        self._close()
+        if self._errors:
+            raise self._errors[0]
+
+    def _close(self) -> None:
+        for handle in self._handles:
             handle.close()
+
+
+def _digest(chunks: Sequence[bytes | memoryview]) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return {"bytes": sum(memoryview(c).nbytes for c in chunks), "sha256": digest.hexdigest()}
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
@@ -473,8 +478,7 @@ class SaveTimings:
     snapshot: float = 0.0   # state_dict() + encoding, on the calling thread
     write: float = 0.0      # files written, hashed and fsynced
     commit: float = 0.0     # rename, pointers, retention
-    total: float = 0.0      # all of it (for an async save: in the background)
-    blocking: float = 0.0   # how long the calling thread was held
+    total: float = 0.0      # all of it (for an async save, partly in the background)
 
 
 class CheckpointWriteError(CkptlabError):
@@ -492,7 +496,7 @@ class _Snapshot:
     metrics: dict[str, Any]
     config: dict[str, Any] | None
     extra: dict[str, Any]
-    taken: float
+    snapshot_seconds: float
 
 
 class CheckpointManager:
@@ -540,7 +544,8 @@ class CheckpointManager:
         self.budget = DiskBudget(disk_budget_bytes) if disk_budget_bytes is not None else None
         self.create = create
         self.components: dict[str, Stateful] = {}
-        self.last_save_timings = SaveTimings()
+        self.last_save_timings = SaveTimings()  # set by whichever thread wrote the last save
+        self.last_blocking_seconds = 0.0  # how long the last save() / save_async() call held
         self._manifests: dict[str, dict[str, Any]] = {}  # cache: name -> manifest
         self._history: list[tuple[int, dict[str, Any]]] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -666,7 +671,7 @@ class CheckpointManager:
         t0 = time.perf_counter()
         snapshot = self._snapshot(step, metrics, config, extra, copy=False)
         info = self._write(snapshot)
-        self.last_save_timings.blocking = time.perf_counter() - t0
+        self.last_blocking_seconds = time.perf_counter() - t0
         return info
 
     def save_async(self, step: int, *, metrics: Mapping[str, Any] | None = None,
@@ -685,7 +690,7 @@ class CheckpointManager:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ckptlab-save")
         self._pending = self._executor.submit(self._write, snapshot)
-        self.last_save_timings.blocking = time.perf_counter() - t0
+        self.last_blocking_seconds = time.perf_counter() - t0
         return self._pending
 
     def wait(self) -> CheckpointInfo | None:
@@ -737,64 +742,81 @@ class CheckpointManager:
                 part = {k: t.clone() for k, t in part.items()}
             tensor_keys[name] = list(part)
             tensors.update(part)
-        snap = _Snapshot(step, json_parts, tensors, tensor_keys,
+        # JSON round trips: private, immutable copies of the caller's dicts.
+        return _Snapshot(step, json_parts, tensors, tensor_keys,
                          json.loads(json.dumps(dict(metrics or {}))),
                          json.loads(json.dumps(dict(config))) if config is not None else None,
-                         json.loads(json.dumps(dict(extra or {}))), t0)
-        self.last_save_timings = SaveTimings(snapshot=time.perf_counter() - t0)
-        return snap
+                         json.loads(json.dumps(dict(extra or {}))), time.perf_counter() - t0)
 
     def _write(self, snap: _Snapshot) -> CheckpointInfo:
         step = snap.step
         t1 = time.perf_counter()
         final = self.directory / checkpoint_dir_name(step)
-        temp = self.directory / f"{_TEMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+        tag = uuid.uuid4().hex[:8]
+        temp = self.directory / f"{_TEMP_PREFIX}{final.name}-{tag}"
+        pointer_temp = self.directory / f"{_TEMP_PREFIX}{LATEST}-{tag}"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
             temp.mkdir()
             tensor_chunks = safetensors_chunks(snap.tensors, {"format": FORMAT_NAME})
             # One JSON object, assembled from the per-component encodings (done once each).
-            state_bytes = b"{\n" + b",\n".join(
+            state_chunks = [b"{\n" + b",\n".join(
                 json.dumps(name).encode() + b": " + part
-                for name, part in snap.json_parts.items()) + b"\n}"
-            files = _write_files_durably(temp, {TENSORS: tensor_chunks, STATE: [state_bytes]})
-            components = {name: {"tensors": len(keys),
-                                 "tensor_bytes": sum(_nbytes(snap.tensors[k]) for k in keys),
-                                 "json_bytes": len(snap.json_parts[name])}
-                          for name, keys in snap.tensor_keys.items()}
-            manifest = self._manifest(step, components, files, snap.metrics, snap.config,
-                                      snap.extra)
-            _write_durable(temp / MANIFEST, _canonical_json(manifest, readable=True))
+                for name, part in snap.json_parts.items()) + b"\n}"]
+            pointer = _canonical_json({"checkpoint": final.name, "step": step}, readable=True)
+            # Data files and the next `latest` pointer flush together; the manifest needs the
+            # hashes, so it is written while those fsyncs run, and flushed alongside them.
+            flush = _ParallelFlush({temp / TENSORS: tensor_chunks, temp / STATE: state_chunks,
+                                    pointer_temp: [pointer]})
+            try:
+                files = {TENSORS: _digest(tensor_chunks), STATE: _digest(state_chunks)}
+                components = {
+                    name: {"tensors": len(keys),
+                           "tensor_bytes": sum(_nbytes(snap.tensors[k]) for k in keys),
+                           "json_bytes": len(snap.json_parts[name])}
+                    for name, keys in snap.tensor_keys.items()}
+                manifest = self._manifest(step, components, files, snap.metrics, snap.config,
+                                          snap.extra)
+                _write_durable(temp / MANIFEST, _canonical_json(manifest, readable=True))
+            finally:
+                flush.join()
             _fsync_dir(temp)
             t2 = time.perf_counter()
             fault_point("save:files-written", step)
-            self._commit(temp, final)
+            self._commit(temp, final, sync=False)
         except OSError as exc:
             shutil.rmtree(temp, ignore_errors=True)
+            pointer_temp.unlink(missing_ok=True)
             raise CheckpointWriteError(
                 f"could not save checkpoint {final.name} in {self.directory}: "
                 f"{_describe_os_error(exc)}. Earlier checkpoints and pointers are unchanged; "
                 "free disk space or fix permissions, then save again") from exc
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
+            pointer_temp.unlink(missing_ok=True)
             raise
         self._manifests[final.name] = manifest
         fault_point("save:committed", step)
         try:
-            self._write_pointer(LATEST, final.name, step)
+            fault_point("save:pointer-temp", step)
+            os.replace(pointer_temp, self.directory / LATEST)
+            # One directory fsync makes both renames durable: journaling filesystems commit
+            # them in order, so `latest` can never survive a crash that its target did not.
+            # (Resume scans the directories anyway; the pointer is for people and tools.)
+            _fsync_dir(self.directory)
             fault_point("save:pointer-updated", step)
             self._log_save(final.name, step, snap.metrics)
             self._apply_retention()
         except OSError as exc:
+            pointer_temp.unlink(missing_ok=True)
             raise CheckpointWriteError(
                 f"checkpoint {final.name} was committed, but updating pointers or retention "
                 f"failed: {_describe_os_error(exc)}. The checkpoint itself is complete and "
                 "will be found on resume") from exc
         t3 = time.perf_counter()
-        timings = self.last_save_timings
-        self.last_save_timings = SaveTimings(timings.snapshot, t2 - t1, t3 - t2,
-                                             timings.snapshot + (t3 - t1), timings.blocking)
+        self.last_save_timings = SaveTimings(snap.snapshot_seconds, t2 - t1, t3 - t2,
+                                             snap.snapshot_seconds + (t3 - t1))
         return CheckpointInfo(final, manifest)
 
     def _manifest(self, step: int, components: dict[str, Any], files: dict[str, Any],
@@ -818,7 +840,7 @@ class CheckpointManager:
         manifest["manifest_sha256"] = _manifest_self_hash(manifest)
         return manifest
 
-    def _commit(self, temp: Path, final: Path) -> None:
+    def _commit(self, temp: Path, final: Path, sync: bool = True) -> None:
         if final.exists():
             # A checkpoint of the same step exists (a resumed run re-reaching it, or a corrupt
             # one). Move it aside first: os.replace cannot replace a non-empty directory.
@@ -828,18 +850,17 @@ class CheckpointManager:
                 shutil.rmtree(aside)
             os.replace(final, aside)
             os.replace(temp, final)
-            _fsync_dir(self.directory)
+            _fsync_dir(self.directory)  # before the old copy is deleted, always
             shutil.rmtree(aside)
         else:
             os.replace(temp, final)
-            _fsync_dir(self.directory)
+            if sync:
+                _fsync_dir(self.directory)
         self._manifests.pop(final.name, None)
 
     def _write_pointer(self, pointer: str, name: str, step: int) -> None:
         temp = self.directory / f"{_TEMP_PREFIX}{pointer}-{uuid.uuid4().hex[:8]}"
         _write_durable(temp, _canonical_json({"checkpoint": name, "step": step}, readable=True))
-        if pointer == LATEST:
-            fault_point("save:pointer-temp", step)
         os.replace(temp, self.directory / pointer)
         _fsync_dir(self.directory)
 

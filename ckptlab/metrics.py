@@ -1,7 +1,8 @@
 """The metric history of a run: per-update loss, per-episode return, per-epoch summary.
 
 It is part of the checkpoint, so a resumed run's curves continue the interrupted run's, and the
-whole history can be compared bit for bit with an uninterrupted run's. Wall-clock times are kept
+whole history can be compared bit for bit with an uninterrupted run's. ``None`` values of an
+epoch summary (no loss yet, no episode finished) are stored as NaN. Wall-clock times are kept
 out of it on purpose (they differ between any two runs); they live in the manifest.
 
 Introduced in notebook ``03_loss_curves``.
@@ -9,8 +10,9 @@ Introduced in notebook ``03_loss_curves``.
 
 from __future__ import annotations
 
+import math
 from array import array
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,68 +33,134 @@ class EpochSummary:
     eval_success_rate: float | None  # fraction of greedy episodes reaching the time limit
 
 
+_EPOCH_INTS = ("epoch", "end_step", "episodes")
+_EPOCH_FLOATS = ("mean_loss", "mean_return", "epsilon", "eval_mean_return",
+                 "eval_success_rate")
+# Typed columns behind every series: (name, array.array type code, numpy dtype).
+_COLUMNS = (
+    ("loss_steps", "q", np.int64), ("losses", "d", np.float64),
+    ("episode_end_steps", "q", np.int64), ("episode_returns", "d", np.float64),
+    ("episode_lengths", "q", np.int64),
+    *((f"epoch_{n}", "q", np.int64) for n in _EPOCH_INTS),
+    *((f"epoch_{n}", "d", np.float64) for n in _EPOCH_FLOATS),  # NaN stands for None
+    ("eval_step", "q", np.int64), ("eval_epoch", "q", np.int64),
+    ("eval_episodes", "q", np.int64),            # episodes in each evaluation
+    ("eval_returns", "d", np.float64),           # all evaluations' returns, concatenated
+    ("eval_reached_time_limit", "B", np.uint8),  # likewise, 1 = survived to the time limit
+)
+
+
 class MetricHistory:
     """Append-only record of a run's learning signals.
 
-    Per-step series are kept in typed ``array.array`` buffers: appending is as cheap as a list,
-    and numpy views them without copying, so saving a long history costs no conversion.
+    Every series is a typed ``array.array`` column: appending is as cheap as a list, numpy views
+    it without copying, and saving costs one memory copy per column however long the run -
+    no per-entry Python work, which keeps (async) saves cheap late in long runs. The epoch
+    summaries and evaluations are also kept as objects for reading (:attr:`epochs`,
+    :attr:`evaluations`).
     """
 
     def __init__(self) -> None:
-        self.loss_steps = array("q")
-        self.losses = array("d")
-        self.episode_end_steps = array("q")
-        self.episode_returns = array("d")
-        self.episode_lengths = array("q")
+        self._columns = {name: array(code) for name, code, _ in _COLUMNS}
         self.epochs: list[EpochSummary] = []
         self.evaluations: list[dict[str, Any]] = []
 
+    def column(self, name: str) -> np.ndarray:
+        """A read-only numpy view of one series (e.g. ``"losses"``, ``"episode_returns"``)."""
+        dtype = next(d for n, _, d in _COLUMNS if n == name)
+        view = _view(self._columns[name], dtype)
+        view.flags.writeable = False
+        return view
+
+    @property
+    def loss_steps(self) -> np.ndarray:
+        return self.column("loss_steps")
+
+    @property
+    def losses(self) -> np.ndarray:
+        return self.column("losses")
+
+    @property
+    def episode_end_steps(self) -> np.ndarray:
+        return self.column("episode_end_steps")
+
+    @property
+    def episode_returns(self) -> np.ndarray:
+        return self.column("episode_returns")
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        return self.column("episode_lengths")
+
     def record_loss(self, step: int, loss: float) -> None:
-        self.loss_steps.append(step)
-        self.losses.append(loss)
+        self._columns["loss_steps"].append(step)
+        self._columns["losses"].append(loss)
 
     def record_episode(self, end_step: int, episode_return: float, length: int) -> None:
-        self.episode_end_steps.append(end_step)
-        self.episode_returns.append(episode_return)
-        self.episode_lengths.append(length)
+        self._columns["episode_end_steps"].append(end_step)
+        self._columns["episode_returns"].append(episode_return)
+        self._columns["episode_lengths"].append(length)
+
+    def record_epoch(self, summary: EpochSummary) -> None:
+        self.epochs.append(summary)
+        for name in _EPOCH_INTS:
+            self._columns[f"epoch_{name}"].append(getattr(summary, name))
+        for name in _EPOCH_FLOATS:
+            value = getattr(summary, name)
+            self._columns[f"epoch_{name}"].append(math.nan if value is None else value)
+
+    def record_evaluation(self, step: int, epoch: int, returns: Sequence[float],
+                          reached_time_limit: Sequence[bool]) -> dict[str, Any]:
+        """Append one greedy evaluation; returns its record (as in :attr:`evaluations`)."""
+        record = {"step": step, "epoch": epoch, "mean_return": float(np.mean(returns)),
+                  "success_rate": float(np.mean(reached_time_limit)),
+                  "returns": [float(r) for r in returns],
+                  "reached_time_limit": [bool(r) for r in reached_time_limit]}
+        self.evaluations.append(record)
+        self._columns["eval_step"].append(step)
+        self._columns["eval_epoch"].append(epoch)
+        self._columns["eval_episodes"].append(len(returns))
+        self._columns["eval_returns"].extend(record["returns"])
+        self._columns["eval_reached_time_limit"].extend(map(int, record["reached_time_limit"]))
+        return record
 
     def losses_between(self, first_step: int, last_step: int) -> list[float]:
         """Losses of updates made at steps in ``[first_step, last_step]``."""
-        lo, hi = np.searchsorted(_view(self.loss_steps, np.int64), [first_step, last_step + 1])
-        return self.losses[lo:hi].tolist()
+        lo, hi = np.searchsorted(self.loss_steps, [first_step, last_step + 1])
+        return self._columns["losses"][lo:hi].tolist()
 
     def returns_between(self, first_step: int, last_step: int) -> list[float]:
         """Returns of episodes that ended at steps in ``[first_step, last_step]``."""
-        lo, hi = np.searchsorted(_view(self.episode_end_steps, np.int64),
-                                 [first_step, last_step + 1])
-        return self.episode_returns[lo:hi].tolist()
+        lo, hi = np.searchsorted(self.episode_end_steps, [first_step, last_step + 1])
+        return self._columns["episode_returns"][lo:hi].tolist()
 
     def state_dict(self) -> dict[str, Any]:
-        # Long per-step series go to safetensors as arrays; summaries stay readable JSON.
-        # Copies, so the saved state cannot change if training continues during the save.
-        return {
-            "loss_steps": _view(self.loss_steps, np.int64).copy(),
-            "losses": _view(self.losses, np.float64).copy(),
-            "episode_end_steps": _view(self.episode_end_steps, np.int64).copy(),
-            "episode_returns": _view(self.episode_returns, np.float64).copy(),
-            "episode_lengths": _view(self.episode_lengths, np.int64).copy(),
-            "epochs": [dict(vars(e)) for e in self.epochs],  # asdict() deep-copies: slow
-            "evaluations": list(self.evaluations),
-        }
+        # Copies, so the saved state cannot change if training continues during a save.
+        return {name: _view(self._columns[name], dtype).copy() for name, _, dtype in _COLUMNS}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        def typed(code: str, values: Any) -> array:
-            out = array(code)
-            out.frombytes(np.ascontiguousarray(values, dtype=np.dtype(code)).tobytes())
-            return out
-
-        self.loss_steps = typed("q", state["loss_steps"])
-        self.losses = typed("d", state["losses"])
-        self.episode_end_steps = typed("q", state["episode_end_steps"])
-        self.episode_returns = typed("d", state["episode_returns"])
-        self.episode_lengths = typed("q", state["episode_lengths"])
-        self.epochs = [EpochSummary(**e) for e in state["epochs"]]
-        self.evaluations = [dict(e) for e in state["evaluations"]]
+        self._columns = {name: array(code) for name, code, _ in _COLUMNS}
+        self.epochs, self.evaluations = [], []
+        for name, code, dtype in _COLUMNS:
+            self._columns[name].frombytes(
+                np.ascontiguousarray(state[name], dtype=dtype).tobytes())
+        cols = {name: self._columns[name] for name, _, _ in _COLUMNS}
+        for i in range(len(cols["epoch_epoch"])):
+            floats = {n: cols[f"epoch_{n}"][i] for n in _EPOCH_FLOATS}
+            self.epochs.append(EpochSummary(
+                **{n: int(cols[f"epoch_{n}"][i]) for n in _EPOCH_INTS},
+                **{n: (None if math.isnan(v) and n != "epsilon" else float(v))
+                   for n, v in floats.items()}))
+        offset = 0
+        for i, count in enumerate(cols["eval_episodes"]):
+            returns = cols["eval_returns"][offset:offset + count].tolist()
+            reached = [bool(v) for v in cols["eval_reached_time_limit"][offset:offset + count]]
+            offset += count
+            self.evaluations.append({
+                "step": int(cols["eval_step"][i]), "epoch": int(cols["eval_epoch"][i]),
+                "mean_return": float(np.mean(returns)),
+                "success_rate": float(np.mean(reached)), "returns": returns,
+                "reached_time_limit": reached})
 
 
 def _view(values: array, dtype: type) -> np.ndarray:

@@ -205,11 +205,8 @@ class Trainer:
         evaluation = None
         if self.progress.epoch % cfg.eval_every_epochs == 0:
             evaluation = self.last_evaluation = self.evaluate()
-            self.metrics.evaluations.append({
-                "step": step, "epoch": self.progress.epoch,
-                "mean_return": evaluation.mean_return,
-                "success_rate": evaluation.success_rate, "returns": list(evaluation.returns),
-                "reached_time_limit": list(evaluation.reached_time_limit)})
+            self.metrics.record_evaluation(step, self.progress.epoch, evaluation.returns,
+                                           evaluation.reached_time_limit)
         summary = EpochSummary(
             epoch=self.progress.epoch, end_step=step,
             mean_loss=float(np.mean(losses)) if losses else None,
@@ -217,7 +214,7 @@ class Trainer:
             episodes=len(returns), epsilon=self.exploration.value(),
             eval_mean_return=evaluation.mean_return if evaluation else None,
             eval_success_rate=evaluation.success_rate if evaluation else None)
-        self.metrics.epochs.append(summary)
+        self.metrics.record_epoch(summary)
         self._say(format_epoch(summary))
         return summary
 

@@ -58,17 +58,25 @@ def test_sigterm_finishes_the_step_saves_and_exits_cleanly(tmp_path, config_file
     time.sleep(0.1)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
-    elapsed = time.monotonic() - sent
+    message = None
+    for line in proc.stdout:  # the message is printed after the checkpoint is committed
+        if line.startswith("Received SIGTERM"):
+            message = line.strip()
+            break
+    saved_after = time.monotonic() - sent
+    rest, err = proc.communicate(timeout=30)
+    exited_after = time.monotonic() - sent
     assert proc.returncode == 0, err
-    assert elapsed < 1.0, f"took {elapsed:.2f} s to save and exit after SIGTERM"
-    message = [line for line in out.splitlines() if line.startswith("Received SIGTERM")]
-    assert len(message) == 1 and "Run the same command to resume" in message[0]
-    stopped_at = int(message[0].split("at step ")[1].split(":")[0])
+    assert message is not None and "Run the same command to resume" in message, rest
+    assert saved_after < 1.0, f"took {saved_after:.2f} s to save after SIGTERM"
+    assert exited_after < 5.0, f"took {exited_after:.2f} s to exit after SIGTERM"
+    stopped_at = int(message.split("at step ")[1].split(":")[0])
     assert stopped_at in committed_steps(tmp_path), "the stop step was not saved"
     manifest = json.loads((tmp_path / "checkpoints" / f"step_{stopped_at:08d}" /
                            "manifest.json").read_text())
-    assert manifest["save_reasons"] == ["received SIGTERM"]
+    # Saved because of the signal - unless a regular save had just covered this very step.
+    assert manifest["save_reasons"] == ["received SIGTERM"] or \
+        stopped_at % LONGER["save_every_steps"] == 0, manifest["save_reasons"]
     resumed = run_cli(*train_args(tmp_path, config_file))
     assert resumed.returncode == 0, resumed.stderr
     assert f"step {stopped_at} of" in resumed.stdout

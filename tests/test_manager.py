@@ -155,7 +155,7 @@ def test_async_error_surfaces_on_next_save_and_close(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ck, "_write_files_durably", broken)
+    monkeypatch.setattr(ck, "_ParallelFlush", broken)
     manager.save_async(1)
     with pytest.raises(CheckpointWriteError, match="No space left"):
         manager.save_async(2)

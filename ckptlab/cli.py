@@ -502,8 +502,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for d in decisions:
         print(f"{verb[0] if not d.keep else verb[1]:12s} {d.name}  " + "; ".join(d.reasons))
     doomed = sum(not d.keep for d in decisions)
-    print(f"{doomed} of {len(decisions)} checkpoint(s) {verb[0]}"
-          + ("; nothing was changed (dry run)" if args.dry_run else ""))
+    print(f"{doomed} of {len(decisions)} checkpoint(s) "
+          + ("would be deleted; nothing was changed (dry run)" if args.dry_run else "deleted"))
     return EXIT_OK
 
 

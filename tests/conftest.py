@@ -27,6 +27,19 @@ def fast_config() -> DQNConfig:
     return DQNConfig(**FAST)
 
 
+class Counter:
+    """The smallest possible stateful component (not a torch object)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = state["value"]
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """Relative path -> SHA-256 of every file under ``root`` (to prove nothing changed).
 

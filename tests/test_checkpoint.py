@@ -21,18 +21,7 @@ from ckptlab import (
 )
 from ckptlab.checkpoint import DECISIONS, LATEST, MANIFEST, STATE, TENSORS, resolve_location
 
-
-class Counter:
-    """The smallest possible stateful component (not a torch object)."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def state_dict(self):
-        return {"value": self.value}
-
-    def load_state_dict(self, state):
-        self.value = state["value"]
+from conftest import Counter
 
 
 def make_manager(directory: Path, **kwargs):

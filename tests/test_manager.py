@@ -25,18 +25,7 @@ from ckptlab.lock import RunLockedError
 from ckptlab.partial import export_checkpoint, load_components, load_parameters
 from ckptlab.policies import BestBy, KeepLastN, KeepTopK
 
-from conftest import FAST, REPO, tree_digest
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.value = 0
-
-    def state_dict(self):
-        return {"value": self.value}
-
-    def load_state_dict(self, state):
-        self.value = state["value"]
+from conftest import FAST, REPO, Counter, tree_digest
 
 
 def counter_manager(directory, **kwargs):

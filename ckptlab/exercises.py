@@ -1,0 +1,96 @@
+"""Automatic checks for the lessons' exercises: pass or fail, with a hint.
+
+Each check compares the learner's answer with a value computed live from ckptlab objects
+(never a stored number), and returns an :class:`ExerciseResult` that notebooks display.
+
+Introduced in notebooks ``01_pipeline_trace`` to ``03_loss_curves``.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ExerciseResult:
+    """``passed`` is None when the exercise has not been attempted yet."""
+
+    passed: bool | None
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        status = {True: "PASS", False: "FAIL", None: "NOT ANSWERED YET"}[self.passed]
+        return f"{status}: {self.message}" + (f"\nHint: {self.hint}" if self.hint and
+                                               not self.passed else "")
+
+    def _repr_html_(self) -> str:
+        color = {True: "#1a7f37", False: "#cf222e", None: "#9a6700"}[self.passed]
+        status = {True: "PASS", False: "FAIL", None: "Not answered yet"}[self.passed]
+        hint = (f"<br><i>Hint:</i> {html.escape(self.hint)}" if self.hint and not self.passed
+                else "")
+        return (f"<div style='border-left:4px solid {color};padding:4px 10px'>"
+                f"<b style='color:{color}'>{status}</b> &mdash; {html.escape(self.message)}"
+                f"{hint}</div>")
+
+
+def check_parameter_count(answer: int | None, network: nn.Module) -> ExerciseResult:
+    """Lesson 1: how many numbers does the Q-network hold (weights and biases)?"""
+    hint = ("every nn.Linear(in, out) holds in*out weights plus out biases; "
+            "sum(p.numel() for p in network.parameters()) counts them all")
+    if answer is None:
+        return ExerciseResult(None, "set `answer` to a whole number", hint)
+    expected = sum(p.numel() for p in network.parameters())
+    if int(answer) == expected:
+        return ExerciseResult(True, f"the network holds {expected:,} numbers - exactly what "
+                                    "every checkpoint must store for it (twice: online and "
+                                    "target network)")
+    off = "too few: did you forget the biases?" if answer < expected else "too many"
+    return ExerciseResult(False, f"{answer:,} is {off}", hint)
+
+
+def check_greedy_policy(policy: Callable[[np.ndarray], int] | None,
+                        q_value_batches: Sequence[np.ndarray]) -> ExerciseResult:
+    """Lesson 2: write ``greedy(q_values) -> action`` that picks the best action."""
+    hint = "the greedy action is the index of the largest Q-value: np.argmax(q_values)"
+    if policy is None:
+        return ExerciseResult(None, "define `greedy(q_values)`", hint)
+    for q in q_value_batches:
+        expected = int(np.argmax(q))
+        try:
+            got = policy(np.array(q))
+        except Exception as exc:  # a learner's bug is a result, not a crash
+            return ExerciseResult(False, f"greedy({q.round(3).tolist()}) raised {exc!r}", hint)
+        if got != expected:
+            return ExerciseResult(False, f"for Q-values {q.round(3).tolist()} you chose "
+                                         f"{got!r}, the greedy action is {expected}", hint)
+    return ExerciseResult(True, f"correct on all {len(q_value_batches)} observations")
+
+
+def check_moving_average(fn: Callable[[Sequence[float], int], Sequence[float]] | None,
+                         values: Sequence[float], window: int) -> ExerciseResult:
+    """Lesson 3: write a trailing moving average (the first points average what exists)."""
+    from .lessons import smooth
+
+    hint = ("point i is the mean of values[max(0, i - window + 1) : i + 1]; the output has "
+            "as many points as the input")
+    if fn is None:
+        return ExerciseResult(None, "define `moving_average(values, window)`", hint)
+    expected = smooth(values, window)
+    try:
+        got = np.asarray(fn(list(values), window), dtype=float)
+    except Exception as exc:
+        return ExerciseResult(False, f"moving_average raised {exc!r}", hint)
+    if got.shape != expected.shape:
+        return ExerciseResult(False, f"{got.shape[0] if got.ndim else 0} points for "
+                                     f"{len(values)} values", hint)
+    if not np.allclose(got, expected, rtol=1e-9, atol=1e-9):
+        i = int(np.argmax(~np.isclose(got, expected)))
+        return ExerciseResult(False, f"point {i} is {got[i]:.3f}, expected {expected[i]:.3f}",
+                              hint)
+    return ExerciseResult(True, f"matches on all {len(values)} points")

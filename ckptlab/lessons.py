@@ -1,0 +1,250 @@
+"""What the lessons show, computed from real ckptlab objects: tables and plots.
+
+The notebooks call these; they never re-implement training or checkpointing. Each function
+names the notebook that introduces it (the d2l convention).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import MANIFEST, read_manifest
+from .metrics import MetricHistory
+
+# --------------------------------------------------------------------------------------------
+# Lesson 1: the pipeline
+# --------------------------------------------------------------------------------------------
+
+PIPELINE_STAGES = (
+    ("1. Initial agent state", "nothing (a seed)",
+     "build the Q-network with random weights, an empty replay buffer, epsilon = 1",
+     "agent parameters initialised"),
+    ("2. Training iteration", "agent + environment",
+     "act, store transitions, learn from replayed batches for 1000 steps",
+     "updated parameters and training state"),
+    ("3. Checkpoint save", "the complete training state",
+     "write every component to a temporary directory, hash, fsync, rename",
+     "a verified checkpoint directory"),
+    ("4. Training resume", "the checkpoint",
+     "verify hashes, load every component into a fresh agent, continue",
+     "the same run, continuing as if never stopped"),
+)
+
+
+def parameter_table(module: nn.Module) -> list[dict[str, Any]]:
+    """Per-tensor statistics of a network's parameters. Introduced in ``01_pipeline_trace``."""
+    rows = []
+    for name, p in module.named_parameters():
+        x = p.detach().double()
+        rows.append({"tensor": name, "shape": "x".join(map(str, p.shape)), "numbers": p.numel(),
+                     "mean": x.mean().item(), "std": x.std().item() if p.numel() > 1 else 0.0,
+                     "min": x.min().item(), "max": x.max().item()})
+    return rows
+
+
+def parameter_changes(before: Mapping[str, torch.Tensor],
+                      after: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """How much each tensor moved between two state dicts. Introduced in
+    ``01_pipeline_trace``."""
+    rows = []
+    for name, old in before.items():
+        new = after[name]
+        delta = (new.double() - old.double())
+        norm = old.double().norm().item()
+        rows.append({"tensor": name, "changed values": int((delta != 0).sum()),
+                     "of": delta.numel(), "size of change (L2)": delta.norm().item(),
+                     "relative change": delta.norm().item() / norm if norm else float("inf")})
+    return rows
+
+
+def checkpoint_file_table(checkpoint: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The files of a checkpoint with their sizes and hashes (as recorded and as on disk).
+    Introduced in ``01_pipeline_trace``."""
+    path = Path(checkpoint)
+    manifest = read_manifest(path)
+    rows = [{"file": MANIFEST, "bytes": (path / MANIFEST).stat().st_size,
+             "sha256 (first 16 hex digits)": manifest["manifest_sha256"][:16] + " (self)"}]
+    for name, entry in manifest["files"].items():
+        rows.append({"file": name, "bytes": (path / name).stat().st_size,
+                     "sha256 (first 16 hex digits)": entry["sha256"][:16]})
+    return rows
+
+
+def component_size_table(checkpoint: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """How many bytes each component takes in a checkpoint. Introduced in
+    ``01_pipeline_trace``."""
+    manifest = read_manifest(Path(checkpoint))
+    rows = [{"component": name, "tensors": c["tensors"], "tensor bytes": c["tensor_bytes"],
+             "JSON bytes": c["json_bytes"]} for name, c in manifest["components"].items()]
+    return sorted(rows, key=lambda r: -(r["tensor bytes"] + r["JSON bytes"]))
+
+
+def draw_pipeline(ax: Any, highlight: int | None = None) -> None:
+    """The four-stage data-flow diagram. Introduced in ``01_pipeline_trace``."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    ax.set_xlim(0, 4)
+    ax.set_ylim(0, 1.25)
+    ax.axis("off")
+    colors = ["#dbeafe", "#dcfce7", "#fef3c7", "#fce7f3"]
+    for i, (title, _, what, output) in enumerate(PIPELINE_STAGES):
+        x = i + 0.06
+        edge = "#111827" if highlight == i else "#6b7280"
+        ax.add_patch(FancyBboxPatch((x, 0.28), 0.82, 0.72, boxstyle="round,pad=0.02",
+                                    facecolor=colors[i], edgecolor=edge,
+                                    linewidth=2.5 if highlight == i else 1))
+        ax.text(x + 0.41, 0.88, title, ha="center", va="center", fontsize=9.5,
+                fontweight="bold", wrap=True)
+        ax.text(x + 0.41, 0.6, _wrap(what, 26), ha="center", va="center", fontsize=7.5)
+        ax.text(x + 0.41, 0.12, "→ " + _wrap(output, 28), ha="center", va="center",
+                fontsize=7.5, style="italic", color="#374151")
+        if i < 3:
+            ax.add_patch(FancyArrowPatch((x + 0.84, 0.64), (x + 1.04, 0.64),
+                                         arrowstyle="-|>", mutation_scale=14, color="#374151"))
+    ax.annotate("", xy=(3.47, 1.06), xytext=(1.47, 1.06),
+                arrowprops=dict(arrowstyle="-|>", color="#b91c1c", connectionstyle="arc3,rad=-0.25"))
+    ax.text(2.47, 1.2, "interrupted? resume from the last checkpoint", ha="center",
+            fontsize=8, color="#b91c1c")
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+# --------------------------------------------------------------------------------------------
+# Lesson 2: one prediction
+# --------------------------------------------------------------------------------------------
+
+CARTPOLE_FEATURES = ("cart position (m)", "cart velocity (m/s)", "pole angle (rad)",
+                     "pole angular velocity (rad/s)")
+CARTPOLE_ACTIONS = ("push left", "push right")
+
+
+def plot_activations(trace: Sequence[tuple[str, torch.Tensor]], axes: Sequence[Any]) -> None:
+    """One bar chart per layer of a forward pass (from ``QNetwork.forward_trace``).
+    Introduced in ``02_prediction_trace``."""
+    for ax, (name, values) in zip(axes, trace):
+        v = values.detach().cpu().reshape(-1).numpy()
+        colors = np.where(v > 0, "#2563eb", np.where(v < 0, "#dc2626", "#9ca3af"))
+        ax.bar(np.arange(v.size), v, color=colors, width=1.0 if v.size > 20 else 0.7)
+        active = f", {int((v > 0).sum())}/{v.size} active" if "ReLU" in name else ""
+        ax.set_title(f"{name} ({v.size} values{active})", fontsize=9)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.tick_params(labelsize=7)
+
+
+# --------------------------------------------------------------------------------------------
+# Lesson 3: the epoch-by-epoch trace
+# --------------------------------------------------------------------------------------------
+
+def smooth(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing moving average; the first points average what exists so far.
+    Introduced in ``03_loss_curves``."""
+    x = np.asarray(values, dtype=float)
+    if window < 1:
+        raise ValueError("window must be >= 1")
+    csum = np.cumsum(np.insert(x, 0, 0.0))
+    idx = np.arange(1, x.size + 1)
+    lo = np.maximum(0, idx - window)
+    return (csum[idx] - csum[lo]) / (idx - lo)
+
+
+def epoch_trace_rows(history: MetricHistory, saved_steps: Sequence[int] = (),
+                     resumed_at_step: int | None = None) -> list[dict[str, Any]]:
+    """The lesson page's table - epoch, loss, score, observation - written from the data.
+    Introduced in ``03_loss_curves``."""
+    rows, previous, start = [], None, 0
+    saved = set(saved_steps)
+    for e in history.epochs:
+        notes = []
+        if resumed_at_step is not None and resumed_at_step == start:
+            notes.append(f"training resumed from the checkpoint at step {resumed_at_step}")
+        if e.mean_loss is None:
+            notes.append("collecting experience, no updates yet")
+        elif previous is not None and previous.mean_loss is not None:
+            notes.append("loss decreases" if e.mean_loss < previous.mean_loss
+                         else "loss rises (targets moved: normal in RL)")
+        if e.eval_mean_return is not None and previous is not None and \
+                previous.eval_mean_return is not None:
+            notes.append("score improves" if e.eval_mean_return > previous.eval_mean_return
+                         else "score dips")
+        if e.eval_success_rate == 1.0:
+            notes.append("every greedy episode survived 500 steps")
+        if e.end_step in saved:
+            notes.append("checkpoint saved")
+        start = e.end_step
+        rows.append({"epoch": e.epoch, "loss ↓": e.mean_loss,
+                     "score ↑ (greedy return)": e.eval_mean_return,
+                     "observation": "; ".join(notes) or "-"})
+        previous = e
+    return rows
+
+
+def plot_training_curves(history: MetricHistory, axes: Sequence[Any], *,
+                         saved_steps: Sequence[int] = (), resumed_at_step: int | None = None,
+                         window: int = 50, label: str = "", color: str | None = None) -> None:
+    """Loss (per update) and return (per episode, plus greedy evaluations) with checkpoint
+    and resume markers. Introduced in ``03_loss_curves``."""
+    loss_ax, return_ax = axes
+    steps, losses = history.loss_steps, history.losses
+    if len(losses):
+        loss_ax.plot(steps, losses, color=color or "#93c5fd", linewidth=0.4, alpha=0.6,
+                     label=f"{label} loss per update".strip())
+        loss_ax.plot(steps, smooth(losses, window), color=color or "#1d4ed8", linewidth=1.6,
+                     label=f"{label} moving average ({window})".strip())
+    loss_ax.set_yscale("log")
+    loss_ax.set_ylabel("Huber TD loss")
+    ends, returns = history.episode_end_steps, history.episode_returns
+    return_ax.plot(ends, returns, ".", color=color or "#86efac", markersize=3,
+                   label=f"{label} episode return (training)".strip())
+    evals = history.evaluations
+    if evals:
+        return_ax.plot([e["step"] for e in evals], [e["mean_return"] for e in evals], "o-",
+                       color=color or "#15803d", label=f"{label} greedy evaluation".strip())
+    return_ax.set_ylabel("return")
+    for ax in axes:
+        for s in saved_steps:
+            ax.axvline(s, color="#f59e0b", linestyle=":", linewidth=1)
+        if resumed_at_step is not None:
+            ax.axvline(resumed_at_step, color="#b91c1c", linewidth=1.5)
+        ax.set_xlabel("environment step")
+    return_ax.plot([], [], ":", color="#f59e0b", label="checkpoint saved")
+    if resumed_at_step is not None:
+        return_ax.plot([], [], color="#b91c1c", label="resumed here")
+
+
+def show_table(rows: Sequence[Mapping[str, Any]], floatfmt: str = ".4g") -> Any:
+    """Render rows as an HTML table (plain text in a terminal). Used by every lesson."""
+    from IPython.display import HTML
+
+    if not rows:
+        return HTML("<i>(no rows)</i>")
+    cols = list(rows[0])
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "-" if np.isnan(v) else format(v, floatfmt)
+        return "-" if v is None else str(v)
+
+    head = "".join(f"<th style='text-align:left'>{c}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{cell(r[c])}</td>"
+                                    for c in cols) + "</tr>" for r in rows)
+    return HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def key_insight(text: str) -> Any:
+    """The "key insight" box at the end of each lesson."""
+    from IPython.display import HTML
+    import html as _html
+
+    return HTML("<div style='border:2px solid #2563eb;border-radius:8px;padding:10px 14px;"
+                "background:#eff6ff'><b>🔑 Key insight</b><br>" + _html.escape(text) + "</div>")

@@ -77,6 +77,8 @@ class Catalog:
         every file has the recorded size; with ``verify`` every file's SHA-256 is checked too.
         """
         rows = [self._row(manifest.parent, verify) for manifest in self._manifests()]
+        if not rows:
+            return 0  # nothing to index: write nothing
         temp = self.db_path + ".tmp"
         if os.path.exists(temp):
             os.remove(temp)
@@ -133,8 +135,8 @@ class Catalog:
               valid_only: bool = False) -> list[CatalogRow]:
         """Checkpoints, optionally filtered by run, sorted by ``step`` / ``size_bytes`` /
         ``created`` or any metric name (missing values last), at most ``top`` of them."""
-        if not os.path.exists(self.db_path):
-            self.rebuild()
+        if not os.path.exists(self.db_path) and self.rebuild() == 0:
+            return []
         con = sqlite3.connect(self.db_path)
         try:
             where, params = [], []

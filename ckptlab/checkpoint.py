@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno as errno_module
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -287,12 +288,14 @@ def read_manifest(checkpoint: Path) -> dict[str, Any]:
         raise CheckpointCorruptError(
             f"{checkpoint}: manifest.json is missing, so this checkpoint was never completed "
             "or has been damaged")
-    if path.stat().st_size > _MAX_MANIFEST_BYTES:
-        raise CheckpointCorruptError(f"{path}: manifest is implausibly large; not a checkpoint")
     try:
+        if path.stat().st_size > _MAX_MANIFEST_BYTES:
+            raise CheckpointCorruptError(f"{path}: manifest is implausibly large")
         manifest = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointCorruptError(f"{path}: manifest is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise CheckpointCorruptError(f"{path}: cannot be read ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise ForeignFileError(f"{path} is not a ckptlab manifest (no format '{FORMAT_NAME}')")
     version = manifest.get("format_version")
@@ -317,6 +320,8 @@ def _read_verified(checkpoint: Path, manifest: Mapping[str, Any], name: str) -> 
         data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointCorruptError(f"{path} is missing") from None
+    except OSError as exc:  # a directory in its place, unreadable media, permissions
+        raise CheckpointCorruptError(f"{path} cannot be read ({exc})") from None
     if len(data) != entry["bytes"]:
         raise CheckpointCorruptError(
             f"{path} has {len(data)} bytes but the manifest records {entry['bytes']} "
@@ -553,8 +558,14 @@ class CheckpointManager:
         self._lock = RunLock(self.directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise CkptlabError(f"{self.directory} exists and is not a directory")
-        if create and self.directory.is_dir():
-            self._lock.acquire()  # before cleaning: leftovers might be another writer's
+        if create:
+            # Lock at once (not at the first save), so a second writer fails before it trains;
+            # and before cleaning, since leftovers might be another writer's.
+            try:
+                self._lock.acquire()
+            except OSError as exc:
+                raise CheckpointWriteError(
+                    f"cannot write to {self.directory}: {_describe_os_error(exc)}") from exc
             self.remove_leftovers()
 
     # -- registration ---------------------------------------------------------------------
@@ -695,15 +706,20 @@ class CheckpointManager:
 
     def wait(self) -> CheckpointInfo | None:
         """Block until the in-flight async save (if any) is committed; raise its error."""
-        pending, self._pending = self._pending, None
+        pending = self._pending
         if pending is None:
             return None
         try:
-            return pending.result()
+            info = pending.result()
         except CkptlabError:
+            self._pending = None
             raise
         except Exception as exc:  # an unexpected failure in the writer thread
+            self._pending = None
             raise CheckpointWriteError(f"background checkpoint save failed: {exc!r}") from exc
+        # (A KeyboardInterrupt while waiting leaves the save pending: close() reports it.)
+        self._pending = None
+        return info
 
     def close(self) -> None:
         """Finish any async save (raising its error), stop the writer thread, release the lock."""
@@ -742,11 +758,11 @@ class CheckpointManager:
                 part = {k: t.clone() for k, t in part.items()}
             tensor_keys[name] = list(part)
             tensors.update(part)
-        # JSON round trips: private, immutable copies of the caller's dicts.
-        return _Snapshot(step, json_parts, tensors, tensor_keys,
-                         json.loads(json.dumps(dict(metrics or {}))),
-                         json.loads(json.dumps(dict(config))) if config is not None else None,
-                         json.loads(json.dumps(dict(extra or {}))), time.perf_counter() - t0)
+        # Private copies of the caller's dicts; NaN and infinity (a diverged loss) become None,
+        # because the manifest is strict JSON.
+        return _Snapshot(step, json_parts, tensors, tensor_keys, _json_copy(metrics or {}),
+                         _json_copy(config) if config is not None else None,
+                         _json_copy(extra or {}), time.perf_counter() - t0)
 
     def _write(self, snap: _Snapshot) -> CheckpointInfo:
         step = snap.step
@@ -807,7 +823,7 @@ class CheckpointManager:
             _fsync_dir(self.directory)
             fault_point("save:pointer-updated", step)
             self._log_save(final.name, step, snap.metrics)
-            self._apply_retention()
+            self._apply_retention(latest=final.name)
         except OSError as exc:
             pointer_temp.unlink(missing_ok=True)
             raise CheckpointWriteError(
@@ -892,12 +908,14 @@ class CheckpointManager:
     def plan_retention(self) -> list[Decision]:
         """What retention would decide now, without deleting anything (``prune --dry-run``)."""
         return decide_retention(self.records(), self.retention, best=self.best,
-                                budget=self.budget, history=self.history())
+                                budget=self.budget, history=self.history(),
+                                latest=self.latest_pointer())
 
-    def _apply_retention(self) -> list[Decision]:
+    def _apply_retention(self, latest: str | None = None) -> list[Decision]:
         records = self.records()
         decisions = decide_retention(records, self.retention, best=self.best,
-                                     budget=self.budget, history=self.history())
+                                     budget=self.budget, history=self.history(),
+                                     latest=latest or self.latest_pointer())
         best = self.best.pick(records) if self.best is not None else None
         if best is not None and self.best_pointer() != best.name:
             self._write_pointer(BEST, best.name, best.step)
@@ -960,6 +978,20 @@ def read_decision_log(directory: str | os.PathLike[str]) -> list[dict[str, Any]]
     except FileNotFoundError:
         pass
     return events
+
+
+def _json_copy(value: Any) -> Any:
+    """A deep copy through JSON types, with non-finite floats replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_copy(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    raise CkptlabError(f"manifest values must be JSON numbers, strings, lists or dicts "
+                       f"(got {type(value).__name__})")
 
 
 def _describe_os_error(exc: OSError) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -84,6 +85,8 @@ class DQNConfig:
                 ok = isinstance(value, kind)
             if not ok:
                 problems.append(f"{f.name} must be {kind.__name__} (got {value!r})")
+            elif kind is float and not math.isfinite(value):
+                problems.append(f"{f.name} must be a finite number (got {value!r})")
         if problems:
             raise CkptlabError("invalid DQNConfig: " + "; ".join(problems))
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))

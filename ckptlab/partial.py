@@ -142,24 +142,28 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
         raise CkptlabError(f"what must be weights, metadata or both (got {what!r})")
     info: CheckpointInfo = latest_valid_checkpoint(checkpoint)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CkptlabError(f"--out {out} exists and is not a directory")
     targets = {"weights": ["weights.safetensors"], "metadata": ["metadata.json"],
                "both": ["weights.safetensors", "metadata.json"]}[what]
     clashes = [name for name in targets if (out / name).exists()]
     if clashes:
         raise CkptlabError(f"{out} already contains {', '.join(clashes)}; choose an empty "
                            "output directory (nothing was overwritten)")
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    source_meta = {"source_checkpoint": str(info.path.resolve()), "source_step": str(info.step),
-                   "source_manifest_sha256": str(info.manifest.get("manifest_sha256")),
-                   "source_tensors": source}
-    if what in ("weights", "both"):
+    tensors: dict[str, torch.Tensor] = {}
+    if what in ("weights", "both"):  # everything is checked before anything is written
         component, _, rest = source.partition("/")
         _, states = load_checkpoint_state(info.path, keys=[component])
         subtree = _subtree(states[component], component, rest, info.path)
         tensors = {k: v.contiguous() for k, v in subtree.items() if isinstance(v, torch.Tensor)}
         if not tensors:
             raise CheckpointNotFoundError(f"'{source}' in {info.path} holds no tensors")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    source_meta = {"source_checkpoint": str(info.path.resolve()), "source_step": str(info.step),
+                   "source_manifest_sha256": str(info.manifest.get("manifest_sha256")),
+                   "source_tensors": source}
+    if tensors:
         save_file(tensors, out / "weights.safetensors",
                   metadata={"format": "ckptlab-export", **source_meta})
         written.append(out / "weights.safetensors")

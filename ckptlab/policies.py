@@ -152,7 +152,8 @@ class OnImprovement:
     metric: str
     mode: Mode = "max"
     min_delta: float = 0.0
-    best: float | None = None
+    # Not in repr: AnyOf keys saved policy state by repr, which must not change as best does.
+    best: float | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _check_mode(self.mode)
@@ -388,20 +389,22 @@ class Decision:
 
 def decide_retention(checkpoints: Sequence[CheckpointRecord],
                      policies: Sequence[RetentionPolicy], *, best: BestBy | None = None,
-                     budget: DiskBudget | None = None,
-                     history: MetricHistory = ()) -> list[Decision]:
+                     budget: DiskBudget | None = None, history: MetricHistory = (),
+                     latest: str | None = None) -> list[Decision]:
     """Apply retention to ``checkpoints`` and return one decision per checkpoint (by step).
 
     Rules, in order: a checkpoint is kept if any policy keeps it (all are kept when there is no
     policy); the latest and the best are always kept; the disk budget then deletes the oldest
-    unprotected survivors until the total fits.
+    unprotected survivors until the total fits. ``latest`` names the checkpoint just written
+    (it may have a lower step than an older, unusable one after a fallback); by default the
+    highest step is the latest.
     """
     if not checkpoints:
         return []
     ordered = sorted(checkpoints, key=lambda c: c.step)
-    latest = ordered[-1]
+    latest_record = next((c for c in ordered if c.name == latest), ordered[-1])
     best_record = best.pick(ordered) if best is not None else None
-    protected = {latest.name: "latest (never deleted)"}
+    protected = {latest_record.name: "latest (never deleted)"}
     if best_record is not None:
         protected.setdefault(best_record.name, "")
         protected[best_record.name] = "; ".join(filter(None, [

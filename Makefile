@@ -1,11 +1,12 @@
-# One command each: `make demo` (the main job) and `make test` (every test).
+# One command each: `make lab` (the lessons, in JupyterLab), `make demo` (headless: kill a run,
+# resume it, compare), `make test` (every test, notebooks included).
 # Both create .venv and install the pinned requirements on first use.
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 export JUPYTER_PLATFORM_DIRS = 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup lab demo test bench notebooks clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +16,17 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 setup: $(VENV)/.installed
 
+lab: setup  ## open the lessons in JupyterLab
+	$(PY) -m jupyter lab notebooks/
+
 demo: setup  ## kill a training run with SIGKILL, resume it, compare with an uninterrupted run
 	$(PY) -m ckptlab demo
 
 test: setup  ## unit, fault and exact-resume tests
 	$(PY) -m pytest -q
+
+notebooks: setup  ## re-execute the lessons in place (refreshes their committed outputs)
+	$(PY) tools/refresh_notebooks.py
 
 bench: setup  ## measured figures for benchmarks/README.md
 	$(PY) benchmarks/time_to_solve.py

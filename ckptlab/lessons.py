@@ -91,7 +91,7 @@ def draw_pipeline(ax: Any, highlight: int | None = None) -> None:
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     ax.set_xlim(0, 4)
-    ax.set_ylim(0, 1.25)
+    ax.set_ylim(0, 1.4)
     ax.axis("off")
     colors = ["#dbeafe", "#dcfce7", "#fef3c7", "#fce7f3"]
     for i, (title, _, what, output) in enumerate(PIPELINE_STAGES):
@@ -106,12 +106,13 @@ def draw_pipeline(ax: Any, highlight: int | None = None) -> None:
         ax.text(x + 0.41, 0.12, "→ " + _wrap(output, 28), ha="center", va="center",
                 fontsize=7.5, style="italic", color="#374151")
         if i < 3:
-            ax.add_patch(FancyArrowPatch((x + 0.84, 0.64), (x + 1.04, 0.64),
-                                         arrowstyle="-|>", mutation_scale=14, color="#374151"))
+            ax.add_patch(FancyArrowPatch((x + 0.84, 0.64), (x + 1.05, 0.64), arrowstyle="-|>",
+                                         mutation_scale=16, color="#374151", zorder=5,
+                                         shrinkA=0, shrinkB=0))
     ax.annotate("", xy=(3.47, 1.06), xytext=(1.47, 1.06),
                 arrowprops=dict(arrowstyle="-|>", color="#b91c1c", connectionstyle="arc3,rad=-0.25"))
-    ax.text(2.47, 1.2, "interrupted? resume from the last checkpoint", ha="center",
-            fontsize=8, color="#b91c1c")
+    ax.text(2.47, 1.3, "interrupted? resume from the last checkpoint", ha="center",
+            fontsize=8.5, color="#b91c1c")
 
 
 def _wrap(text: str, width: int) -> str:

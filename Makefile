@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 setup: $(VENV)/.installed
 
 lab: setup  ## open the lessons in JupyterLab
-	$(PY) -m jupyter lab notebooks/
+	$(PY) -m jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 demo: setup  ## kill a training run with SIGKILL, resume it, compare with an uninterrupted run
 	$(PY) -m ckptlab demo

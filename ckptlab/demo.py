@@ -8,6 +8,7 @@ component. Notebook ``04_interrupt_and_resume`` tells the same story with plots.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -95,6 +96,70 @@ def finish_run(proc: subprocess.Popen[str], config: DQNConfig, run_dir: Path) ->
     if code != 0:
         raise CkptlabError(f"training failed: {err.strip()[-500:]}")
     return run_dir / CHECKPOINTS_SUBDIR / checkpoint_dir_name(config.total_steps)
+
+
+def stop_gracefully(config: DQNConfig, run_dir: Path, after_epoch: int) -> tuple[int, str]:
+    """Train in a subprocess and send it SIGTERM once epoch ``after_epoch`` has finished.
+
+    Returns the step at which the process saved and stopped, and its message.
+    Introduced in notebook ``04_interrupt_and_resume``.
+    """
+    args = _train_args(config, run_dir)
+    args.remove("--quiet")  # epoch lines tell us how far it got
+    proc = _start_cli(args)
+    assert proc.stdout is not None
+    marker = f"epoch {after_epoch:3d}"
+    for line in proc.stdout:
+        if line.startswith(marker):
+            proc.send_signal(signal.SIGTERM)
+            break
+    message = ""
+    for line in proc.stdout:
+        if line.startswith("Received SIGTERM"):
+            message = line.strip()
+    code, err = _finish(proc)
+    if code != 0 or not message:
+        raise CkptlabError(f"the graceful stop did not happen (exit {code}): "
+                           f"{err.strip()[-300:]}")
+    return int(message.split("at step ")[1].split(":")[0]), message
+
+
+@dataclass
+class LostWork:
+    """One row of the save-interval experiment."""
+
+    save_every: int
+    last_checkpoint_step: int
+    lost_steps: int
+    saves: int
+    save_seconds: float
+    train_seconds: float
+
+    @property
+    def overhead(self) -> float:
+        """Share of training time spent saving."""
+        return self.save_seconds / self.train_seconds
+
+
+def lost_work_by_interval(config: DQNConfig, intervals: list[int], kill_at_step: int,
+                          directory: Path) -> list[LostWork]:
+    """For each save interval: train until ``kill_at_step`` (where a crash would strike),
+    then measure what is on disk: the work a crash would lose, and what saving cost.
+
+    Introduced in notebook ``04_interrupt_and_resume``.
+    """
+    from .train import Trainer
+
+    rows = []
+    for every in intervals:
+        cfg = dataclasses.replace(config, save_every_steps=every)
+        with Trainer(cfg, directory / f"every-{every}") as trainer:
+            result = trainer.train(until_step=kill_at_step)
+            committed = trainer.checkpoints.committed() if trainer.checkpoints else []
+            last = int(committed[-1].name[5:]) if committed else 0
+        rows.append(LostWork(every, last, kill_at_step - last, result.saves,
+                             result.save_seconds, result.train_seconds))
+    return rows
 
 
 def format_comparison(rows: list[ComponentComparison]) -> str:

@@ -94,3 +94,50 @@ def check_moving_average(fn: Callable[[Sequence[float], int], Sequence[float]] |
         return ExerciseResult(False, f"point {i} is {got[i]:.3f}, expected {expected[i]:.3f}",
                               hint)
     return ExerciseResult(True, f"matches on all {len(values)} points")
+
+
+def check_lost_steps(answer: int | None, save_every: int, killed_after: int) -> ExerciseResult:
+    """Lesson 4: the steps a crash costs = steps since the last checkpoint."""
+    hint = ("checkpoints exist at multiples of the save interval; the last one before the kill "
+            "is at (killed_after // save_every) * save_every")
+    if answer is None:
+        return ExerciseResult(None, "set `lost` to a number of steps", hint)
+    expected = killed_after - (killed_after // save_every) * save_every
+    if int(answer) == expected:
+        return ExerciseResult(True, f"{expected} steps: the last checkpoint was at step "
+                                    f"{killed_after - expected}")
+    return ExerciseResult(False, f"{answer} is not it", hint)
+
+
+def check_omission(answer: str | None, expected: str, choices: Sequence[str]) -> ExerciseResult:
+    """Lesson 5: name the piece of state whose omission caused a divergence."""
+    hint = ("look at when the curves separate and at epsilon: an immediate jump in exploration "
+            "points at the counters, a slow drift at the random generators")
+    if answer is None:
+        return ExerciseResult(None, f"set `answer` to one of {list(choices)}", hint)
+    if answer not in choices:
+        return ExerciseResult(False, f"{answer!r} is not one of {list(choices)}", hint)
+    if answer == expected:
+        return ExerciseResult(True, f"yes: {expected}")
+    return ExerciseResult(False, f"{answer} is present in that run", hint)
+
+
+def check_keep_last(fn: Callable[[Sequence[int], int], Sequence[int]] | None) -> ExerciseResult:
+    """Lesson 6: write ``keep_last(steps, n)`` -> the steps KeepLastN(n) keeps."""
+    from .policies import CheckpointRecord, KeepLastN, decide_retention
+
+    hint = "sort the steps, keep the n largest: sorted(steps)[-n:]"
+    if fn is None:
+        return ExerciseResult(None, "define `keep_last(steps, n)`", hint)
+    cases = [([500, 1000, 1500, 2000], 2), ([3000, 1000, 2000], 1), ([7, 3, 5, 1, 9], 3)]
+    for steps, n in cases:
+        records = [CheckpointRecord(f"step_{s:08d}", s, {}, 1) for s in steps]
+        expected = sorted(d.step for d in decide_retention(records, [KeepLastN(n)]) if d.keep)
+        try:
+            got = sorted(fn(list(steps), n))
+        except Exception as exc:
+            return ExerciseResult(False, f"keep_last({steps}, {n}) raised {exc!r}", hint)
+        if got != expected:
+            return ExerciseResult(False, f"keep_last({steps}, {n}) gave {got}, KeepLastN "
+                                         f"keeps {expected}", hint)
+    return ExerciseResult(True, f"agrees with KeepLastN on all {len(cases)} cases")

@@ -190,6 +190,16 @@ def epoch_trace_rows(history: MetricHistory, saved_steps: Sequence[int] = (),
     return rows
 
 
+def metrics_from_checkpoint(checkpoint: str | os.PathLike[str]) -> MetricHistory:
+    """The metric history stored in a checkpoint. Introduced in ``04_interrupt_and_resume``."""
+    from .checkpoint import load_checkpoint_state
+
+    _, states = load_checkpoint_state(Path(checkpoint), keys=["metrics"])
+    history = MetricHistory()
+    history.load_state_dict(states["metrics"])
+    return history
+
+
 def plot_training_curves(history: MetricHistory, axes: Sequence[Any], *,
                          saved_steps: Sequence[int] = (), resumed_at_step: int | None = None,
                          window: int = 50, label: str = "", color: str | None = None) -> None:
@@ -249,3 +259,49 @@ def key_insight(text: str) -> Any:
 
     return HTML("<div style='border:2px solid #2563eb;border-radius:8px;padding:10px 14px;"
                 "background:#eff6ff'><b>🔑 Key insight</b><br>" + _html.escape(text) + "</div>")
+
+
+# --------------------------------------------------------------------------------------------
+# Lesson 6: retention strategies
+# --------------------------------------------------------------------------------------------
+
+def retention_summary(outcomes: Sequence[Any], best_step: int,
+                      run_steps: Sequence[int]) -> list[dict[str, Any]]:
+    """One row per strategy: saves, what is left, disk, and whether the truly best checkpoint
+    survived. ``run_steps`` are the recorded checkpoints' steps. Introduced in
+    ``06_retention_strategies``."""
+    rows = []
+    for o in outcomes:
+        saved = o.saved_steps
+        gaps = np.diff([0, *saved, run_steps[-1]]) if saved else [run_steps[-1]]
+        rows.append({"strategy": o.strategy.name, "saves": len(saved),
+                     "kept at the end": len(o.final_steps),
+                     "peak disk (KB)": max(b for _, b in o.disk_bytes) / 1000,
+                     "final disk (KB)": o.disk_bytes[-1][1] / 1000,
+                     "worst-case steps lost": int(max(gaps)),
+                     "holds the best policy": "yes" if best_step in o.final_steps else "NO"})
+    return rows
+
+
+def plot_retention_timeline(outcomes: Sequence[Any], axes: Sequence[Any], best_step: int,
+                            end_step: int) -> None:
+    """Left: which checkpoints existed when (one row per strategy, a bar per checkpoint from
+    its save to its deletion). Right: disk use over time. Introduced in
+    ``06_retention_strategies``."""
+    timeline_ax, disk_ax = axes
+    for row, o in enumerate(outcomes):
+        deleted = o.deleted()
+        for step in o.saved_steps:
+            until = deleted.get(step, (end_step, ""))[0]
+            color = "#f59e0b" if step == best_step else "#60a5fa"
+            timeline_ax.plot([step, until], [row, row], color=color, linewidth=6,
+                             solid_capstyle="butt", alpha=0.85)
+            timeline_ax.plot([step], [row], "|", color="#111827", markersize=10)
+        disk_ax.step([s for s, _ in o.disk_bytes], [b / 1000 for _, b in o.disk_bytes],
+                     where="post", label=o.strategy.name)
+    timeline_ax.set_yticks(range(len(outcomes)), [o.strategy.name for o in outcomes], fontsize=8)
+    timeline_ax.invert_yaxis()
+    timeline_ax.set_xlabel("training step (bar: from save to deletion; orange: the best policy)")
+    disk_ax.set_xlabel("training step")
+    disk_ax.set_ylabel("disk used (KB)")
+    disk_ax.legend(fontsize=7)

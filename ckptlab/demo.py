@@ -63,6 +63,19 @@ def _train_args(config: DQNConfig, run_dir: Path) -> list[str]:
     return ["train", "--run-dir", str(run_dir), "--config", str(config_file), "--quiet"]
 
 
+def train_in_subprocess(config: DQNConfig, run_dir: Path,
+                        fault: str | None = None) -> tuple[int, str, str]:
+    """Run ``python -m ckptlab train`` for ``config`` in ``run_dir``; with ``fault``
+    (``PHASE@STEP``, see :mod:`ckptlab.faults`) the process SIGKILLs itself there.
+
+    Returns (exit status, stdout, stderr); -9 means it was killed by SIGKILL.
+    Introduced in notebook ``07_failure_modes``.
+    """
+    proc = _start_cli(_train_args(config, run_dir), fault=fault)
+    out, err = proc.communicate()
+    return proc.returncode, out, err
+
+
 def run_killed_and_resumed(config: DQNConfig, run_dir: Path, kill_at_step: int
                            ) -> InterruptedRun:
     """Train ``config`` in a subprocess, SIGKILL it after ``kill_at_step``, then resume it.

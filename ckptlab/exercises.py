@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,3 +142,40 @@ def check_keep_last(fn: Callable[[Sequence[int], int], Sequence[int]] | None) ->
             return ExerciseResult(False, f"keep_last({steps}, {n}) gave {got}, KeepLastN "
                                          f"keeps {expected}", hint)
     return ExerciseResult(True, f"agrees with KeepLastN on all {len(cases)} cases")
+
+
+def check_find_corrupt(fn: Callable[[Path], str | None] | None, checkpoint: Path,
+                       corrupted_file: str) -> ExerciseResult:
+    """Lesson 7: write ``find_corrupt(checkpoint_dir)`` -> the name of the file whose SHA-256
+    does not match the manifest (or None if all match)."""
+    hint = ("read manifest.json; for each name in manifest['files'], compare "
+            "hashlib.sha256((checkpoint / name).read_bytes()).hexdigest() with its 'sha256'")
+    if fn is None:
+        return ExerciseResult(None, "define `find_corrupt(checkpoint)`", hint)
+    try:
+        got = fn(Path(checkpoint))
+    except Exception as exc:
+        return ExerciseResult(False, f"find_corrupt raised {exc!r}", hint)
+    if got == corrupted_file:
+        return ExerciseResult(True, f"found it: {got} no longer matches its recorded hash")
+    return ExerciseResult(False, f"you answered {got!r}", hint)
+
+
+def check_checklist(answer: set[str] | None, trainer_components: Sequence[str]) -> ExerciseResult:
+    """Lesson 8: which components must a checkpoint hold for an exact resume?"""
+    required = {"agent", "replay_buffer", "exploration", "progress", "env", "rng"}
+    hint = ("everything that decides what happens next; lesson 5's ablation removed them one "
+            f"at a time. The trainer's components are {sorted(trainer_components)}")
+    if answer is None:
+        return ExerciseResult(None, "set `answer` to a set of component names", hint)
+    unknown = set(answer) - set(trainer_components)
+    if unknown:
+        return ExerciseResult(False, f"not components of the trainer: {sorted(unknown)}", hint)
+    missing = required - set(answer)
+    if missing:
+        return ExerciseResult(False, f"without {sorted(missing)} the resumed run drifts away",
+                              hint)
+    return ExerciseResult(True, "that is everything that decides the future"
+                          + ("; and the metric history keeps the curves continuous"
+                             if "metrics" in answer else
+                             " (add 'metrics' too, so the curves continue)"))

@@ -291,17 +291,23 @@ def plot_retention_timeline(outcomes: Sequence[Any], axes: Sequence[Any], best_s
     timeline_ax, disk_ax = axes
     for row, o in enumerate(outcomes):
         deleted = o.deleted()
-        for step in o.saved_steps:
+        n = len(o.saved_steps)
+        for i, step in enumerate(o.saved_steps):
+            # Each checkpoint gets its own thin lane inside the strategy's band.
+            y = row - 0.38 + 0.76 * (i / max(n - 1, 1))
             until = deleted.get(step, (end_step, ""))[0]
-            color = "#f59e0b" if step == best_step else "#60a5fa"
-            timeline_ax.plot([step, until], [row, row], color=color, linewidth=6,
-                             solid_capstyle="butt", alpha=0.85)
-            timeline_ax.plot([step], [row], "|", color="#111827", markersize=10)
+            survived = step not in deleted
+            color = "#f59e0b" if step == best_step else ("#2563eb" if survived else "#93c5fd")
+            timeline_ax.plot([step, until], [y, y], color=color, linewidth=2.2,
+                             solid_capstyle="butt")
+            if not survived:
+                timeline_ax.plot([until], [y], "x", color="#b91c1c", markersize=4)
         disk_ax.step([s for s, _ in o.disk_bytes], [b / 1000 for _, b in o.disk_bytes],
                      where="post", label=o.strategy.name)
     timeline_ax.set_yticks(range(len(outcomes)), [o.strategy.name for o in outcomes], fontsize=8)
     timeline_ax.invert_yaxis()
-    timeline_ax.set_xlabel("training step (bar: from save to deletion; orange: the best policy)")
+    timeline_ax.set_xlabel("training step - each line is one checkpoint, from its save to its "
+                           "deletion (x); dark: kept to the end; orange: the best policy")
     disk_ax.set_xlabel("training step")
     disk_ax.set_ylabel("disk used (KB)")
     disk_ax.legend(fontsize=7)

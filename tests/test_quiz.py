@@ -128,3 +128,42 @@ def test_exercise_checks_pass_fail_and_not_answered():
     assert check_moving_average(good, values, 2).passed
     assert not check_moving_average(lambda v, w: v, values, 2).passed
     assert "PASS" in check_moving_average(good, values, 2)._repr_html_()
+
+
+def test_lesson_4_to_8_exercise_checks(tmp_path):
+    from ckptlab.exercises import (check_checklist, check_find_corrupt, check_keep_last,
+                                   check_lost_steps, check_omission)
+    from ckptlab.failures import flip_byte
+
+    assert check_lost_steps(1200, 1500, 7200).passed
+    assert not check_lost_steps(7200, 1500, 7200).passed
+    assert check_lost_steps(None, 1500, 7200).passed is None
+    choices = ["counters", "rng", "env"]
+    assert check_omission("env", "env", choices).passed
+    assert not check_omission("rng", "env", choices).passed
+    assert not check_omission("weights!", "env", choices).passed
+    assert check_keep_last(lambda s, n: sorted(s)[-n:]).passed
+    assert not check_keep_last(lambda s, n: s[:n]).passed
+    ckpt = tmp_path / "ck"
+    ckpt.mkdir()
+    import hashlib
+
+    for name in ("a.bin", "b.bin"):
+        (ckpt / name).write_bytes(name.encode() * 10)
+    files = {n: {"sha256": hashlib.sha256((ckpt / n).read_bytes()).hexdigest()}
+             for n in ("a.bin", "b.bin")}
+    (ckpt / "manifest.json").write_text(json.dumps({"files": files}))
+    flip_byte(ckpt / "b.bin")
+
+    def finder(path):
+        manifest = json.loads((path / "manifest.json").read_text())
+        return next((n for n, e in manifest["files"].items()
+                     if hashlib.sha256((path / n).read_bytes()).hexdigest() != e["sha256"]),
+                    None)
+
+    assert check_find_corrupt(finder, ckpt, "b.bin").passed
+    assert not check_find_corrupt(lambda p: "a.bin", ckpt, "b.bin").passed
+    names = ["agent", "replay_buffer", "exploration", "progress", "env", "rng", "metrics"]
+    assert check_checklist(set(names), names).passed
+    assert not check_checklist({"agent"}, names).passed
+    assert not check_checklist({"agent", "model"}, names).passed

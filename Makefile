@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 export JUPYTER_PLATFORM_DIRS = 1
 
-.PHONY: setup lab demo test bench notebooks clean
+.PHONY: setup lab demo test bench notebooks site clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: setup  ## unit, fault and exact-resume tests
 
 notebooks: setup  ## re-execute the lessons in place (refreshes their committed outputs)
 	$(PY) tools/refresh_notebooks.py
+
+site: setup  ## execute every lesson and export the rendered suite to site/ (open site/index.html)
+	$(PY) tools/build_site.py --out site
 
 bench: setup  ## measured figures for benchmarks/README.md
 	$(PY) benchmarks/time_to_solve.py

@@ -43,12 +43,19 @@ WHY_IT_MATTERS = {
     "counters": "step and episode counters and the exploration schedule; without them epsilon "
                 "jumps back to 1 and the agent explores at random again",
     "rng": "the random generators; without them exploration and batch sampling draw other "
-           "numbers, so the run slowly drifts away",
+           "numbers from the very first step, so learning takes another path at once",
     "env": "the episode in progress; without it the environment resets and the resumed run "
-           "plays an episode the original never saw",
+           "plays an episode the original never saw - the first batches are almost the same "
+           "(the buffer is), then the new experience pulls the runs apart",
     "metrics": "the metric history; it changes nothing the agent does, but without it the "
                "resumed run's curves start from nothing",
 }
+
+
+def mystery_level() -> str:
+    """The ablation level lesson 5's exercise shows as a mystery (the answer is in the
+    lesson's solution, not in the exercise cell)."""
+    return ABLATION_LEVELS[5 - 1][0]
 
 
 def resume_partially(checkpoint: str | os.PathLike[str], config: DQNConfig,
@@ -117,9 +124,27 @@ def continue_training(trainer: Trainer, steps: int, eval_key_step: int) -> After
         final_greedy_return=evaluation.mean_return)
 
 
+def separation_step(run: AfterResume, reference: AfterResume, tolerance: float = 0.05,
+                    window: int = 25) -> int | None:
+    """The first step after the resume at which the two runs' smoothed losses are more than
+    ``tolerance`` (relative) apart, update by update; ``None`` if they never are."""
+    from .lessons import smooth
+
+    n = min(len(run.losses), len(reference.losses))
+    if n == 0:
+        return None
+    a, b = smooth(run.losses[:n], window), smooth(reference.losses[:n], window)
+    apart = np.abs(a - b) > tolerance * np.abs(b)
+    if run.loss_steps[:n].tolist() != reference.loss_steps[:n].tolist():
+        apart |= run.loss_steps[:n] != reference.loss_steps[:n]  # updates at other steps
+    hits = np.flatnonzero(apart)
+    return int(reference.loss_steps[hits[0]]) if hits.size else None
+
+
 def divergence(run: AfterResume, reference: AfterResume) -> dict[str, float | int | None]:
     """How far ``run`` strays from ``reference``: the first step (after the resume) at which
-    an update's loss differs, the gap in final greedy return, and the final weight distance."""
+    an update's loss differs at all, the step at which the runs visibly separate (smoothed
+    losses more than 5% apart), the gap in final greedy return, the final weight distance."""
     first = None
     n = min(len(run.losses), len(reference.losses))
     for i in range(n):
@@ -132,6 +157,7 @@ def divergence(run: AfterResume, reference: AfterResume) -> dict[str, float | in
                                       reference.final_weights[k].double()) ** 2).sum()
                                     for k in reference.final_weights)))
     return {"first divergence (steps after resume)": first,
+            "separates (>5% apart) at": separation_step(run, reference),
             "final greedy return": run.final_greedy_return,
             "return gap": abs(run.final_greedy_return - reference.final_greedy_return),
             "final weight distance": distance}

@@ -61,16 +61,21 @@ def check_greedy_policy(policy: Callable[[np.ndarray], int] | None,
     hint = "the greedy action is the index of the largest Q-value: np.argmax(q_values)"
     if policy is None:
         return ExerciseResult(None, "define `greedy(q_values)`", hint)
-    for q in q_value_batches:
+    # Real Q-values, plus pairs that make each action the best (a constant answer fails).
+    cases = [*q_value_batches, np.array([0.3, 1.2]), np.array([2.5, -0.4]),
+             np.array([-1.0, -0.2])]
+    for q in cases:
         expected = int(np.argmax(q))
         try:
             got = policy(np.array(q))
+        except NotImplementedError:
+            return ExerciseResult(None, "replace `raise NotImplementedError` with your code", hint)
         except Exception as exc:  # a learner's bug is a result, not a crash
             return ExerciseResult(False, f"greedy({q.round(3).tolist()}) raised {exc!r}", hint)
         if got != expected:
             return ExerciseResult(False, f"for Q-values {q.round(3).tolist()} you chose "
                                          f"{got!r}, the greedy action is {expected}", hint)
-    return ExerciseResult(True, f"correct on all {len(q_value_batches)} observations")
+    return ExerciseResult(True, f"correct on all {len(cases)} cases")
 
 
 def check_moving_average(fn: Callable[[Sequence[float], int], Sequence[float]] | None,
@@ -85,6 +90,8 @@ def check_moving_average(fn: Callable[[Sequence[float], int], Sequence[float]] |
     expected = smooth(values, window)
     try:
         got = np.asarray(fn(list(values), window), dtype=float)
+    except NotImplementedError:
+        return ExerciseResult(None, "replace `raise NotImplementedError` with your code", hint)
     except Exception as exc:
         return ExerciseResult(False, f"moving_average raised {exc!r}", hint)
     if got.shape != expected.shape:
@@ -103,6 +110,8 @@ def check_lost_steps(answer: int | None, save_every: int, killed_after: int) -> 
             "is at (killed_after // save_every) * save_every")
     if answer is None:
         return ExerciseResult(None, "set `lost` to a number of steps", hint)
+    if not float(answer).is_integer():
+        return ExerciseResult(False, f"{answer} is not a whole number of steps", hint)
     expected = killed_after - (killed_after // save_every) * save_every
     if int(answer) == expected:
         return ExerciseResult(True, f"{expected} steps: the last checkpoint was at step "
@@ -112,8 +121,9 @@ def check_lost_steps(answer: int | None, save_every: int, killed_after: int) -> 
 
 def check_omission(answer: str | None, expected: str, choices: Sequence[str]) -> ExerciseResult:
     """Lesson 5: name the piece of state whose omission caused a divergence."""
-    hint = ("look at when the curves separate and at epsilon: an immediate jump in exploration "
-            "points at the counters, a slow drift at the random generators")
+    hint = ("epsilon back at 1 points at the counters; losses far apart from the first updates "
+            "at the random generators (other batches); losses that stay close for a while and "
+            "then separate at the environment (same batches at first, new experience later)")
     if answer is None:
         return ExerciseResult(None, f"set `answer` to one of {list(choices)}", hint)
     if answer not in choices:
@@ -136,6 +146,9 @@ def check_keep_last(fn: Callable[[Sequence[int], int], Sequence[int]] | None) ->
         expected = sorted(d.step for d in decide_retention(records, [KeepLastN(n)]) if d.keep)
         try:
             got = sorted(fn(list(steps), n))
+        except NotImplementedError:
+            return ExerciseResult(None, "replace `raise NotImplementedError` with your code",
+                                  hint)
         except Exception as exc:
             return ExerciseResult(False, f"keep_last({steps}, {n}) raised {exc!r}", hint)
         if got != expected:
@@ -144,21 +157,37 @@ def check_keep_last(fn: Callable[[Sequence[int], int], Sequence[int]] | None) ->
     return ExerciseResult(True, f"agrees with KeepLastN on all {len(cases)} cases")
 
 
-def check_find_corrupt(fn: Callable[[Path], str | None] | None, checkpoint: Path,
-                       corrupted_file: str) -> ExerciseResult:
+def check_find_corrupt(fn: Callable[[Path], str | None] | None,
+                       checkpoint: Path) -> ExerciseResult:
     """Lesson 7: write ``find_corrupt(checkpoint_dir)`` -> the name of the file whose SHA-256
-    does not match the manifest (or None if all match)."""
+    does not match the manifest, or None when every file matches. Checked on three copies of
+    ``checkpoint``: intact, with a damaged tensor file, with a damaged state file."""
+    import shutil
+    import tempfile
+
+    from .failures import flip_byte
+
     hint = ("read manifest.json; for each name in manifest['files'], compare "
             "hashlib.sha256((checkpoint / name).read_bytes()).hexdigest() with its 'sha256'")
     if fn is None:
         return ExerciseResult(None, "define `find_corrupt(checkpoint)`", hint)
-    try:
-        got = fn(Path(checkpoint))
-    except Exception as exc:
-        return ExerciseResult(False, f"find_corrupt raised {exc!r}", hint)
-    if got == corrupted_file:
-        return ExerciseResult(True, f"found it: {got} no longer matches its recorded hash")
-    return ExerciseResult(False, f"you answered {got!r}", hint)
+    with tempfile.TemporaryDirectory(prefix="ckptlab-exercise-") as tmp:
+        for damaged in (None, "tensors.safetensors", "state.json"):
+            copy = Path(tmp) / f"copy-{damaged}"
+            shutil.copytree(checkpoint, copy)
+            if damaged:
+                flip_byte(copy / damaged)
+            try:
+                got = fn(copy)
+            except NotImplementedError:
+                return ExerciseResult(None, "replace `raise NotImplementedError` with your code",
+                                      hint)
+            except Exception as exc:
+                return ExerciseResult(False, f"find_corrupt raised {exc!r}", hint)
+            if got != damaged:
+                what = "an intact checkpoint" if damaged is None else f"a damaged {damaged}"
+                return ExerciseResult(False, f"on {what} you answered {got!r}", hint)
+    return ExerciseResult(True, "right on an intact checkpoint and on two damaged ones")
 
 
 def check_checklist(answer: set[str] | None, trainer_components: Sequence[str]) -> ExerciseResult:

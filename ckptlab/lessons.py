@@ -276,7 +276,9 @@ def retention_summary(outcomes: Sequence[Any], best_step: int,
         gaps = np.diff([0, *saved, run_steps[-1]]) if saved else [run_steps[-1]]
         rows.append({"strategy": o.strategy.name, "saves": len(saved),
                      "kept at the end": len(o.final_steps),
-                     "peak disk (KB)": max(b for _, b in o.disk_bytes) / 1000,
+                     # measured after each save's retention pass; during a save one more
+                     # checkpoint exists briefly
+                     "peak disk after a save (KB)": max(b for _, b in o.disk_bytes) / 1000,
                      "final disk (KB)": o.disk_bytes[-1][1] / 1000,
                      "worst-case steps lost": int(max(gaps)),
                      "holds the best policy": "yes" if best_step in o.final_steps else "NO"})

@@ -121,7 +121,7 @@ def test_exercise_checks_pass_fail_and_not_answered():
     assert check_parameter_count(None, net).passed is None
     qs = [np.array([0.1, 0.7]), np.array([2.0, -1.0])]
     assert check_greedy_policy(lambda q: int(np.argmax(q)), qs).passed
-    assert not check_greedy_policy(lambda q: 0, qs).passed
+    assert not check_greedy_policy(lambda q: 0, [np.array([1.0, 0.0])]).passed  # constant
     assert not check_greedy_policy(lambda q: 1 / 0, qs).passed  # a learner's bug: a FAIL
     values = [1.0, 5.0, 3.0, 7.0]
     good = lambda v, w: [float(np.mean(v[max(0, i - w + 1): i + 1])) for i in range(len(v))]  # noqa
@@ -133,11 +133,11 @@ def test_exercise_checks_pass_fail_and_not_answered():
 def test_lesson_4_to_8_exercise_checks(tmp_path):
     from ckptlab.exercises import (check_checklist, check_find_corrupt, check_keep_last,
                                    check_lost_steps, check_omission)
-    from ckptlab.failures import flip_byte
 
     assert check_lost_steps(1200, 1500, 7200).passed
     assert not check_lost_steps(7200, 1500, 7200).passed
     assert check_lost_steps(None, 1500, 7200).passed is None
+    assert not check_lost_steps(1200.7, 1500, 7200).passed
     choices = ["counters", "rng", "env"]
     assert check_omission("env", "env", choices).passed
     assert not check_omission("rng", "env", choices).passed
@@ -148,12 +148,11 @@ def test_lesson_4_to_8_exercise_checks(tmp_path):
     ckpt.mkdir()
     import hashlib
 
-    for name in ("a.bin", "b.bin"):
+    for name in ("tensors.safetensors", "state.json"):
         (ckpt / name).write_bytes(name.encode() * 10)
     files = {n: {"sha256": hashlib.sha256((ckpt / n).read_bytes()).hexdigest()}
-             for n in ("a.bin", "b.bin")}
+             for n in ("tensors.safetensors", "state.json")}
     (ckpt / "manifest.json").write_text(json.dumps({"files": files}))
-    flip_byte(ckpt / "b.bin")
 
     def finder(path):
         manifest = json.loads((path / "manifest.json").read_text())
@@ -161,8 +160,11 @@ def test_lesson_4_to_8_exercise_checks(tmp_path):
                      if hashlib.sha256((path / n).read_bytes()).hexdigest() != e["sha256"]),
                     None)
 
-    assert check_find_corrupt(finder, ckpt, "b.bin").passed
-    assert not check_find_corrupt(lambda p: "a.bin", ckpt, "b.bin").passed
+    assert check_find_corrupt(finder, ckpt).passed
+
+    assert not check_find_corrupt(lambda p: "state.json", ckpt).passed
+    assert check_find_corrupt(lambda p: (_ for _ in ()).throw(NotImplementedError()),
+                              ckpt).passed is None
     names = ["agent", "replay_buffer", "exploration", "progress", "env", "rng", "metrics"]
     assert check_checklist(set(names), names).passed
     assert not check_checklist({"agent"}, names).passed

@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_site_builds_from_committed_outputs(tmp_path):
+    before = sorted(p.name for p in (REPO / "notebooks").iterdir())
     out = tmp_path / "site"
     done = subprocess.run([sys.executable, str(REPO / "tools" / "build_site.py"), "--out",
                            str(out), "--no-execute"], capture_output=True, text=True,
@@ -30,4 +31,6 @@ def test_site_builds_from_committed_outputs(tmp_path):
                 f"{stem}: the quiz is not readable without a kernel"
     start = (out / "00_start_here.html").read_text()
     assert 'href="01_pipeline_trace.html"' in start
-    assert not (REPO / "notebooks" / ".ipynb_checkpoints").exists()
+    assert sorted(p.name for p in (REPO / "notebooks").iterdir()) == before
+    for stem in notebooks:
+        assert "VBox(children" not in (out / f"{stem}.html").read_text(), "widget repr shown"

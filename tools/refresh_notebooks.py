@@ -3,9 +3,9 @@
 Why outputs are committed: a learner (or an instructor previewing the suite on a code host)
 sees every table and plot without installing anything. To keep diffs reviewable, this script
 removes what changes on every run without meaning anything: execution timings, kernel and
-widget-state metadata; and runs with fixed seeds, so re-running an unchanged notebook changes
-nothing. It runs each notebook from a temporary copy of the repo's notebooks directory, so
-nothing is written next to the sources but the refreshed notebook itself.
+widget-state metadata and widget views (their text is only a repr); and runs with fixed seeds.
+Each notebook runs with notebooks/ as its working directory; the lessons write only into
+temporary directories, so nothing is left next to the sources but the refreshed notebook.
 
     .venv/bin/python tools/refresh_notebooks.py [notebooks/01_pipeline_trace.ipynb ...]
 """
@@ -30,10 +30,12 @@ def clean(nb: nbformat.NotebookNode) -> None:
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         if cell.cell_type == "code":
-            for output in cell.get("outputs", []):
+            # A widget view needs a live kernel, and its text/plain is only a repr: drop the
+            # whole output. The quiz's HTML fallback is a separate output and stays.
+            cell.outputs = [o for o in cell.get("outputs", [])
+                            if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
+            for output in cell.outputs:
                 output.get("metadata", {}).pop("execution", None)
-                # widget views need live kernel state; the quiz's HTML fallback is kept
-                output.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
 
 
 def refresh(path: Path) -> float:

@@ -104,6 +104,14 @@ def checkpoint_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def checkpoint_step(path: str | os.PathLike[str]) -> int:
+    """The step a checkpoint directory's name encodes (``step_00003000`` -> 3000)."""
+    match = _STEP_DIR.match(Path(path).name)
+    if match is None:
+        raise CkptlabError(f"{path} is not named like a checkpoint (step_NNNNNNNN)")
+    return int(match.group(1))
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape a checkpoint's contents, recorded in the manifest."""
     import gymnasium
@@ -583,8 +591,8 @@ class CheckpointManager:
         """Committed checkpoint directories, oldest first (not verified)."""
         if not self.directory.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.directory.iterdir()
-                 if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+        found = [(checkpoint_step(p), p) for p in self.directory.iterdir()
+                 if _STEP_DIR.match(p.name) and p.is_dir()]
         return [p for _, p in sorted(found)]
 
     def _read_pointer(self, name: str) -> str | None:

@@ -18,7 +18,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import CHECKPOINTS_SUBDIR, CheckpointManager, checkpoint_dir_name
+from .checkpoint import (
+    CHECKPOINTS_SUBDIR,
+    CheckpointManager,
+    checkpoint_dir_name,
+    checkpoint_step,
+)
 from .compare import ComponentComparison, compare_checkpoints
 from .config import DQNConfig
 from .errors import CkptlabError
@@ -169,7 +174,7 @@ def lost_work_by_interval(config: DQNConfig, intervals: list[int], kill_at_step:
         with Trainer(cfg, directory / f"every-{every}") as trainer:
             result = trainer.train(until_step=kill_at_step)
             committed = trainer.checkpoints.committed() if trainer.checkpoints else []
-            last = int(committed[-1].name[5:]) if committed else 0
+            last = checkpoint_step(committed[-1]) if committed else 0
         rows.append(LostWork(every, last, kill_at_step - last, result.saves,
                              result.save_seconds, result.train_seconds))
     return rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 from dataclasses import dataclass
 
@@ -40,6 +41,21 @@ class ExerciseResult:
                 f"{hint}</div>")
 
 
+_NOT_DONE = "replace `raise NotImplementedError` with your code"
+
+
+def _attempt(fn: Callable[..., Any], label: str, hint: str,
+             *args: Any) -> tuple[Any, ExerciseResult | None]:
+    """Call the learner's function: ``(value, None)``, or ``(None, result)`` when it is not
+    written yet or raised (a learner's bug is a result, not a crash)."""
+    try:
+        return fn(*args), None
+    except NotImplementedError:
+        return None, ExerciseResult(None, _NOT_DONE, hint)
+    except Exception as exc:
+        return None, ExerciseResult(False, f"{label} raised {exc!r}", hint)
+
+
 def check_parameter_count(answer: int | None, network: nn.Module) -> ExerciseResult:
     """Lesson 1: how many numbers does the Q-network hold (weights and biases)?"""
     hint = ("every nn.Linear(in, out) holds in*out weights plus out biases; "
@@ -66,12 +82,9 @@ def check_greedy_policy(policy: Callable[[np.ndarray], int] | None,
              np.array([-1.0, -0.2])]
     for q in cases:
         expected = int(np.argmax(q))
-        try:
-            got = policy(np.array(q))
-        except NotImplementedError:
-            return ExerciseResult(None, "replace `raise NotImplementedError` with your code", hint)
-        except Exception as exc:  # a learner's bug is a result, not a crash
-            return ExerciseResult(False, f"greedy({q.round(3).tolist()}) raised {exc!r}", hint)
+        got, failed = _attempt(policy, f"greedy({q.round(3).tolist()})", hint, np.array(q))
+        if failed:
+            return failed
         if got != expected:
             return ExerciseResult(False, f"for Q-values {q.round(3).tolist()} you chose "
                                          f"{got!r}, the greedy action is {expected}", hint)
@@ -88,12 +101,10 @@ def check_moving_average(fn: Callable[[Sequence[float], int], Sequence[float]] |
     if fn is None:
         return ExerciseResult(None, "define `moving_average(values, window)`", hint)
     expected = smooth(values, window)
-    try:
-        got = np.asarray(fn(list(values), window), dtype=float)
-    except NotImplementedError:
-        return ExerciseResult(None, "replace `raise NotImplementedError` with your code", hint)
-    except Exception as exc:
-        return ExerciseResult(False, f"moving_average raised {exc!r}", hint)
+    got, failed = _attempt(fn, "moving_average", hint, list(values), window)
+    if failed:
+        return failed
+    got = np.asarray(got, dtype=float)
     if got.shape != expected.shape:
         return ExerciseResult(False, f"{got.shape[0] if got.ndim else 0} points for "
                                      f"{len(values)} values", hint)
@@ -144,13 +155,10 @@ def check_keep_last(fn: Callable[[Sequence[int], int], Sequence[int]] | None) ->
     for steps, n in cases:
         records = [CheckpointRecord(f"step_{s:08d}", s, {}, 1) for s in steps]
         expected = sorted(d.step for d in decide_retention(records, [KeepLastN(n)]) if d.keep)
-        try:
-            got = sorted(fn(list(steps), n))
-        except NotImplementedError:
-            return ExerciseResult(None, "replace `raise NotImplementedError` with your code",
-                                  hint)
-        except Exception as exc:
-            return ExerciseResult(False, f"keep_last({steps}, {n}) raised {exc!r}", hint)
+        got, failed = _attempt(fn, f"keep_last({steps}, {n})", hint, list(steps), n)
+        if failed:
+            return failed
+        got = sorted(got)
         if got != expected:
             return ExerciseResult(False, f"keep_last({steps}, {n}) gave {got}, KeepLastN "
                                          f"keeps {expected}", hint)
@@ -177,13 +185,9 @@ def check_find_corrupt(fn: Callable[[Path], str | None] | None,
             shutil.copytree(checkpoint, copy)
             if damaged:
                 flip_byte(copy / damaged)
-            try:
-                got = fn(copy)
-            except NotImplementedError:
-                return ExerciseResult(None, "replace `raise NotImplementedError` with your code",
-                                      hint)
-            except Exception as exc:
-                return ExerciseResult(False, f"find_corrupt raised {exc!r}", hint)
+            got, failed = _attempt(fn, "find_corrupt", hint, copy)
+            if failed:
+                return failed
             if got != damaged:
                 what = "an intact checkpoint" if damaged is None else f"a damaged {damaged}"
                 return ExerciseResult(False, f"on {what} you answered {got!r}", hint)

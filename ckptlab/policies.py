@@ -50,7 +50,8 @@ class SaveContext:
     episode_ended: bool = False   # an episode finished at this step
     is_start: bool = False        # before any training (step 0 of a fresh run)
     is_final: bool = False        # the run just reached its last step
-    metrics: Mapping[str, float] = field(default_factory=dict)  # newest values, e.g. eval_return
+    # values as of the latest epoch end (e.g. eval_return); they change only there
+    metrics: Mapping[str, float] = field(default_factory=dict)
     new_metrics: bool = False     # ``metrics`` were refreshed at this step (an evaluation ran)
     now: float = 0.0              # time.monotonic() at this step
 

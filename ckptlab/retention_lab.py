@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointManager, load_checkpoint_state, read_decision_log, read_manifest
+from .checkpoint import (
+    CheckpointManager,
+    checkpoint_step,
+    load_checkpoint_state,
+    read_decision_log,
+    read_manifest,
+)
 from .policies import BestBy, RetentionPolicy, SaveContext, SavePolicy
 
 
@@ -101,7 +107,7 @@ def replay_strategy(recorded: Sequence[str | os.PathLike[str]], strategy: Strate
     finally:
         manager.close()
     outcome.decisions = read_decision_log(directory)
-    outcome.final_steps = [int(p.name[5:]) for p in manager.committed()]
+    outcome.final_steps = [checkpoint_step(p) for p in manager.committed()]
     return outcome
 
 

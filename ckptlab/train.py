@@ -157,6 +157,7 @@ class Trainer:
         self._resume_record: dict[str, Any] | None = None  # this session's resume, for manifests
         self.lineage: dict[str, Any] | None = None  # the parent run, when started from another
         self._stop_signal: int | None = None
+        self._policy_metrics: dict[str, float] = {}  # what save policies see; see _context
 
     def components(self) -> dict[str, Stateful]:
         """The named pieces of state that make up a checkpoint."""
@@ -215,6 +216,7 @@ class Trainer:
             eval_mean_return=evaluation.mean_return if evaluation else None,
             eval_success_rate=evaluation.success_rate if evaluation else None)
         self.metrics.record_epoch(summary)
+        self._policy_metrics = self.latest_metrics()  # save policies see new values from here
         self._say(format_epoch(summary))
         return summary
 
@@ -285,8 +287,10 @@ class Trainer:
             interrupted_by=interrupted_by)
 
     def _context(self, **flags: Any) -> SaveContext:
+        # Built every step, so it reuses the metrics computed at the last epoch end (they only
+        # change there) instead of assembling a new dict each time.
         return SaveContext(step=self.progress.step, episode=self.progress.episode,
-                           epoch=self.progress.epoch, metrics=self.latest_metrics(),
+                           epoch=self.progress.epoch, metrics=self._policy_metrics,
                            now=wall_clock(), **flags)
 
     def _maybe_save(self, ctx: SaveContext) -> CheckpointInfo | None:
@@ -383,6 +387,7 @@ class Trainer:
         self.save_policy.load_state_dict(info.manifest.get("save_policy_state") or {})
         self.training_seconds_before = float(info.manifest.get("training_seconds") or 0.0)
         self._restored_from = info
+        self._policy_metrics = self.latest_metrics()
         change_list = [{"field": c.name, "old": c.old, "new": c.new, "role": c.role}
                        for c in changes]
         self._resume_record = {"path": str(info.path.resolve()), "step": info.step,

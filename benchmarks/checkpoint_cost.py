@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._machine import describe  # noqa: E402
 from ckptlab import DQNConfig, Trainer, load_checkpoint_state  # noqa: E402
-from ckptlab.checkpoint import restore_components  # noqa: E402
+from ckptlab.engine import restore_components  # noqa: E402
 
 
 def _time(fn) -> float:

@@ -1,6 +1,28 @@
-"""ckptlab: checkpoint an RL agent's training so that a resumed run *is* the uninterrupted run.
+"""ckptlab: checkpoint training so that a resumed run *is* the uninterrupted run.
 
-The package behind the ckptlab teaching notebooks, usable on its own::
+Three layers, each a subpackage:
+
+* :mod:`ckptlab.engine` - atomic, verified, pickle-free checkpoints of any ``state_dict()``
+  objects: :class:`CheckpointManager`, save and retention policies, partial loads, export, the
+  catalog. Needs only torch, numpy and safetensors (``pip install ckptlab``).
+* :mod:`ckptlab.dqn` - a complete DQN run (config, agent, envs, replay, RNG, metrics, the
+  Trainer, resume) that resumes bit for bit. Needs the ``rl`` extra.
+* :mod:`ckptlab.lab` - what the lesson notebooks use (tables, plots, quizzes, exercise checks).
+  Needs the ``lab`` extra.
+
+This module only re-exports. Engine names are imported eagerly; DQN names load on first use
+(PEP 562), so ``from ckptlab import CheckpointManager`` works without gymnasium::
+
+    from ckptlab import CheckpointManager, KeepLastN
+
+    with CheckpointManager("runs/mnist/checkpoints", retention=[KeepLastN(3)]) as manager:
+        manager.register("model", model)
+        manager.register("optimizer", optimizer)
+        manager.restore_latest()          # None on a fresh run
+        ...
+        manager.save(step, metrics={"val_acc": acc})
+
+The DQN run::
 
     from ckptlab import DQNConfig, Trainer
 
@@ -8,59 +30,87 @@ The package behind the ckptlab teaching notebooks, usable on its own::
         if trainer.checkpoints.committed():
             trainer.restore()      # newest valid checkpoint; corrupt ones are skipped
         trainer.train()
-
-For any other ``state_dict()`` object, use :class:`CheckpointManager` directly.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .agent import DQNAgent, LinearSchedule, QNetwork  # noqa: E402
-from .catalog import Catalog  # noqa: E402
-from .checkpoint import (  # noqa: E402
+from .engine import (  # noqa: E402
     FORMAT_VERSION,
+    AnyOf,
+    BestBy,
+    Catalog,
+    CheckpointCorruptError,
     CheckpointFallbackWarning,
     CheckpointInfo,
     CheckpointManager,
-    CheckpointWriteError,
-    Stateful,
-    latest_valid_checkpoint,
-    load_checkpoint_state,
-    read_decision_log,
-    verify_checkpoint,
-)
-from .compare import compare_checkpoints  # noqa: E402
-from .config import DQNConfig, diff_configs  # noqa: E402
-from .envs import EnvRunner, Evaluation, GreedyEvaluator, capture_env_state, make_env, \
-    restore_env_state  # noqa: E402
-from .errors import (  # noqa: E402
-    CheckpointCorruptError,
     CheckpointNotFoundError,
+    CheckpointWriteError,
     CkptlabError,
-    ForeignFileError,
-    IncompatibleCheckpointError,
-    UnsupportedEnvironmentError,
-    UnsupportedFormatError,
-)
-from .lock import RunLockedError  # noqa: E402
-from .metrics import EpochSummary, MetricHistory  # noqa: E402
-from .partial import export_checkpoint, load_components, load_parameters  # noqa: E402
-from .policies import (  # noqa: E402
-    AnyOf,
-    BestBy,
     EveryNEpisodes,
     EveryNSteps,
     EveryTSeconds,
     Final,
+    ForeignFileError,
     Hybrid,
+    IncompatibleCheckpointError,
     KeepEveryKSteps,
     KeepLastN,
     KeepTopK,
     OnImprovement,
     OnStart,
+    RunLockedError,
+    Stateful,
+    UnsupportedFormatError,
+    compare_checkpoints,
+    export_checkpoint,
+    latest_valid_checkpoint,
+    load_checkpoint_state,
+    load_components,
+    load_parameters,
+    read_decision_log,
+    verify_checkpoint,
 )
-from .replay import ReplayBuffer  # noqa: E402
-from .rng import RNGStates, seed_everything  # noqa: E402
-from .train import TrainProgress, Trainer, TrainResult  # noqa: E402
+
+# Names of the DQN run, imported on first use: the engine must work without its extra.
+_LAZY = {name: "ckptlab.dqn" for name in (
+    "DQNAgent", "LinearSchedule", "QNetwork", "ReplayBuffer", "RNGStates", "seed_everything",
+    "DQNConfig", "diff_configs", "Trainer", "TrainProgress", "TrainResult", "EnvRunner",
+    "Evaluation", "GreedyEvaluator", "make_env", "capture_env_state", "restore_env_state",
+    "EpochSummary", "MetricHistory", "UnsupportedEnvironmentError")}
+_EXTRAS = {"ckptlab.dqn": ("rl", "gymnasium and tqdm"),
+           "ckptlab.lab": ("lab", "JupyterLab, ipywidgets, matplotlib, nbval and papermill")}
+
+
+def import_layer(module: str) -> Any:
+    """Import ``ckptlab.dqn`` or ``ckptlab.lab``; if an extra is missing, say which to install."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        extra, what = _EXTRAS[module.split(".")[0] + "." + module.split(".")[1]]
+        if exc.name and exc.name.split(".")[0] == "ckptlab":
+            raise
+        raise ImportError(
+            f"{module} needs {exc.name}, which is not installed: install the '{extra}' extra "
+            f"({what}) with: pip install \"ckptlab[{extra}]\"") from exc
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: the DQN run's names, loaded when first used
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ckptlab' has no attribute {name!r}")
+    value = getattr(import_layer(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "__version__", "FORMAT_VERSION",

@@ -10,30 +10,23 @@ import argparse
 import dataclasses
 import json
 import re
-import struct
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import __version__
-from .checkpoint import (
+from . import __version__, import_layer
+from .engine import (
     CHECKPOINTS_SUBDIR,
     TENSORS,
-    CheckpointInfo,
-    CheckpointManager,
-    latest_valid_checkpoint,
-    read_manifest,
-    resolve_location,
-    verify_checkpoint,
-)
-from .catalog import Catalog
-from .config import DQNConfig
-from .partial import export_checkpoint
-from .policies import (
     AnyOf,
     BestBy,
+    Catalog,
+    CheckpointInfo,
+    CheckpointManager,
+    CheckpointNotFoundError,
+    CkptlabError,
     EveryNEpisodes,
     EveryNSteps,
     EveryTSeconds,
@@ -45,9 +38,15 @@ from .policies import (
     OnStart,
     RetentionPolicy,
     SavePolicy,
+    export_checkpoint,
+    read_manifest,
+    read_tensor_table,
+    resolve_location,
+    verify_checkpoint,
 )
-from .errors import CheckpointNotFoundError, CkptlabError
-from .train import Trainer, check_config_compatible
+
+if TYPE_CHECKING:
+    from .dqn import DQNConfig
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -229,28 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
 # train
 # --------------------------------------------------------------------------------------------
 
-def _resume_source(args: argparse.Namespace) -> CheckpointInfo | None:
-    run_dir: Path = args.run_dir
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CkptlabError(f"--run-dir {run_dir} exists and is not a directory")
-    own = CheckpointManager(run_dir / CHECKPOINTS_SUBDIR, create=False)
-    has_own = bool(own.committed())
-    if args.resume == "never":
-        if has_own:
-            raise CkptlabError(
-                f"{run_dir} already holds checkpoints; continue it with --resume auto or "
-                "choose another --run-dir (nothing was changed)")
-        return None
-    if args.resume == "auto":
-        return own.latest_valid() if has_own else None
-    info = latest_valid_checkpoint(args.resume)
-    if has_own and info.path.parent.resolve() != own.directory.resolve():
-        raise CkptlabError(
-            f"{run_dir} already holds checkpoints of its own; resuming {info.path} into it "
-            "would mix two runs. Choose an empty --run-dir (nothing was changed)")
-    return info
-
-
 def _read_config_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text("utf-8"))
@@ -258,7 +235,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         raise CkptlabError(f"--config {path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CkptlabError(f"--config {path} is not readable JSON ({exc})") from None
-    known = {f.name for f in dataclasses.fields(DQNConfig)}
+    known = {f.name for f in dataclasses.fields(import_layer("ckptlab.dqn").DQNConfig)}
     if not isinstance(data, dict) or set(data) - known:
         extra = sorted(set(data) - known) if isinstance(data, dict) else []
         raise CkptlabError(f"--config {path} must be a JSON object of DQNConfig fields"
@@ -267,23 +244,25 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 
 def _config_for(args: argparse.Namespace, info: CheckpointInfo | None) -> DQNConfig:
+    """The config a run uses: the checkpoint's (when resuming), then --config, then flags."""
+    dqn = import_layer("ckptlab.dqn")
     overrides = _read_config_file(args.config) if args.config else {}
     overrides.update({k: getattr(args, k) for k in ("env_id", "total_steps", "seed",
                                                     "save_every_steps", "device")
                       if getattr(args, k) is not None})
     if info is None:
-        return DQNConfig(**overrides)
-    if info.config is None:
-        raise CkptlabError(f"{info.path} records no training config; it was not written by "
-                           "'python -m ckptlab train'")
-    config = dataclasses.replace(DQNConfig.from_dict(info.config), **overrides)
-    check_config_compatible(info, config, args.allow_config_change)
-    return config
+        return dqn.DQNConfig(**overrides)
+    return dataclasses.replace(dqn.checkpoint_config(info), **overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    info = _resume_source(args)
+    dqn = import_layer("ckptlab.dqn")
+    info = dqn.find_resume_checkpoint(args.run_dir, args.resume)
     config = _config_for(args, info)
+    # Checked once, before anything is created: a refused resume changes nothing.
+    plan = (dqn.plan_resume(info, config, allow_config_change=args.allow_config_change,
+                            run_checkpoints=args.run_dir / CHECKPOINTS_SUBDIR)
+            if info is not None else None)
     if info is not None and info.step >= config.total_steps:
         print(f"The run in {args.run_dir} is already finished: {info.name} is at step "
               f"{info.step} of {config.total_steps}. Nothing to do; pass --steps N with "
@@ -299,15 +278,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         policies.append(OnStart())
     if args.save_on_improvement:
         policies.append(OnImprovement("eval_return", "max", args.min_delta))
-    trainer = Trainer(config, args.run_dir, retention=_retention_from(args),
+    trainer = dqn.Trainer(config, args.run_dir, retention=_retention_from(args),
                       disk_budget_bytes=args.disk_budget, save_policy=AnyOf(*policies),
                       async_save=args.async_save, handle_signals=True,
                       progress_bar=not args.quiet, log=say)
     try:
         if info is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # drift was already reported by _config_for
-                trainer.restore(info.path, allow_config_change=args.allow_config_change)
+            trainer.resume_from(plan)
             print(f"Resuming from {info.path} (step {info.step} of {config.total_steps}, "
                   f"epoch {trainer.progress.epoch}, episode {trainer.progress.episode}).",
                   flush=True)
@@ -346,15 +323,6 @@ def _print_line(line: str) -> None:
 # inspect / verify
 # --------------------------------------------------------------------------------------------
 
-def read_tensor_table(path: Path) -> dict[str, dict[str, Any]]:
-    """Names, dtypes, shapes and byte sizes from a safetensors header, without reading data."""
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    header.pop("__metadata__", None)
-    return {name: {"dtype": h["dtype"], "shape": h["shape"],
-                   "bytes": h["data_offsets"][1] - h["data_offsets"][0]}
-            for name, h in sorted(header.items())}
 
 
 def describe_checkpoint(path: Path) -> dict[str, Any]:
@@ -508,7 +476,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import main as demo_main
+    demo_main = import_layer("ckptlab.dqn.demo").main
 
     if args.run_dir is not None and args.run_dir.exists() and any(args.run_dir.iterdir()):
         raise CkptlabError(f"--run-dir {args.run_dir} is not empty; choose a new directory")

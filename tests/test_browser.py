@@ -88,7 +88,7 @@ def lab(tmp_path_factory):
 def test_lesson_runs_renders_plots_and_quiz_works_in_a_real_browser(lab):
     from playwright.sync_api import expect, sync_playwright
 
-    from ckptlab.quiz import load_quiz
+    from ckptlab.lab.quiz import load_quiz
 
     url, token, root = lab
     questions = len(load_quiz(LESSON.removesuffix(".ipynb")).questions)

@@ -19,7 +19,7 @@ from ckptlab import (
     latest_valid_checkpoint,
     verify_checkpoint,
 )
-from ckptlab.checkpoint import DECISIONS, LATEST, MANIFEST, STATE, TENSORS, resolve_location
+from ckptlab.engine import DECISIONS, LATEST, MANIFEST, STATE, TENSORS, resolve_location
 
 from conftest import Counter
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ckptlab.cli import main
-from ckptlab.checkpoint import TENSORS
+from ckptlab.engine import TENSORS
 
 from conftest import FAST, run_cli, tree_digest
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from ckptlab import UnsupportedEnvironmentError, capture_env_state, make_env, restore_env_state
-from ckptlab.envs import EnvRunner
-from ckptlab.serialization import join_state, split_state
+from ckptlab.dqn.envs import EnvRunner
+from ckptlab.engine.serialization import join_state, split_state
 
 
 def rollout(env, actions):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from ckptlab import DQNConfig, Trainer, load_checkpoint_state
-from ckptlab.checkpoint import MANIFEST
+from ckptlab.engine import MANIFEST
 
 from conftest import FAST, REPO, assert_equal, assert_same_state, run_cli
 

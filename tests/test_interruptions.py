@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptlab.faults import PHASES
+from ckptlab.engine.faults import PHASES
 
 from conftest import FAST, REPO, assert_same_state, run_cli
 

@@ -18,12 +18,12 @@ import torch
 from safetensors.torch import load_file
 
 from ckptlab import CheckpointManager, DQNConfig, QNetwork, Trainer, verify_checkpoint
-from ckptlab.catalog import Catalog
-from ckptlab.checkpoint import BEST, LATEST, TENSORS, CheckpointWriteError, read_decision_log
-from ckptlab.errors import IncompatibleCheckpointError
-from ckptlab.lock import RunLockedError
-from ckptlab.partial import export_checkpoint, load_components, load_parameters
-from ckptlab.policies import BestBy, KeepLastN, KeepTopK
+from ckptlab.engine.catalog import Catalog
+from ckptlab.engine import BEST, LATEST, TENSORS, CheckpointWriteError, read_decision_log
+from ckptlab.engine.errors import IncompatibleCheckpointError
+from ckptlab.engine.lock import RunLockedError
+from ckptlab.engine.partial import export_checkpoint, load_components, load_parameters
+from ckptlab.engine.policies import BestBy, KeepLastN, KeepTopK
 
 from conftest import FAST, REPO, Counter, tree_digest
 
@@ -48,7 +48,7 @@ def test_second_writer_in_the_same_process_is_refused(tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from ckptlab.lock import RunLock
+from ckptlab.engine.lock import RunLock
 RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(60)
@@ -80,7 +80,7 @@ def test_write_errors_are_clear_and_leave_everything_intact(tmp_path, monkeypatc
     counter.value = 1
     manager.save(1)
     before = tree_digest(tmp_path / "ck")
-    import ckptlab.checkpoint as ck
+    import ckptlab.engine.manager as ck
 
     real = ck._write_durable
 
@@ -139,7 +139,7 @@ def test_async_and_sync_saves_write_identical_files(tmp_path):
 
 def test_async_error_surfaces_on_next_save_and_close(tmp_path, monkeypatch):
     manager, counter = counter_manager(tmp_path / "ck")
-    import ckptlab.checkpoint as ck
+    import ckptlab.engine.manager as ck
 
     def broken(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

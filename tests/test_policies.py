@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckptlab import CheckpointManager
-from ckptlab.checkpoint import read_decision_log
-from ckptlab.policies import (
+from ckptlab.engine import read_decision_log
+from ckptlab.engine.policies import (
     AnyOf,
     BestBy,
     CheckpointRecord,

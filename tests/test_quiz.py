@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from ckptlab import QNetwork
-from ckptlab.exercises import check_greedy_policy, check_moving_average, check_parameter_count
-from ckptlab.quiz import QUIZ_DIR, QuizError, QuizWidget, grade, load_quiz, quiz_fallback_html
+from ckptlab.lab.exercises import check_greedy_policy, check_moving_average, check_parameter_count
+from ckptlab.lab.quiz import QUIZ_DIR, QuizError, QuizWidget, grade, load_quiz, quiz_fallback_html
 
 BANKS = sorted(p for p in QUIZ_DIR.glob("*.json") if p.name != "schema.json")
 LESSON_QUESTION = "Why is checkpointing important during agent training?"
 
 
 def test_there_is_a_bank_per_lesson_notebook():
-    notebooks = sorted(p.stem for p in (QUIZ_DIR.parents[1] / "notebooks").glob("0[1-9]_*.ipynb"))
+    notebooks = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "notebooks").glob("0[1-9]_*.ipynb"))
     assert notebooks and [b.stem for b in BANKS if b.stem in notebooks] == notebooks
 
 
@@ -131,7 +131,7 @@ def test_exercise_checks_pass_fail_and_not_answered():
 
 
 def test_lesson_4_to_8_exercise_checks(tmp_path):
-    from ckptlab.exercises import (check_checklist, check_find_corrupt, check_keep_last,
+    from ckptlab.lab.exercises import (check_checklist, check_find_corrupt, check_keep_last,
                                    check_lost_steps, check_omission)
 
     assert check_lost_steps(1200, 1500, 7200).passed

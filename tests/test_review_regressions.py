@@ -8,10 +8,10 @@ import math
 import pytest
 
 from ckptlab import CheckpointManager, CkptlabError, DQNConfig
-from ckptlab.checkpoint import TENSORS, CheckpointWriteError
+from ckptlab.engine import TENSORS, CheckpointWriteError
 from ckptlab.cli import main
-from ckptlab.lock import RunLockedError
-from ckptlab.policies import AnyOf, EveryNSteps, OnImprovement, SaveContext
+from ckptlab.engine.lock import RunLockedError
+from ckptlab.engine.policies import AnyOf, EveryNSteps, OnImprovement, SaveContext
 
 from conftest import Counter
 

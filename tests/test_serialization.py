@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ckptlab.serialization import join_state, referenced_tensor_keys, split_state
+from ckptlab.engine.serialization import join_state, referenced_tensor_keys, split_state
 
 
 def roundtrip(value):

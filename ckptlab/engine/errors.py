@@ -29,7 +29,3 @@ class UnsupportedFormatError(CkptlabError):
 
 class IncompatibleCheckpointError(CkptlabError):
     """A checkpoint that does not fit the objects or configuration it is loaded into."""
-
-
-class UnsupportedEnvironmentError(CkptlabError):
-    """An environment ckptlab cannot train on or cannot snapshot mid-episode."""

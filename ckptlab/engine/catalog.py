@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import MANIFEST, read_manifest, verify_checkpoint
+from .format import MANIFEST, read_manifest
+from .reader import verify_checkpoint
 from .errors import CheckpointNotFoundError, CkptlabError
 
 DEFAULT_DB_NAME = ".ckptlab-catalog.sqlite"

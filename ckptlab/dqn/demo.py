@@ -18,16 +18,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import (
+from ..engine import (
     CHECKPOINTS_SUBDIR,
     CheckpointManager,
     checkpoint_dir_name,
     checkpoint_step,
 )
-from .compare import ComponentComparison, compare_checkpoints
+from ..engine import ComponentComparison, compare_checkpoints
 from .config import DQNConfig
-from .errors import CkptlabError
-from .faults import ENV_VAR
+from ..engine import CkptlabError
+from ..engine.faults import ENV_VAR
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import (
+from .reader import (
     CheckpointInfo,
     Stateful,
     latest_valid_checkpoint,

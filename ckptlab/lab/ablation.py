@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint_state
-from .config import DQNConfig
-from .train import Trainer
+from ..engine import load_checkpoint_state
+from ..dqn.config import DQNConfig
+from ..dqn.train import Trainer
 
 # (label, pieces restored); each level adds to the previous one.
 ABLATION_LEVELS: tuple[tuple[str, frozenset[str]], ...] = tuple(

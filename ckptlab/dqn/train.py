@@ -25,7 +25,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .agent import DQNAgent, LinearSchedule, resolve_device
-from .checkpoint import (
+from ..engine import (
     CHECKPOINTS_SUBDIR,
     CheckpointInfo,
     CheckpointManager,
@@ -46,12 +45,12 @@ from .checkpoint import (
     load_checkpoint_state,
     restore_components,
 )
-from .config import ConfigChange, DQNConfig, diff_configs
+from .config import DQNConfig
 from .envs import EnvRunner, Evaluation, GreedyEvaluator
-from .errors import CkptlabError, IncompatibleCheckpointError
-from .faults import fault_point
+from ..engine import CkptlabError, IncompatibleCheckpointError
+from ..engine.faults import fault_point
 from .metrics import EpochSummary, MetricHistory
-from .policies import (
+from ..engine import (
     AnyOf,
     BestBy,
     EveryNSteps,
@@ -62,6 +61,7 @@ from .policies import (
     wall_clock,
 )
 from .replay import ReplayBuffer
+from .resume import ResumePlan, plan_resume
 from .rng import RNGStates, seed_everything
 
 
@@ -146,6 +146,9 @@ class Trainer:
                 best=best, disk_budget_bytes=disk_budget_bytes)
             for name, component in self.components().items():
                 self.checkpoints.register(name, component)
+            import gymnasium
+
+            self.checkpoints.extra_versions["gymnasium"] = gymnasium.__version__
         self.last_evaluation: Evaluation | None = None
         self.save_seconds = 0.0
         self.saves = 0
@@ -373,7 +376,8 @@ class Trainer:
         ``allow_config_change`` is set; differences in ``numerics`` fields (device, threads) are
         allowed with a warning; every difference is recorded in the next manifests. Restoring
         from another run's checkpoint starts a new lineage: this run's manifests name the
-        parent checkpoint (path, step, manifest hash) and the config changes.
+        parent checkpoint (path, step, manifest hash) and the config changes. See
+        :mod:`ckptlab.dqn.resume`.
         """
         if checkpoint is None:
             if self.checkpoints is None:
@@ -381,22 +385,25 @@ class Trainer:
             info = self.checkpoints.latest_valid()
         else:
             info = latest_valid_checkpoint(checkpoint)
-        changes = check_config_compatible(info, self.config, allow_config_change)
+        return self.resume_from(plan_resume(
+            info, self.config, allow_config_change=allow_config_change,
+            run_checkpoints=self.checkpoints.directory if self.checkpoints else None))
+
+    def resume_from(self, plan: ResumePlan) -> CheckpointInfo:
+        """Load the state of an already checked :class:`ResumePlan` (see :meth:`restore`)."""
+        if plan.config != self.config:
+            raise IncompatibleCheckpointError(
+                "this ResumePlan was made for another config; build the Trainer with "
+                "plan.config")
+        info = plan.checkpoint
         _, states = load_checkpoint_state(info.path)
         restore_components(self.components(), states, info.path)
         self.save_policy.load_state_dict(info.manifest.get("save_policy_state") or {})
         self.training_seconds_before = float(info.manifest.get("training_seconds") or 0.0)
         self._restored_from = info
         self._policy_metrics = self.latest_metrics()
-        change_list = [{"field": c.name, "old": c.old, "new": c.new, "role": c.role}
-                       for c in changes]
-        self._resume_record = {"path": str(info.path.resolve()), "step": info.step,
-                               "manifest_sha256": info.manifest.get("manifest_sha256"),
-                               "config_changes": change_list}
-        same_run = (self.checkpoints is not None
-                    and info.path.parent.resolve() == self.checkpoints.directory.resolve())
-        self.lineage = info.manifest.get("lineage") if same_run else {
-            "parent": self._resume_record, "parent_lineage": info.manifest.get("lineage")}
+        self._resume_record = plan.record
+        self.lineage = plan.lineage
         evaluations = self.metrics.evaluations
         if evaluations:  # so the next manifest and TrainResult report the latest score
             last = evaluations[-1]
@@ -422,38 +429,6 @@ class Trainer:
     def _say(self, line: str) -> None:
         if self.log is not None:
             self.log(line)
-
-
-def check_config_compatible(info: CheckpointInfo, config: DQNConfig,
-                            allow_changes: bool = False) -> list[ConfigChange]:
-    """Compare ``config`` with the checkpoint's; return the differences.
-
-    Raises:
-        IncompatibleCheckpointError: a ``trajectory`` field differs (the resumed run could not
-            continue the original) and ``allow_changes`` is false. The message lists every
-            difference as ``field: old -> new``.
-    """
-    if info.config is None:
-        raise IncompatibleCheckpointError(
-            f"{info.path} records no DQN config; it was not written by ckptlab's Trainer")
-    saved = DQNConfig.from_dict(info.config)
-    changes = diff_configs(saved, config)
-    blocking = [c for c in changes if c.role == "trajectory"]
-    if blocking and not allow_changes:
-        raise IncompatibleCheckpointError(
-            f"{info.path} was trained with a different configuration: "
-            + "; ".join(str(c) for c in blocking)
-            + ". These settings change what the agent learns, so the run would no longer "
-              "continue the original: resume with the checkpoint's values, or pass "
-              "--allow-config-change (allow_config_change=True) to branch off deliberately")
-    for change in changes:
-        if change.role == "numerics":
-            warnings.warn(f"resuming with {change}: results may differ in the last bits from "
-                          "an uninterrupted run", stacklevel=3)
-        elif change.role == "trajectory":
-            warnings.warn(f"config changed on resume ({change}): from here on this run "
-                          "differs from its parent", stacklevel=3)
-    return changes
 
 
 def format_epoch(s: EpochSummary) -> str:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import MANIFEST, read_manifest
-from .metrics import MetricHistory
+from ..engine import MANIFEST, read_manifest
+from ..dqn.metrics import MetricHistory
 
 # --------------------------------------------------------------------------------------------
 # Lesson 1: the pipeline
@@ -192,7 +192,7 @@ def epoch_trace_rows(history: MetricHistory, saved_steps: Sequence[int] = (),
 
 def metrics_from_checkpoint(checkpoint: str | os.PathLike[str]) -> MetricHistory:
     """The metric history stored in a checkpoint. Introduced in ``04_interrupt_and_resume``."""
-    from .checkpoint import load_checkpoint_state
+    from ..engine import load_checkpoint_state
 
     _, states = load_checkpoint_state(Path(checkpoint), keys=["metrics"])
     history = MetricHistory()

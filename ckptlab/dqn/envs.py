@@ -17,7 +17,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from .errors import IncompatibleCheckpointError, UnsupportedEnvironmentError
+from ..engine import CkptlabError, IncompatibleCheckpointError
+
+
+class UnsupportedEnvironmentError(CkptlabError):
+    """An environment ckptlab cannot train on or cannot snapshot mid-episode."""
+
 
 # Per-episode attributes of classic-control environments besides ``state``.
 _EPISODE_ATTRS = ("steps_beyond_terminated", "last_u")

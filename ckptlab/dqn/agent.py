@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DQNConfig
-from .errors import IncompatibleCheckpointError
+from ..engine import IncompatibleCheckpointError
 
 
 def resolve_device(name: str) -> torch.device:

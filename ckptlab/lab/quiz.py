@@ -1,6 +1,7 @@
 """Quizzes for the lessons: JSON question banks, a plain grading function, an ipywidgets UI.
 
-Question banks live in ``data/quizzes/<lesson>.json`` (schema: ``data/quizzes/schema.json``).
+Question banks live in ``ckptlab/lab/quizzes/<lesson>.json``, shipped as package data
+(schema: ``schema.json`` beside them).
 Every choice carries its own explanation, shown after answering, right or wrong.
 
 * :func:`grade` is a plain function: it raises :class:`QuizError` on bad input, so it is easy
@@ -31,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import CkptlabError
+from ..engine import CkptlabError
 
-QUIZ_DIR = Path(__file__).resolve().parent.parent / "data" / "quizzes"
+# Package data: shipped inside the wheel, so the quizzes work from any install.
+QUIZ_DIR = Path(__file__).resolve().parent / "quizzes"
 
 
 class QuizError(CkptlabError):

@@ -146,7 +146,7 @@ def check_omission(answer: str | None, expected: str, choices: Sequence[str]) ->
 
 def check_keep_last(fn: Callable[[Sequence[int], int], Sequence[int]] | None) -> ExerciseResult:
     """Lesson 6: write ``keep_last(steps, n)`` -> the steps KeepLastN(n) keeps."""
-    from .policies import CheckpointRecord, KeepLastN, decide_retention
+    from ..engine import CheckpointRecord, KeepLastN, decide_retention
 
     hint = "sort the steps, keep the n largest: sorted(steps)[-n:]"
     if fn is None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint_state
+from .reader import load_checkpoint_state
 
 
 @dataclass

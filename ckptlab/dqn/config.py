@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import CkptlabError, IncompatibleCheckpointError
+from ..engine import CkptlabError, IncompatibleCheckpointError
 
 Role = Literal["trajectory", "numerics", "bookkeeping"]
 

@@ -234,14 +234,14 @@ class Vote:
     reason: str
 
 
-MetricHistory = Sequence[tuple[int, Mapping[str, Any]]]  # (step, metrics) of every save
+SaveHistory = Sequence[tuple[int, Mapping[str, Any]]]  # (step, metrics) of every save
 
 
 class RetentionPolicy(Protocol):
     """Votes keep or not, with a reason, for every checkpoint."""
 
     def review(self, checkpoints: Sequence[CheckpointRecord],
-               history: MetricHistory) -> dict[str, Vote]: ...
+               history: SaveHistory) -> dict[str, Vote]: ...
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ class KeepLastN:
             raise CkptlabError(f"KeepLastN needs n >= 1 (got {self.n})")
 
     def review(self, checkpoints: Sequence[CheckpointRecord],
-               history: MetricHistory) -> dict[str, Vote]:
+               history: SaveHistory) -> dict[str, Vote]:
         newest = sorted(checkpoints, key=lambda c: c.step, reverse=True)
         return {c.name: Vote(i < self.n, f"{'' if i < self.n else 'not '}among the {self.n} "
                                          f"newest (#{i + 1})")
@@ -273,13 +273,13 @@ class KeepEveryKSteps:
             raise CkptlabError(f"KeepEveryKSteps needs k >= 1 (got {self.k})")
 
     def review(self, checkpoints: Sequence[CheckpointRecord],
-               history: MetricHistory) -> dict[str, Vote]:
+               history: SaveHistory) -> dict[str, Vote]:
         return {c.name: Vote(c.step % self.k == 0,
                              f"step {'is' if c.step % self.k == 0 else 'is not'} a multiple "
                              f"of {self.k} (milestone)") for c in checkpoints}
 
 
-def smoothed_metric(history: MetricHistory, metric: str, step: int, window: int) -> float | None:
+def smoothed_metric(history: SaveHistory, metric: str, step: int, window: int) -> float | None:
     """Mean of the last ``window`` recorded values of ``metric`` at or before ``step``."""
     by_step = dict(history)  # one value per step: a re-saved step counts once
     values = [float(m[metric]) for s, m in sorted(by_step.items())
@@ -311,7 +311,7 @@ class KeepTopK:
             raise CkptlabError(f"KeepTopK needs k >= 1 and smooth >= 1 (got {self.k}, "
                                f"{self.smooth})")
 
-    def score(self, record: CheckpointRecord, history: MetricHistory) -> float | None:
+    def score(self, record: CheckpointRecord, history: SaveHistory) -> float | None:
         """The value ranked: the checkpoint's own metric, or its smoothed version; ``None``
         when the checkpoint recorded no finite value itself."""
         value = record.metrics.get(self.metric)
@@ -323,7 +323,7 @@ class KeepTopK:
                                record.step, self.smooth)  # the record wins over history
 
     def review(self, checkpoints: Sequence[CheckpointRecord],
-               history: MetricHistory) -> dict[str, Vote]:
+               history: SaveHistory) -> dict[str, Vote]:
         label = self.metric if self.smooth == 1 else \
             f"{self.metric} (mean of last {self.smooth})"
         scored = [(self.score(c, history), c) for c in checkpoints]
@@ -390,7 +390,7 @@ class Decision:
 
 def decide_retention(checkpoints: Sequence[CheckpointRecord],
                      policies: Sequence[RetentionPolicy], *, best: BestBy | None = None,
-                     budget: DiskBudget | None = None, history: MetricHistory = (),
+                     budget: DiskBudget | None = None, history: SaveHistory = (),
                      latest: str | None = None) -> list[Decision]:
     """Apply retention to ``checkpoints`` and return one decision per checkpoint (by step).
 

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import (
+from ..engine import (
     CheckpointManager,
     checkpoint_step,
     load_checkpoint_state,
     read_decision_log,
     read_manifest,
 )
-from .policies import BestBy, RetentionPolicy, SaveContext, SavePolicy
+from ..engine import BestBy, RetentionPolicy, SaveContext, SavePolicy
 
 
 @dataclass

@@ -1,0 +1,107 @@
+"""The checkpoint engine: atomic, verified, pickle-free checkpoints of any ``state_dict()``.
+
+It knows components (``state_dict()`` / ``load_state_dict()``), files, hashes and policies, and
+nothing about what is being trained: it imports no RL code, no gymnasium, no plotting or widget
+library. Its dependencies are torch, numpy and safetensors (``pip install ckptlab``).
+
+Modules:
+    format         the on-disk format: names, manifest, safetensors and JSON, read and write
+    writer         durable files and the commit protocol (temp dir, fsync, rename, pointers)
+    reader         finding, verifying, decoding and restoring checkpoints; fallback
+    manager        CheckpointManager: registration, save (sync and async), restore, retention
+    policies       when to save and which checkpoints to keep
+    serialization  state trees split into JSON and tensors, and joined back
+    partial        loading some components or parameters; export
+    catalog        a SQLite index of checkpoints across runs
+    compare        component-by-component equality of two checkpoints
+    lock           one writer per checkpoint directory
+    faults         crash injection for tests (``CKPTLAB_FAULT``)
+    errors         the exceptions every module raises
+"""
+
+from .catalog import Catalog, CatalogRow
+from .compare import ComponentComparison, compare_checkpoints
+from .errors import (
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    CkptlabError,
+    ForeignFileError,
+    IncompatibleCheckpointError,
+    UnsupportedFormatError,
+)
+from .format import (
+    BEST,
+    CHECKPOINTS_SUBDIR,
+    DECISIONS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LATEST,
+    MANIFEST,
+    STATE,
+    TENSORS,
+    checkpoint_dir_name,
+    checkpoint_step,
+    describe_foreign_file,
+    library_versions,
+    read_manifest,
+    read_tensor_table,
+)
+from .lock import RunLock, RunLockedError
+from .manager import CheckpointManager, SaveTimings
+from .partial import LoadReport, export_checkpoint, load_components, load_parameters
+from .policies import (
+    AnyOf,
+    BestBy,
+    CheckpointRecord,
+    Decision,
+    DiskBudget,
+    EveryNEpisodes,
+    EveryNSteps,
+    EveryTSeconds,
+    Final,
+    Hybrid,
+    KeepEveryKSteps,
+    KeepLastN,
+    KeepTopK,
+    OnImprovement,
+    OnStart,
+    RetentionPolicy,
+    SaveContext,
+    SavePolicy,
+    decide_retention,
+    wall_clock,
+)
+from .reader import (
+    CheckpointFallbackWarning,
+    CheckpointInfo,
+    Stateful,
+    committed_checkpoints,
+    latest_valid_checkpoint,
+    load_checkpoint_state,
+    newest_valid_checkpoint,
+    read_decision_log,
+    read_pointer,
+    resolve_location,
+    restore_components,
+    verify_checkpoint,
+)
+from .writer import CheckpointWriteError
+
+__all__ = [
+    "Catalog", "CatalogRow", "ComponentComparison", "compare_checkpoints",
+    "CheckpointCorruptError", "CheckpointNotFoundError", "CkptlabError", "ForeignFileError",
+    "IncompatibleCheckpointError", "UnsupportedFormatError",
+    "BEST", "CHECKPOINTS_SUBDIR", "DECISIONS", "FORMAT_NAME", "FORMAT_VERSION", "LATEST",
+    "MANIFEST", "STATE", "TENSORS", "checkpoint_dir_name", "checkpoint_step",
+    "describe_foreign_file", "library_versions", "read_manifest", "read_tensor_table",
+    "RunLock", "RunLockedError", "CheckpointManager", "SaveTimings",
+    "LoadReport", "export_checkpoint", "load_components", "load_parameters",
+    "AnyOf", "BestBy", "CheckpointRecord", "Decision", "DiskBudget", "EveryNEpisodes",
+    "EveryNSteps", "EveryTSeconds", "Final", "Hybrid", "KeepEveryKSteps", "KeepLastN",
+    "KeepTopK", "OnImprovement", "OnStart", "RetentionPolicy", "SaveContext", "SavePolicy",
+    "decide_retention", "wall_clock",
+    "CheckpointFallbackWarning", "CheckpointInfo", "Stateful", "committed_checkpoints",
+    "latest_valid_checkpoint", "load_checkpoint_state", "newest_valid_checkpoint",
+    "read_decision_log", "read_pointer", "resolve_location", "restore_components",
+    "verify_checkpoint", "CheckpointWriteError",
+]

@@ -1,0 +1,504 @@
+"""CheckpointManager: save registered components atomically, restore them, apply retention.
+
+The manager ties the pieces together: components registered by name (anything with
+``state_dict()`` / ``load_state_dict()``), the on-disk :mod:`.format`, the commit protocol of
+:mod:`.writer`, the verification of :mod:`.reader`, and the save and retention
+:mod:`.policies`. It knows nothing about what is being trained.
+
+Introduced in notebook ``01_pipeline_trace``; policies in ``06_retention_strategies``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CkptlabError
+from .faults import fault_point
+from .format import (
+    BEST,
+    DECISIONS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LATEST,
+    MANIFEST,
+    STATE,
+    TENSORS,
+    _TEMP_PREFIX,
+    _canonical_json,
+    _digest,
+    _json_copy,
+    _manifest_self_hash,
+    _nbytes,
+    _sha256,
+    checkpoint_dir_name,
+    library_versions,
+    read_manifest,
+    safetensors_chunks,
+)
+from .lock import RunLock
+from .policies import (
+    BestBy,
+    CheckpointRecord,
+    Decision,
+    DiskBudget,
+    KeepLastN,
+    RetentionPolicy,
+    decide_retention,
+)
+from .reader import (
+    CheckpointInfo,
+    Stateful,
+    committed_checkpoints,
+    load_checkpoint_state,
+    newest_valid_checkpoint,
+    read_decision_log,
+    read_pointer,
+    restore_components,
+    verify_checkpoint,
+)
+from .serialization import split_state
+from .writer import (
+    CheckpointWriteError,
+    _describe_os_error,
+    _fsync_dir,
+    _ParallelFlush,
+    _write_durable,
+    commit_directory,
+    delete_checkpoints,
+    remove_leftovers,
+    write_pointer,
+)
+
+
+@dataclass
+class SaveTimings:
+    """Wall seconds spent in each part of the most recent save."""
+
+    snapshot: float = 0.0   # state_dict() + encoding, on the calling thread
+    write: float = 0.0      # files written, hashed and fsynced
+    commit: float = 0.0     # rename, pointers, retention
+    total: float = 0.0      # all of it (for an async save, partly in the background)
+
+
+
+@dataclass
+class _Snapshot:
+    """Everything a save writes, captured on the training thread."""
+
+    step: int
+    json_parts: dict[str, bytes]
+    tensors: dict[str, torch.Tensor]
+    tensor_keys: dict[str, list[str]]
+    metrics: dict[str, Any]
+    config: dict[str, Any] | None
+    extra: dict[str, Any]
+    snapshot_seconds: float
+
+
+class CheckpointManager:
+    """Saves registered components atomically and restores them, falling back past corruption.
+
+    Components are registered by name (like DreamerV3's checkpoint): any object with
+    ``state_dict()`` / ``load_state_dict()`` works, not only ckptlab's own.
+
+    Example::
+
+        with CheckpointManager("runs/demo/checkpoints", retention=[KeepLastN(3)],
+                               best=BestBy("eval_return", "max")) as manager:
+            manager.register("model", model)
+            manager.register("optimizer", optimizer)
+            manager.restore_latest()          # None on a fresh run
+            ...
+            manager.save(step, metrics={"eval_return": 412.0})
+
+    Args:
+        directory: where checkpoint directories live; created on first save.
+        keep_last: shorthand for ``retention=[KeepLastN(keep_last)]``.
+        retention: retention policies; a checkpoint survives if any keeps it (none given: all
+            are kept). The latest and the best are never deleted, and nothing is deleted before
+            the new checkpoint is committed. Each decision is appended, with its reasons, to
+            ``decisions.jsonl`` in ``directory``.
+        best: how the ``best`` pointer is chosen (``None``: no best pointer).
+        disk_budget_bytes: after retention, delete the oldest unprotected checkpoints until
+            all fit in this many bytes.
+        create: ``False`` opens the directory read-only (inspect, verify, prune --dry-run):
+            nothing is created, locked or cleaned.
+
+    A writing manager holds the directory's writer lock until :meth:`close`.
+
+    Introduced in notebook ``01_pipeline_trace``; policies in ``06_retention_strategies``.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, keep_last: int | None = None,
+                 retention: Sequence[RetentionPolicy] = (), best: BestBy | None = None,
+                 disk_budget_bytes: int | None = None, create: bool = True) -> None:
+        self.directory = Path(directory)
+        self.retention: list[RetentionPolicy] = list(retention)
+        if keep_last is not None:
+            self.retention.append(KeepLastN(keep_last))
+        self.best = best
+        self.budget = DiskBudget(disk_budget_bytes) if disk_budget_bytes is not None else None
+        self.create = create
+        # versions of libraries the caller's components depend on, recorded in manifests
+        self.extra_versions: dict[str, str] = {}
+        self.components: dict[str, Stateful] = {}
+        self.last_save_timings = SaveTimings()  # set by whichever thread wrote the last save
+        self.last_blocking_seconds = 0.0  # how long the last save() / save_async() call held
+        self._manifests: dict[str, dict[str, Any]] = {}  # cache: name -> manifest
+        self._history: list[tuple[int, dict[str, Any]]] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future[CheckpointInfo] | None = None
+        self._lock = RunLock(self.directory)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CkptlabError(f"{self.directory} exists and is not a directory")
+        if create:
+            # Lock at once (not at the first save), so a second writer fails before it trains;
+            # and before cleaning, since leftovers might be another writer's.
+            try:
+                self._lock.acquire()
+            except OSError as exc:
+                raise CheckpointWriteError(
+                    f"cannot write to {self.directory}: {_describe_os_error(exc)}") from exc
+            self.remove_leftovers()
+
+    # -- registration ---------------------------------------------------------------------
+    def register(self, name: str, component: Stateful) -> None:
+        """Register ``component`` under ``name``; its state is saved and restored by that name."""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise CkptlabError(f"component name {name!r} may only use letters, digits, _ . -")
+        if not isinstance(component, Stateful):
+            raise CkptlabError(f"component {name!r} ({type(component).__name__}) has no "
+                               "state_dict()/load_state_dict()")
+        self.components[name] = component
+
+    # -- listing --------------------------------------------------------------------------
+    def committed(self) -> list[Path]:
+        """Committed checkpoint directories, oldest first (not verified)."""
+        return committed_checkpoints(self.directory)
+
+    def latest_pointer(self) -> str | None:
+        """The checkpoint name the ``latest`` pointer names, or ``None`` if there is none."""
+        return read_pointer(self.directory, LATEST)
+
+    def best_pointer(self) -> str | None:
+        """The checkpoint name the ``best`` pointer names, or ``None`` if there is none."""
+        return read_pointer(self.directory, BEST)
+
+    def records(self) -> list[CheckpointRecord]:
+        """What retention sees of each committed checkpoint with a readable manifest."""
+        records = []
+        for path in self.committed():
+            manifest = self._manifests.get(path.name)
+            if manifest is None:
+                try:
+                    manifest = read_manifest(path)
+                except CkptlabError:
+                    continue  # unreadable: neither counted nor chosen; verify reports it
+                self._manifests[path.name] = manifest
+            size = sum(int(f["bytes"]) for f in manifest["files"].values())
+            records.append(CheckpointRecord(path.name, int(manifest["step"]),
+                                            dict(manifest.get("metrics") or {}), size))
+        return records
+
+    def latest_valid(self) -> CheckpointInfo:
+        """Verify checkpoints newest first and return the first valid one.
+
+        Raises:
+            CheckpointNotFoundError: there are no checkpoints.
+            CheckpointCorruptError: there are checkpoints but none is valid.
+        """
+        return newest_valid_checkpoint(self.directory)
+
+    # -- restore --------------------------------------------------------------------------
+    def restore(self, checkpoint: str | os.PathLike[str] | None = None) -> CheckpointInfo:
+        """Load every registered component from ``checkpoint`` (default: newest valid here).
+
+        Nothing is loaded into any component unless the whole checkpoint verified and holds
+        a state for every registered component.
+        """
+        info = verify_checkpoint(checkpoint) if checkpoint is not None else self.latest_valid()
+        _, states = load_checkpoint_state(info.path, keys=None)
+        restore_components(self.components, states, info.path)
+        return info
+
+    def restore_latest(self) -> CheckpointInfo | None:
+        """Restore from the newest valid checkpoint, or return ``None`` when there is none."""
+        if not self.committed():
+            return None
+        return self.restore()
+
+    # -- save -----------------------------------------------------------------------------
+    def save(self, step: int, *, metrics: Mapping[str, Any] | None = None,
+             config: Mapping[str, Any] | None = None,
+             extra: Mapping[str, Any] | None = None) -> CheckpointInfo:
+        """Atomically write a checkpoint of every registered component at ``step``.
+
+        Args:
+            step: the training step; names the directory ``step_{step:08d}``.
+            metrics: numbers worth seeing without loading (manifest, retention, best pointer).
+            config: the run configuration (recorded with its SHA-256 hash).
+            extra: further JSON-compatible manifest fields (for example ``episode``).
+
+        Raises:
+            CheckpointWriteError: the disk refused (full, permissions); earlier checkpoints
+                and pointers are unchanged.
+        """
+        self.wait()  # an earlier async save must land (or report its error) first
+        t0 = time.perf_counter()
+        snapshot = self._snapshot(step, metrics, config, extra, copy=False)
+        info = self._write(snapshot)
+        self.last_blocking_seconds = time.perf_counter() - t0
+        return info
+
+    def save_async(self, step: int, *, metrics: Mapping[str, Any] | None = None,
+                   config: Mapping[str, Any] | None = None,
+                   extra: Mapping[str, Any] | None = None) -> Future[CheckpointInfo]:
+        """Like :meth:`save`, but only the snapshot happens on the calling thread.
+
+        The state is copied now (so training may continue and change it) and written by a
+        background thread. One save is in flight at a time: a new one first waits for the
+        previous. A failure is raised by the next :meth:`save`, :meth:`save_async`,
+        :meth:`wait` or :meth:`close` - never swallowed.
+        """
+        t0 = time.perf_counter()
+        self.wait()
+        snapshot = self._snapshot(step, metrics, config, extra, copy=True)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="ckptlab-save")
+        self._pending = self._executor.submit(self._write, snapshot)
+        self.last_blocking_seconds = time.perf_counter() - t0
+        return self._pending
+
+    def wait(self) -> CheckpointInfo | None:
+        """Block until the in-flight async save (if any) is committed; raise its error."""
+        pending = self._pending
+        if pending is None:
+            return None
+        try:
+            info = pending.result()
+        except CkptlabError:
+            self._pending = None
+            raise
+        except Exception as exc:  # an unexpected failure in the writer thread
+            self._pending = None
+            raise CheckpointWriteError(f"background checkpoint save failed: {exc!r}") from exc
+        # (A KeyboardInterrupt while waiting leaves the save pending: close() reports it.)
+        self._pending = None
+        return info
+
+    def close(self) -> None:
+        """Finish any async save (raising its error), stop the writer thread, release the lock."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            self._lock.release()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _snapshot(self, step: int, metrics: Mapping[str, Any] | None,
+                  config: Mapping[str, Any] | None, extra: Mapping[str, Any] | None,
+                  copy: bool) -> _Snapshot:
+        if not self.create:
+            raise CkptlabError(f"{self.directory} was opened read-only")
+        if not self.components:
+            raise CkptlabError("no components registered; call register(name, obj) first")
+        if step < 0:
+            raise CkptlabError(f"step must be non-negative (got {step})")
+        t0 = time.perf_counter()
+        json_parts: dict[str, bytes] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        tensor_keys: dict[str, list[str]] = {}
+        for name, component in self.components.items():
+            subtree, part = split_state(component.state_dict(), name)
+            # Encoded now: bytes cannot change if the component changes after this call.
+            json_parts[name] = _canonical_json(subtree)
+            if copy:
+                part = {k: t.clone() for k, t in part.items()}
+            tensor_keys[name] = list(part)
+            tensors.update(part)
+        # Private copies of the caller's dicts; NaN and infinity (a diverged loss) become None,
+        # because the manifest is strict JSON.
+        return _Snapshot(step, json_parts, tensors, tensor_keys, _json_copy(metrics or {}),
+                         _json_copy(config) if config is not None else None,
+                         _json_copy(extra or {}), time.perf_counter() - t0)
+
+    def _write(self, snap: _Snapshot) -> CheckpointInfo:
+        step = snap.step
+        t1 = time.perf_counter()
+        final = self.directory / checkpoint_dir_name(step)
+        tag = uuid.uuid4().hex[:8]
+        temp = self.directory / f"{_TEMP_PREFIX}{final.name}-{tag}"
+        pointer_temp = self.directory / f"{_TEMP_PREFIX}{LATEST}-{tag}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+            temp.mkdir()
+            tensor_chunks = safetensors_chunks(snap.tensors, {"format": FORMAT_NAME})
+            # One JSON object, assembled from the per-component encodings (done once each).
+            state_chunks = [b"{\n" + b",\n".join(
+                json.dumps(name).encode() + b": " + part
+                for name, part in snap.json_parts.items()) + b"\n}"]
+            pointer = _canonical_json({"checkpoint": final.name, "step": step}, readable=True)
+            # Data files and the next `latest` pointer flush together; the manifest needs the
+            # hashes, so it is written while those fsyncs run, and flushed alongside them.
+            flush = _ParallelFlush({temp / TENSORS: tensor_chunks, temp / STATE: state_chunks,
+                                    pointer_temp: [pointer]})
+            try:
+                files = {TENSORS: _digest(tensor_chunks), STATE: _digest(state_chunks)}
+                components = {
+                    name: {"tensors": len(keys),
+                           "tensor_bytes": sum(_nbytes(snap.tensors[k]) for k in keys),
+                           "json_bytes": len(snap.json_parts[name])}
+                    for name, keys in snap.tensor_keys.items()}
+                manifest = self._manifest(step, components, files, snap.metrics, snap.config,
+                                          snap.extra)
+                _write_durable(temp / MANIFEST, _canonical_json(manifest, readable=True))
+            finally:
+                flush.join()
+            _fsync_dir(temp)
+            t2 = time.perf_counter()
+            fault_point("save:files-written", step)
+            self._commit(temp, final, sync=False)
+        except OSError as exc:
+            shutil.rmtree(temp, ignore_errors=True)
+            pointer_temp.unlink(missing_ok=True)
+            raise CheckpointWriteError(
+                f"could not save checkpoint {final.name} in {self.directory}: "
+                f"{_describe_os_error(exc)}. Earlier checkpoints and pointers are unchanged; "
+                "free disk space or fix permissions, then save again") from exc
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            pointer_temp.unlink(missing_ok=True)
+            raise
+        self._manifests[final.name] = manifest
+        fault_point("save:committed", step)
+        try:
+            fault_point("save:pointer-temp", step)
+            os.replace(pointer_temp, self.directory / LATEST)
+            # One directory fsync makes both renames durable: journaling filesystems commit
+            # them in order, so `latest` can never survive a crash that its target did not.
+            # (Resume scans the directories anyway; the pointer is for people and tools.)
+            _fsync_dir(self.directory)
+            fault_point("save:pointer-updated", step)
+            self._log_save(final.name, step, snap.metrics)
+            self._apply_retention(latest=final.name)
+        except OSError as exc:
+            pointer_temp.unlink(missing_ok=True)
+            raise CheckpointWriteError(
+                f"checkpoint {final.name} was committed, but updating pointers or retention "
+                f"failed: {_describe_os_error(exc)}. The checkpoint itself is complete and "
+                "will be found on resume") from exc
+        t3 = time.perf_counter()
+        self.last_save_timings = SaveTimings(snap.snapshot_seconds, t2 - t1, t3 - t2,
+                                             snap.snapshot_seconds + (t3 - t1))
+        return CheckpointInfo(final, manifest)
+
+    def _manifest(self, step: int, components: dict[str, Any], files: dict[str, Any],
+                  metrics: Mapping[str, Any] | None, config: Mapping[str, Any] | None,
+                  extra: Mapping[str, Any] | None) -> dict[str, Any]:
+        now = time.time()
+        manifest: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            **dict(extra or {}),
+            "created_unix": now,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "metrics": dict(metrics or {}),
+            "config": dict(config) if config is not None else None,
+            "config_sha256": _sha256(_canonical_json(config)) if config is not None else None,
+            "versions": library_versions(self.extra_versions),
+            "components": components,
+            "files": files,
+        }
+        manifest["manifest_sha256"] = _manifest_self_hash(manifest)
+        return manifest
+
+    def _commit(self, temp: Path, final: Path, sync: bool = True) -> None:
+        commit_directory(self.directory, temp, final, sync)
+        self._manifests.pop(final.name, None)
+
+    def _write_pointer(self, pointer: str, name: str, step: int) -> None:
+        write_pointer(self.directory, pointer, name, step)
+
+    # -- retention and the decision log ---------------------------------------------------
+    def history(self) -> list[tuple[int, dict[str, Any]]]:
+        """``(step, metrics)`` of every save recorded in the decision log, deleted ones too."""
+        if self._history is None:
+            latest_by_step: dict[int, dict[str, Any]] = {}
+            for event in read_decision_log(self.directory):
+                if event.get("event") == "saved":
+                    latest_by_step[int(event["step"])] = dict(event.get("metrics") or {})
+            self._history = sorted(latest_by_step.items())
+        return self._history
+
+    def _log(self, events: Iterable[Mapping[str, Any]]) -> None:
+        lines = "".join(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **e}) + "\n"
+                        for e in events)
+        if lines:
+            with open(self.directory / DECISIONS, "a", encoding="utf-8") as f:
+                f.write(lines)
+
+    def _log_save(self, name: str, step: int, metrics: Mapping[str, Any]) -> None:
+        history = self.history()
+        history[:] = [h for h in history if h[0] != step] + [(step, dict(metrics))]
+        history.sort(key=lambda h: h[0])
+        self._log([{"event": "saved", "checkpoint": name, "step": step,
+                    "metrics": dict(metrics)}])
+
+    def plan_retention(self) -> list[Decision]:
+        """What retention would decide now, without deleting anything (``prune --dry-run``)."""
+        return decide_retention(self.records(), self.retention, best=self.best,
+                                budget=self.budget, history=self.history(),
+                                latest=self.latest_pointer())
+
+    def _apply_retention(self, latest: str | None = None) -> list[Decision]:
+        records = self.records()
+        decisions = decide_retention(records, self.retention, best=self.best,
+                                     budget=self.budget, history=self.history(),
+                                     latest=latest or self.latest_pointer())
+        best = self.best.pick(records) if self.best is not None else None
+        if best is not None and self.best_pointer() != best.name:
+            self._write_pointer(BEST, best.name, best.step)
+        if self.retention or self.budget is not None:
+            self._log({"event": "retention", "checkpoint": d.name, "step": d.step,
+                       "action": "keep" if d.keep else "delete", "reasons": list(d.reasons)}
+                      for d in decisions)
+        doomed = [d.name for d in decisions if not d.keep]
+        for name in doomed:
+            self._manifests.pop(name, None)
+        delete_checkpoints(self.directory, doomed)
+        return decisions
+
+    def prune(self) -> list[Decision]:
+        """Apply retention now (the manager must be writable); returns the decisions."""
+        if not self.create:
+            raise CkptlabError(f"{self.directory} was opened read-only")
+        self._lock.acquire()
+        return self._apply_retention()
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete temporary and trash entries left by crashed saves or deletions.
+
+        A checkpoint moved aside to be replaced, whose replacement never arrived, is put back.
+        """
+        return remove_leftovers(self.directory)

@@ -15,6 +15,14 @@ from ckptlab import DQNConfig, load_checkpoint_state
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+@pytest.fixture(scope="session")
+def jupyter_lab(tmp_path_factory):
+    """One JupyterLab server for every browser test: ``(url, token, notebooks_root)``."""
+    from browser_support import start_lab
+
+    yield from start_lab(tmp_path_factory)
+
 # A run that learns something but takes about a second: episodes end mid-epoch, updates start
 # early, the target syncs and several checkpoints are written.
 FAST = dict(hidden_sizes=[64, 64], total_steps=2_400, steps_per_epoch=400, learning_starts=300, buffer_capacity=3_000,

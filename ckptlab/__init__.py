@@ -51,7 +51,6 @@ from .engine import (  # noqa: E402
     CheckpointNotFoundError,
     CheckpointWriteError,
     CkptlabError,
-    EveryNEpisodes,
     EveryNSteps,
     EveryTSeconds,
     Final,
@@ -81,7 +80,7 @@ _LAZY = {name: "ckptlab.dqn" for name in (
     "DQNAgent", "LinearSchedule", "QNetwork", "ReplayBuffer", "RNGStates", "seed_everything",
     "DQNConfig", "diff_configs", "Trainer", "TrainProgress", "TrainResult", "EnvRunner",
     "Evaluation", "GreedyEvaluator", "make_env", "capture_env_state", "restore_env_state",
-    "EpochSummary", "MetricHistory", "UnsupportedEnvironmentError")}
+    "EpochSummary", "MetricHistory", "UnsupportedEnvironmentError", "EveryNEpisodes")}
 _EXTRAS = {"ckptlab.dqn": ("rl", "gymnasium and tqdm"),
            "ckptlab.lab": ("lab", "JupyterLab, ipywidgets, matplotlib, nbval and papermill")}
 

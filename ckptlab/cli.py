@@ -27,7 +27,6 @@ from .engine import (
     CheckpointManager,
     CheckpointNotFoundError,
     CkptlabError,
-    EveryNEpisodes,
     EveryNSteps,
     EveryTSeconds,
     Final,
@@ -271,7 +270,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     say = None if args.quiet else _print_line
     policies: list[SavePolicy] = [EveryNSteps(config.save_every_steps), Final()]
     if args.save_every_episodes:
-        policies.append(EveryNEpisodes(args.save_every_episodes))
+        policies.append(dqn.EveryNEpisodes(args.save_every_episodes))
     if args.save_every_seconds:
         policies.append(EveryTSeconds(args.save_every_seconds))
     if args.save_on_start:

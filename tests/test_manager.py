@@ -231,12 +231,12 @@ def test_shape_mismatch_names_the_tensor_and_loads_nothing(trained_run):
     wide = QNetwork(4, 2, (32, 64))
     before = {k: v.clone() for k, v in wide.state_dict().items()}
     with pytest.raises(IncompatibleCheckpointError, match="layers.0.weight"):
-        load_parameters(trained_run, wide)
+        load_parameters(trained_run, wide, source="agent/q_net")
     assert all(torch.equal(v, before[k]) for k, v in wide.state_dict().items())
 
 
 def test_export_weights_load_in_plain_pytorch(trained_run, tmp_path):
-    written = export_checkpoint(trained_run, tmp_path / "export", what="both")
+    written = export_checkpoint(trained_run, tmp_path / "export", source="agent/q_net", what="both")
     assert sorted(p.name for p in written) == ["metadata.json", "weights.safetensors"]
     model = QNetwork(4, 2, FAST["hidden_sizes"])
     model.load_state_dict(load_file(tmp_path / "export" / "weights.safetensors"))
@@ -247,7 +247,7 @@ def test_export_weights_load_in_plain_pytorch(trained_run, tmp_path):
     meta = json.loads((tmp_path / "export" / "metadata.json").read_text())
     assert meta["step"] == FAST["total_steps"] and meta["config"]["env_id"] == "CartPole-v1"
     with pytest.raises(Exception, match="nothing was overwritten"):
-        export_checkpoint(trained_run, tmp_path / "export", what="metadata")
+        export_checkpoint(trained_run, tmp_path / "export", source="agent/q_net", what="metadata")
     trainer.close()
 
 

@@ -17,8 +17,9 @@ from ckptlab.engine.policies import (
     AnyOf,
     BestBy,
     CheckpointRecord,
+    FINAL,
+    START,
     DiskBudget,
-    EveryNEpisodes,
     EveryNSteps,
     EveryTSeconds,
     Final,
@@ -31,10 +32,16 @@ from ckptlab.engine.policies import (
     SaveContext,
     decide_retention,
 )
+from ckptlab.dqn.policies import EPISODE_END, EveryNEpisodes
 
 
 def ctx(step, **kw):
-    return SaveContext(step=step, episode=kw.pop("episode", 0), epoch=0, **kw)
+    events = set(kw.pop("events", ()))
+    for flag, event in (("episode_ended", EPISODE_END), ("is_start", START), ("is_final", FINAL)):
+        if kw.pop(flag, False):
+            events.add(event)
+    return SaveContext(step=step, counters={"episode": kw.pop("episode", 0), "epoch": 0},
+                       events=frozenset(events), **kw)
 
 
 def test_step_episode_start_final_policies():
@@ -194,3 +201,24 @@ def test_retention_invariants_hold_after_every_save(policies, values, budget, pa
         manager.close()
     finally:
         shutil.rmtree(directory)
+
+
+def test_save_policy_state_keys_are_stable_when_policies_change():
+    """State is keyed by class name (numbered on repeats), not by repr: changing an argument
+    or adding a policy of another class keeps every other policy's state."""
+    policy = AnyOf(OnImprovement("eval_return"), EveryNSteps(1000), OnImprovement("loss", "min"))
+    assert list(policy.state_dict()) == ["OnImprovement", "EveryNSteps", "OnImprovement#2"]
+    policy.policies[0].best = 300.0
+    changed = AnyOf(OnStart(), OnImprovement("eval_return", min_delta=5.0), EveryNSteps(500),
+                    OnImprovement("loss", "min"))
+    changed.load_state_dict(json.loads(json.dumps(policy.state_dict())))
+    assert changed.policies[1].best == 300.0
+
+
+def test_counts_policy_reads_named_events_and_counters():
+    from ckptlab.engine.policies import EveryNCounts
+
+    every_2nd_epoch = EveryNCounts(2, counter="epoch", event="epoch_end")
+    assert every_2nd_epoch.reasons(SaveContext(step=5, events=frozenset({"epoch_end"}),
+                                               counters={"epoch": 4})) == ["every 2 epochs"]
+    assert every_2nd_epoch.reasons(SaveContext(step=5, counters={"epoch": 4})) == []

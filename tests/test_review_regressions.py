@@ -83,7 +83,7 @@ def test_second_writer_on_a_fresh_directory_fails_at_once(tmp_path):
 
 def test_on_improvement_best_survives_a_resume():
     policy = AnyOf(OnImprovement("eval_return"), EveryNSteps(1000))
-    fresh = dict(new_metrics=True, episode=0, epoch=0)
+    fresh = dict(new_metrics=True)
     assert policy.reasons(SaveContext(step=1, metrics={"eval_return": 200.0}, **fresh))
     state = json.loads(json.dumps(policy.state_dict()))  # as stored in the manifest
     resumed = AnyOf(OnImprovement("eval_return"), EveryNSteps(1000))

@@ -27,6 +27,7 @@ from .envs import (
     restore_env_state,
 )
 from .metrics import EpochSummary, MetricHistory
+from .policies import EPISODE_END, EPOCH_END, EveryNEpisodes
 from .replay import ReplayBuffer
 from .resume import (
     ResumePlan,
@@ -42,7 +43,7 @@ __all__ = [
     "DQNAgent", "LinearSchedule", "QNetwork", "resolve_device", "ConfigChange", "DQNConfig",
     "diff_configs", "EnvRunner", "Evaluation", "GreedyEvaluator", "UnsupportedEnvironmentError",
     "capture_env_state", "make_env", "restore_env_state", "EpochSummary", "MetricHistory",
-    "ReplayBuffer", "ResumePlan", "check_config_compatible", "checkpoint_config",
+    "ReplayBuffer", "EveryNEpisodes", "EPISODE_END", "EPOCH_END", "ResumePlan", "check_config_compatible", "checkpoint_config",
     "find_resume_checkpoint", "plan_resume", "RNGStates", "seed_everything", "Trainer",
     "TrainProgress", "TrainResult", "format_epoch",
 ]

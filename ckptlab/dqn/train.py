@@ -50,9 +50,12 @@ from .envs import EnvRunner, Evaluation, GreedyEvaluator
 from ..engine import CkptlabError, IncompatibleCheckpointError
 from ..engine.faults import fault_point
 from .metrics import EpochSummary, MetricHistory
+from .policies import EPISODE_END, EPOCH_END
 from ..engine import (
     AnyOf,
     BestBy,
+    FINAL,
+    START,
     EveryNSteps,
     Final,
     RetentionPolicy,
@@ -248,16 +251,19 @@ class Trainer:
         previous_handlers = self._install_signal_handlers()
         try:
             if self.progress.step == 0 and self._restored_from is None:
-                last_checkpoint = self._maybe_save(self._context(is_start=True)) or \
+                last_checkpoint = self._maybe_save(self._context(START)) or \
                     last_checkpoint
             while self.progress.step < target:
                 episodes_before = self.progress.episode
                 self.step()
                 step = self.progress.step
                 summary = self._end_epoch() if step % cfg.steps_per_epoch == 0 else None
-                ctx = self._context(episode_ended=self.progress.episode != episodes_before,
-                                    is_final=step == cfg.total_steps,
-                                    new_metrics=summary is not None
+                events = [EPISODE_END] if self.progress.episode != episodes_before else []
+                if summary is not None:
+                    events.append(EPOCH_END)
+                if step == cfg.total_steps:
+                    events.append(FINAL)
+                ctx = self._context(*events, new_metrics=summary is not None
                                     and summary.eval_mean_return is not None)
                 last_checkpoint = self._maybe_save(ctx) or last_checkpoint
                 fault_point("step", step)
@@ -289,12 +295,14 @@ class Trainer:
             saves=self.saves - saves_before, last_checkpoint=last_checkpoint,
             interrupted_by=interrupted_by)
 
-    def _context(self, **flags: Any) -> SaveContext:
+    def _context(self, *events: str, new_metrics: bool = False) -> SaveContext:
         # Built every step, so it reuses the metrics computed at the last epoch end (they only
         # change there) instead of assembling a new dict each time.
-        return SaveContext(step=self.progress.step, episode=self.progress.episode,
-                           epoch=self.progress.epoch, metrics=self._policy_metrics,
-                           now=wall_clock(), **flags)
+        return SaveContext(step=self.progress.step, now=wall_clock(),
+                           metrics=self._policy_metrics, new_metrics=new_metrics,
+                           events=frozenset(events),
+                           counters={"episode": self.progress.episode,
+                                     "epoch": self.progress.epoch})
 
     def _maybe_save(self, ctx: SaveContext) -> CheckpointInfo | None:
         if self.checkpoints is None:

@@ -32,7 +32,7 @@ CREATE TABLE checkpoints (
     created TEXT,
     size_bytes INTEGER,
     status TEXT NOT NULL,       -- 'valid', or what is wrong
-    env_id TEXT,
+    config TEXT,                -- the run configuration the manifest records (JSON), if any
     config_sha256 TEXT,
     parent TEXT,                -- the checkpoint this run was started from, if another run
     metrics TEXT NOT NULL       -- JSON object
@@ -51,7 +51,7 @@ class CatalogRow:
     created: str | None
     size_bytes: int | None
     status: str
-    env_id: str | None
+    config: dict[str, Any] | None  # the run configuration recorded in the manifest
     parent: str | None
     metrics: dict[str, Any]
 
@@ -125,10 +125,11 @@ class Catalog:
             status = f"invalid: {exc}"
         lineage = manifest.get("lineage") or {}
         parent = (lineage.get("parent") or {}).get("path")
-        config = manifest.get("config") or {}
+        config = manifest.get("config")
         size_bytes = sum(int(f["bytes"]) for f in manifest["files"].values())
         return (str(rel), run, manifest.get("step"), manifest.get("created"), size_bytes,
-                status, config.get("env_id"), manifest.get("config_sha256"), parent,
+                status, json.dumps(config) if config is not None else None,
+                manifest.get("config_sha256"), parent,
                 json.dumps(manifest.get("metrics") or {}))
 
     def query(self, *, sort: str | None = None, ascending: bool = False,
@@ -156,7 +157,7 @@ class Catalog:
                     raise CkptlabError(f"cannot sort by {sort!r}: use a metric name")
                 key = f"json_extract(metrics, '$.\"{sort}\"')"
                 order = f"{key} IS NULL, {key} {direction}, run, step"
-            sql = ("SELECT path, run, step, created, size_bytes, status, env_id, parent, metrics "
+            sql = ("SELECT path, run, step, created, size_bytes, status, config, parent, metrics "
                    f"FROM checkpoints {'WHERE ' + ' AND '.join(where) if where else ''} "
                    f"ORDER BY {order}")
             if top is not None:
@@ -164,7 +165,8 @@ class Catalog:
             rows = con.execute(sql, params).fetchall()
         finally:
             con.close()
-        return [CatalogRow(*r[:8], json.loads(r[8])) for r in rows]
+        return [CatalogRow(*r[:6], json.loads(r[6]) if r[6] is not None else None, r[7],
+                           json.loads(r[8])) for r in rows]
 
     def metric_names(self) -> list[str]:
         """Every metric name that appears in some checkpoint."""

@@ -83,7 +83,7 @@ def _subtree(state: Any, component: str, path: str, source: Path) -> Mapping[str
 
 
 def load_parameters(checkpoint: str | os.PathLike[str], module: nn.Module, *,
-                    source: str = "agent/q_net", pattern: str = ".*") -> LoadReport:
+                    source: str, pattern: str = ".*") -> LoadReport:
     """Copy the parameters and buffers of ``module`` whose names match ``pattern`` from the
     tensors at ``source`` (``component/sub/path``) in ``checkpoint``.
 
@@ -127,7 +127,7 @@ ExportWhat = Literal["weights", "metadata", "both"]
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-                      what: ExportWhat = "both", source: str = "agent/q_net") -> list[Path]:
+                      source: str, what: ExportWhat = "both") -> list[Path]:
     """Export ``source`` tensors as ``weights.safetensors`` and/or ``metadata.json``.
 
     The weights file holds plain ``state_dict`` names (``layers.0.weight``, ...) so that::
@@ -168,10 +168,11 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
                   metadata={"format": "ckptlab-export", **source_meta})
         written.append(out / "weights.safetensors")
     if what in ("metadata", "both"):
-        keys = ("step", "episode", "epoch", "created", "metrics", "config", "config_sha256",
-                "versions", "components", "lineage")
-        meta = {"format": "ckptlab-export", **source_meta,
-                **{k: info.manifest.get(k) for k in keys}}
+        # Everything the manifest says about the state (whatever fields its writer added),
+        # but not its file table and self-hash, which describe the checkpoint's own files.
+        described = {k: v for k, v in info.manifest.items()
+                     if k not in ("format", "format_version", "files", "manifest_sha256")}
+        meta = {"format": "ckptlab-export", **source_meta, **described}
         (out / "metadata.json").write_text(json.dumps(meta, indent=1), "utf-8")
         written.append(out / "metadata.json")
     return written

@@ -40,20 +40,35 @@ def _better(a: float, b: float | None, mode: Mode, min_delta: float = 0.0) -> bo
 # Save policies
 # --------------------------------------------------------------------------------------------
 
+START = "start"   # event: before any training (step 0 of a fresh run)
+FINAL = "final"   # event: the run just reached its last step
+
+
 @dataclass(frozen=True)
 class SaveContext:
-    """What a save policy can see after a training step."""
+    """What a save policy can see after a training step.
+
+    Neutral on purpose: the engine knows steps, time, metrics, named events and named
+    counters, not what is being trained. A training loop reports its own notions through
+    ``events`` (``{"episode_end"}``, ``{"epoch_end"}``, ...) and ``counters``
+    (``{"episode": 12, "epoch": 3}``); :class:`EveryNCounts` saves on them.
+    """
 
     step: int
-    episode: int
-    epoch: int
-    episode_ended: bool = False   # an episode finished at this step
-    is_start: bool = False        # before any training (step 0 of a fresh run)
-    is_final: bool = False        # the run just reached its last step
-    # values as of the latest epoch end (e.g. eval_return); they change only there
+    now: float = 0.0              # a monotonic clock at this step (wall_clock())
+    # values as of the latest refresh (e.g. eval_return at an epoch end)
     metrics: Mapping[str, float] = field(default_factory=dict)
     new_metrics: bool = False     # ``metrics`` were refreshed at this step (an evaluation ran)
-    now: float = 0.0              # time.monotonic() at this step
+    events: frozenset[str] = frozenset()        # what happened at this step (START, FINAL, ...)
+    counters: Mapping[str, int] = field(default_factory=dict)  # named counts, e.g. "episode"
+
+    @property
+    def is_start(self) -> bool:
+        return START in self.events
+
+    @property
+    def is_final(self) -> bool:
+        return FINAL in self.events
 
 
 class SavePolicy(Protocol):
@@ -91,14 +106,22 @@ class EveryNSteps(_Stateless):
 
 
 @dataclass
-class EveryNEpisodes(_Stateless):
-    """Save when an episode ends and the episode count is a multiple of ``n``."""
+class EveryNCounts(_Stateless):
+    """Save when ``event`` happens and the named ``counter`` is then a multiple of ``n``.
+
+    For example ``EveryNCounts(10, counter="episode", event="episode_end")`` saves after every
+    tenth episode (the DQN run's ``EveryNEpisodes(10)``).
+    """
 
     n: int
+    counter: str
+    event: str
 
     def reasons(self, ctx: SaveContext) -> list[str]:
-        hit = ctx.episode_ended and ctx.episode % self.n == 0
-        return [f"every {self.n} episodes"] if hit else []
+        if self.event not in ctx.events:
+            return []
+        count = ctx.counters.get(self.counter, 0)
+        return [f"every {self.n} {self.counter}s"] if count % self.n == 0 else []
 
 
 @dataclass
@@ -153,8 +176,7 @@ class OnImprovement:
     metric: str
     mode: Mode = "max"
     min_delta: float = 0.0
-    # Not in repr: AnyOf keys saved policy state by repr, which must not change as best does.
-    best: float | None = field(default=None, repr=False)
+    best: float | None = field(default=None, repr=False)  # the best value so far
 
     def __post_init__(self) -> None:
         _check_mode(self.mode)
@@ -193,14 +215,26 @@ class AnyOf:
         for policy in self.policies:
             policy.saved(ctx)
 
+    def state_keys(self) -> list[str]:
+        """A stable key per policy: its class name, numbered when a class repeats
+        (``OnImprovement``, ``OnImprovement#2``). Adding a policy of another class, or
+        changing a policy's arguments, does not move any other policy's state."""
+        seen: dict[str, int] = {}
+        keys = []
+        for policy in self.policies:
+            name = type(policy).__name__
+            seen[name] = seen.get(name, 0) + 1
+            keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+        return keys
+
     def state_dict(self) -> dict[str, Any]:
-        return {repr(p): p.state_dict() for p in self.policies}
+        return {key: p.state_dict() for key, p in zip(self.state_keys(), self.policies)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        # Matched by description: policies that were added or changed start fresh.
-        for policy in self.policies:
-            if repr(policy) in state:
-                policy.load_state_dict(state[repr(policy)])
+        # Matched by key: a policy with no saved state (newly added) starts fresh.
+        for key, policy in zip(self.state_keys(), self.policies):
+            if key in state:
+                policy.load_state_dict(state[key])
 
     def __repr__(self) -> str:
         return f"AnyOf({', '.join(map(repr, self.policies))})"

@@ -87,9 +87,9 @@ def replay_strategy(recorded: Sequence[str | os.PathLike[str]], strategy: Strate
             step = int(manifest["step"])
             metrics = dict(manifest.get("metrics") or {})
             if strategy.save_policy is not None:
-                ctx = SaveContext(step=step, episode=int(manifest.get("episode") or 0),
-                                  epoch=int(manifest.get("epoch") or 0), metrics=metrics,
-                                  new_metrics=True)
+                ctx = SaveContext(step=step, metrics=metrics, new_metrics=True,
+                                  counters={"episode": int(manifest.get("episode") or 0),
+                                            "epoch": int(manifest.get("epoch") or 0)})
                 reasons = strategy.save_policy.reasons(ctx)
                 if not reasons:
                     _observe(manager, outcome, step)

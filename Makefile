@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 export JUPYTER_PLATFORM_DIRS = 1
 
-.PHONY: setup lab demo test bench notebooks site clean
+.PHONY: setup lab demo test test-no-browser bench notebooks site clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ lab: setup  ## open the lessons in JupyterLab
 demo: setup  ## kill a training run with SIGKILL, resume it, compare with an uninterrupted run
 	$(PY) -m ckptlab demo
 
-test: setup  ## unit, fault and exact-resume tests
+test: setup  ## every test: unit, fault, exact-resume, notebooks, real browser
+	bash tools/ensure_chromium.sh
+	CKPTLAB_REQUIRE_BROWSER=1 $(PY) -m pytest -q
+
+test-no-browser: setup  ## every test except the real-browser ones (they skip, saying so)
 	$(PY) -m pytest -q
 
 notebooks: setup  ## re-execute the lessons in place (refreshes their committed outputs)

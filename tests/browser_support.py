@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,10 @@ def open_and_run_all(page, lab, notebook: str, *, timeout_ms: int = 180_000):
     from playwright.sync_api import expect
 
     url, token, _ = lab
-    page.goto(f"{url}/lab/tree/{notebook}?token={token}")
+    # A fresh workspace per page: the default one would reopen notebooks an earlier test left
+    # open, and "Run All Cells" would then run in the wrong one.
+    workspace = f"w{uuid.uuid4().hex[:8]}"
+    page.goto(f"{url}/lab/workspaces/{workspace}/tree/{notebook}?reset&token={token}")
     # The toolbar says idle too early; the status bar's kernel text is reliable.
     idle = page.get_by_text("Python 3 (ipykernel) | Idle")
     expect(idle).to_be_visible(timeout=90_000)

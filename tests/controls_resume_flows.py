@@ -107,7 +107,7 @@ def exercise_lesson5(page) -> None:
     after = wait_for_change(view, before)
     text = view.locator(".widget-output").first.inner_text()
     assert "restored: weights, optimizer, replay_buffer, counters, rng, metrics" in text, text
-    view.get_by_role("button", name="mystery", exact=True).click()
+    view.get_by_role("button", name="mystery").click()
     expect(view.get_by_role("checkbox", name="env", exact=True)).to_be_hidden(timeout=10_000)
     view.get_by_role("button", name="Resume", exact=True).click()
     wait_for_change(view, after)

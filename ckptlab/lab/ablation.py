@@ -317,7 +317,7 @@ def what_to_save_controls(default: frozenset[str] = FULL - {"optimizer"}) -> dic
     boxes = {piece: widgets.Checkbox(value=piece in default, description=piece, indent=False,
                                      layout=widgets.Layout(width="130px"))
              for piece in COMPONENTS}
-    mystery = widgets.ToggleButton(value=False, description="mystery", icon="eye-slash",
+    mystery = widgets.ToggleButton(value=False, description="mystery",
                                    tooltip="hide which pieces are restored")
 
     def hide(change: Any) -> None:

@@ -319,6 +319,7 @@ def plot_save_tradeoff(measured: Sequence[LostWork], save_every: int) -> list[An
                  f"costs {chosen['overhead (% of training)']:.2g}% of training time", fontsize=9)
     lines = ax.get_legend_handles_labels()
     more = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper left")
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
     fig.tight_layout()
     return [fig, show_table([chosen], floatfmt=".4g")]

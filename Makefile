@@ -19,6 +19,10 @@ setup: $(VENV)/.installed
 lab: setup  ## open the lessons in JupyterLab
 	$(PY) -m jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
+.PHONY: present
+present: setup  ## serve the lessons as live pages, code hidden, for projecting (LESSON=04_....ipynb for one)
+	$(PY) -m voila notebooks/$(LESSON) --Voila.ip=127.0.0.1 --port=$(or $(PORT),8866)
+
 demo: setup  ## kill a training run with SIGKILL, resume it, compare with an uninterrupted run
 	$(PY) -m ckptlab demo
 

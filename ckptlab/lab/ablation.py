@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..engine import load_checkpoint_state
+from ..engine import CkptlabError, load_checkpoint_state
 from ..dqn.config import DQNConfig
 from ..dqn.train import Trainer
 
@@ -55,8 +56,8 @@ WHY_IT_MATTERS = {
 def mystery_level() -> str:
     """The ablation level lesson 5's exercise shows as a mystery (the answer is in the
     lesson's solution, not in the exercise cell)."""
-    return next(label for label, pieces in ABLATION_LEVELS
-                if "env" not in pieces and "rng" in pieces)  # everything but the env state
+    return next(label for label, pieces in LEAVE_ONE_OUT
+                if pieces == FULL - {"env"})  # everything but the env state
 
 
 def resume_partially(checkpoint: str | os.PathLike[str], config: DQNConfig,
@@ -162,3 +163,166 @@ def divergence(run: AfterResume, reference: AfterResume) -> dict[str, float | in
             "final greedy return": run.final_greedy_return,
             "return gap": abs(run.final_greedy_return - reference.final_greedy_return),
             "final weight distance": distance}
+
+
+# -- leave one out: which missing piece causes what ------------------------------------------
+
+COMPONENTS: tuple[str, ...] = ("weights", "optimizer", "replay_buffer", "counters", "rng",
+                               "env", "metrics")
+"""Every piece of a checkpoint that :func:`resume_partially` can restore or leave out."""
+
+FULL = frozenset(COMPONENTS)
+
+# (label, pieces restored): the full checkpoint minus one piece each, then the full one. Unlike
+# the cumulative levels above, each run differs from the full resume by exactly one piece, so
+# what it does differently is caused by that piece alone.
+LEAVE_ONE_OUT: tuple[tuple[str, frozenset[str]], ...] = (
+    *((f"without {piece}", FULL - {piece}) for piece in COMPONENTS),
+    ("full checkpoint", FULL),
+)
+
+
+def check_pieces(pieces: object) -> frozenset[str]:
+    """The pieces to restore, checked: a non-empty set of names from :data:`COMPONENTS`.
+
+    Raises:
+        CkptlabError: the set is empty or names something a checkpoint does not hold.
+    """
+    chosen = frozenset([pieces] if isinstance(pieces, str) else pieces)  # type: ignore[arg-type]
+    unknown = sorted(chosen - FULL)
+    if unknown:
+        raise CkptlabError(f"unknown checkpoint piece(s) {', '.join(map(repr, unknown))}; "
+                           f"choose from {', '.join(COMPONENTS)}")
+    if not chosen:
+        raise CkptlabError("no piece of the checkpoint is selected: tick at least one (with "
+                           "none, nothing is resumed - that is a new run from scratch)")
+    return chosen
+
+
+def resume_with(checkpoint: str | os.PathLike[str], config: DQNConfig, pieces: object,
+                steps: int, eval_key_step: int) -> AfterResume:
+    """Resume from ``checkpoint`` with only ``pieces`` restored and train ``steps`` more steps
+    (see :func:`resume_partially` and :func:`continue_training`)."""
+    chosen = check_pieces(pieces)
+    if steps < 1:
+        raise CkptlabError(f"train at least one step after the resume, not {steps}")
+    trainer = resume_partially(checkpoint, config, chosen)
+    try:
+        return continue_training(trainer, steps, eval_key_step)
+    finally:
+        trainer.close()
+
+
+def separation_title(run: AfterResume, reference: AfterResume) -> str:
+    """"identical", or when the run's smoothed loss separates from the reference's."""
+    first = divergence(run, reference)["first divergence (steps after resume)"]
+    if first is None:
+        return "identical to the full resume"
+    apart = separation_step(run, reference)
+    return (f"separates at step +{apart}" if apart is not None else
+            f"differs from +{first}, never more than 5% apart")
+
+
+def plot_separation(ax: Any, run: AfterResume, reference: AfterResume, *,
+                    label: str = "resumed", window: int = 25) -> None:
+    """The loss the separation is judged on (smoothed over ``window`` updates): ``run`` over
+    the full resume, with the separation step marked."""
+    from .lessons import smooth
+
+    ax.plot(reference.loss_steps, smooth(reference.losses, window), color="#9ca3af",
+            linewidth=4, label="full resume")
+    ax.plot(run.loss_steps, smooth(run.losses, window), color="#7c3aed", linewidth=1.1,
+            label=label)
+    apart = separation_step(run, reference)
+    if apart is not None:
+        ax.axvline(apart, color="#b91c1c", linestyle="--", linewidth=1)
+
+
+class WhatToSaveLab:
+    """The "what to save" control: resume from one checkpoint with the ticked pieces only and
+    overlay the result on the full resume.
+
+    Keeps its own copy of the checkpoint (so the lesson may delete its folders).
+
+    Args:
+        checkpoint: the checkpoint every resume starts from.
+        config: the configuration it was trained with.
+        steps: steps trained after each resume.
+        eval_key_step: the evaluation seeds (see :func:`continue_training`).
+        reference: the full resume's result, if already computed (else it is computed once).
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike[str], config: DQNConfig, steps: int,
+                 eval_key_step: int, reference: AfterResume | None = None) -> None:
+        import shutil
+        import tempfile
+
+        self._scratch = tempfile.TemporaryDirectory(prefix="ckptlab-what-to-save-")
+        self.checkpoint = Path(self._scratch.name) / Path(checkpoint).name
+        shutil.copytree(checkpoint, self.checkpoint)
+        self.config, self.steps, self.eval_key_step = config, steps, eval_key_step
+        self.reference = reference if reference is not None else resume_with(
+            self.checkpoint, config, FULL, steps, eval_key_step)
+
+    def run(self, pieces: object) -> AfterResume:
+        """Resume with ``pieces`` and train on."""
+        return resume_with(self.checkpoint, self.config, pieces, self.steps, self.eval_key_step)
+
+    def render(self, mystery: bool = False, **ticked: bool) -> list[Any]:
+        """Resume with the ticked pieces (keyword per piece: ``weights=True`` ...), overlay on
+        the full resume and say where they separate. ``mystery`` hides which pieces were
+        restored, so a class can guess them from the plot."""
+        import matplotlib.pyplot as plt
+
+        unknown = sorted(set(ticked) - FULL)
+        if unknown:
+            raise CkptlabError(f"unknown checkpoint piece(s) {unknown}; choose from "
+                               f"{', '.join(COMPONENTS)}")
+        pieces = check_pieces({name for name, on in ticked.items() if on})
+        run = self.run(pieces)
+        name = "mystery run" if mystery else (
+            "full checkpoint" if pieces == FULL else
+            "without " + ", ".join(p for p in COMPONENTS if p not in pieces))
+        fig, (ax, rax) = plt.subplots(1, 2, figsize=(12, 3.2),
+                                      gridspec_kw={"width_ratios": [3, 2]})
+        plot_separation(ax, run, self.reference, label=name)
+        ax.set_title(f"{name}: {separation_title(run, self.reference)}", fontsize=10)
+        ax.set_xlabel("steps after the resume")
+        ax.set_ylabel("loss (smoothed)")
+        ax.legend(fontsize=8)
+        rax.plot(self.reference.epsilons, color="#9ca3af", linewidth=4, label="full resume")
+        rax.plot(run.epsilons, color="#7c3aed", linewidth=1.1, label=name)
+        rax.set_ylim(0, 1.05)
+        rax.set_xlabel("steps after the resume")
+        rax.set_ylabel("epsilon")
+        rax.legend(fontsize=8)
+        fig.tight_layout()
+        d = divergence(run, self.reference)
+        restored = "(hidden)" if mystery else ", ".join(p for p in COMPONENTS if p in pieces)
+        text = (f"restored: {restored}\nfinal greedy return {d['final greedy return']:.1f} "
+                f"(full resume: {self.reference.final_greedy_return:.1f}); final weight "
+                f"distance to the full resume {d['final weight distance']:.3g}")
+        return [fig, text]
+
+    def close(self) -> None:
+        """Remove the copy of the checkpoint (also done when garbage-collected)."""
+        self._scratch.cleanup()
+
+
+def what_to_save_controls(default: frozenset[str] = FULL - {"optimizer"}) -> dict[str, Any]:
+    """One checkbox per piece (ticked as in ``default``) and a "mystery" toggle that hides the
+    checkboxes, for :class:`WhatToSaveLab.render` via :func:`~ckptlab.lab.widgets.show_live`."""
+    import ipywidgets as widgets
+
+    boxes = {piece: widgets.Checkbox(value=piece in default, description=piece, indent=False,
+                                     layout=widgets.Layout(width="130px"))
+             for piece in COMPONENTS}
+    mystery = widgets.ToggleButton(value=False, description="mystery",
+                                   tooltip="hide which pieces are restored")
+
+    def hide(change: Any) -> None:
+        for box in boxes.values():
+            box.layout.visibility = "hidden" if change["new"] else "visible"
+
+    mystery.observe(hide, names="value")
+    return {**boxes, "mystery": mystery}

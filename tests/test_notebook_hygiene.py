@@ -176,3 +176,38 @@ def test_machine_paths_are_caught_in_source_and_outputs():
         {"output_type": "display_data", "data": {"text/html": "<td>/home/me/x</td>"}}]})
     assert machine_paths({"source": "", "outputs": [
         {"output_type": "error", "traceback": ["File /work/main/ckptlab/x.py"]}]})
+
+
+def _navigation_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("add_navigation",
+                                                  REPO / "tools" / "add_navigation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_lesson_ends_with_up_to_date_navigation():
+    tool = _navigation_tool()
+    present = tool.present_lessons()
+    missing = {p.stem for p in NOTEBOOKS} - set(present)
+    assert not missing, f"add {sorted(missing)} to LESSONS in tools/add_navigation.py"
+    for stem in present:
+        cells = _cells(REPO / "notebooks" / f"{stem}.ipynb")
+        last = cells[-1]
+        expected = tool.navigation_markdown(stem, present)
+        assert last.get("id") == tool.CELL_ID and "".join(last["source"]) == expected, \
+            f"{stem}: navigation missing or stale; run python tools/add_navigation.py"
+        for target in re.findall(r"\]\(([^)]+\.ipynb)\)", expected):
+            assert (REPO / "notebooks" / target).exists(), f"{stem} links to missing {target}"
+
+
+def test_navigation_links_neighbours_only():
+    tool = _navigation_tool()
+    present = ["00_start_here", "01_pipeline_trace", "02_prediction_trace"]
+    middle = tool.navigation_markdown("01_pipeline_trace", present)
+    assert "(00_start_here.ipynb)" in middle and "(02_prediction_trace.ipynb)" in middle
+    last = tool.navigation_markdown("02_prediction_trace", present)
+    assert "Next" not in last and "(01_pipeline_trace.ipynb)" in last
+    assert "Previous" not in tool.navigation_markdown("00_start_here", present)

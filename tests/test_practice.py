@@ -193,5 +193,6 @@ def test_interval_rule_is_the_minimum_and_bad_values_are_clear():
 ])
 def test_check_body_pattern(runs, answer, status, words):
     root, _ = runs
-    result = practice.check_body_pattern(answer, root / "original" / "checkpoints")
+    net, _ = practice.load_policy(root / "original" / "checkpoints")
+    result = practice.check_body_pattern(answer, net)
     assert result.passed is status and words in result.message

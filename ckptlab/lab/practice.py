@@ -611,16 +611,30 @@ def _duration(seconds: float) -> str:
 # Exercise: warm-start everything but the output layer (the "head")
 # --------------------------------------------------------------------------------------------
 
-def check_body_pattern(pattern: Any, checkpoint: str | os.PathLike[str],
-                       n_actions: int = 3) -> Any:
+class _StateHolder:
+    """A component that only holds a state (to checkpoint a bare network's weights)."""
+
+    def __init__(self, state: Mapping[str, Any]) -> None:
+        self.state = dict(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.state = dict(state)
+
+
+def check_body_pattern(pattern: Any, trained: nn.Module, n_actions: int = 3) -> Any:
     """Exercise of ``10_checkpointing_in_practice``: a regex for :func:`load_parameters` that
-    copies every layer of a saved Q-network except its output layer into a new network with
+    copies every layer of a trained Q-network except its output layer into a new network with
     ``n_actions`` actions (a new task, a new head).
 
-    The check builds that network and loads with the learner's pattern; each kind of wrong
-    answer gets its own message.
+    ``trained`` is saved as an agent checkpoint in a temporary directory (so the check works
+    after the lesson has removed its own files), then a fresh network is loaded from it with
+    the learner's pattern. Each kind of wrong answer gets its own message.
     """
     import re
+    import tempfile
 
     from ..dqn import QNetwork
     from ..engine import IncompatibleCheckpointError
@@ -639,18 +653,22 @@ def check_body_pattern(pattern: Any, checkpoint: str | os.PathLike[str],
     except re.error as exc:
         return ExerciseResult(False, f"{pattern!r} is not a valid regular expression ({exc})",
                               hint)
-    info = latest_valid_checkpoint(checkpoint)
-    hidden = info.config["hidden_sizes"] if info.config else None
-    if not hidden:
-        raise CkptlabError(f"{info.path} records no network shape; use a Trainer checkpoint")
-    net = QNetwork(4, n_actions, hidden, torch.Generator().manual_seed(7))
+    linears = [m for m in trained.modules() if isinstance(m, nn.Linear)]
+    if len(linears) < 2:
+        raise CkptlabError("check_body_pattern needs a trained Q-network (at least two layers)")
+    hidden = [m.out_features for m in linears[:-1]]
+    net = QNetwork(linears[0].in_features, n_actions, hidden, torch.Generator().manual_seed(7))
     head = f"layers.{2 * len(hidden)}."
-    try:
-        report = load_parameters(info.path, net, source="agent/q_net", pattern=pattern)
-    except IncompatibleCheckpointError:
-        return ExerciseResult(False, f"your pattern also matches the output layer ({head}*), "
-                                     f"whose shape differs in a network with {n_actions} "
-                                     "actions, so nothing was loaded", hint)
+    with tempfile.TemporaryDirectory(prefix="ckptlab-check-") as tmp:
+        with CheckpointManager(Path(tmp) / "checkpoints") as manager:
+            manager.register("agent", _StateHolder({"q_net": trained.state_dict()}))
+            info = manager.save(0)
+        try:
+            report = load_parameters(info.path, net, source="agent/q_net", pattern=pattern)
+        except IncompatibleCheckpointError:
+            return ExerciseResult(False, f"your pattern also matches the output layer "
+                                         f"({head}*), whose shape differs in a network with "
+                                         f"{n_actions} actions, so nothing was loaded", hint)
     wanted = sorted(n for n in net.state_dict() if not n.startswith(head))
     missing = sorted(set(wanted) - set(report.loaded))
     if missing:

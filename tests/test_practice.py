@@ -86,8 +86,13 @@ def test_play_policy_is_deterministic_and_loads_only_the_network(runs):
     assert env_id == "CartPole-v1" and not net.training
     with pytest.raises(CkptlabError, match="episodes"):
         practice.play_policy(ckpt, episodes=0)
-    shown = practice.policy_view(ckpt, episodes=1)
+    policies = practice.load_policies(root / "original" / "checkpoints")
+    assert sorted(policies) == ["step_00000000", "step_00000600", "step_00001200"]
+    assert practice.play_policy(policies["step_00001200"], episodes=2, seed=3) == first
+    shown = practice.policy_view(policies["step_00001200"], episodes=1)
     assert "step_00001200" in shown[1]
+    with pytest.raises(CkptlabError, match="no checkpoints"):
+        practice.load_policies(root / "nowhere")
 
 
 def test_warm_start_loads_only_matching_tensors_and_refuses_shape_mismatch(runs):

@@ -219,18 +219,48 @@ def load_policy(checkpoint: str | os.PathLike[str]) -> tuple[nn.Module, str]:
     return net.eval(), env_id
 
 
-def play_policy(checkpoint: str | os.PathLike[str], *, episodes: int = 3,
+@dataclass(frozen=True)
+class SavedPolicy:
+    """A saved agent's greedy policy, loaded for evaluation only (held in memory)."""
+
+    name: str
+    step: int
+    metrics: dict[str, Any]
+    network: nn.Module
+    env_id: str
+
+
+def load_policies(checkpoints_dir: str | os.PathLike[str]) -> dict[str, SavedPolicy]:
+    """Every committed checkpoint's policy, by checkpoint name (each verified first).
+
+    Loaded once, so a control that plays them keeps working after the files are gone.
+    """
+    policies = {}
+    for path in committed_checkpoints(checkpoints_dir):
+        info = verify_checkpoint(path)
+        net, env_id = load_policy(info.path)
+        policies[info.name] = SavedPolicy(info.name, info.step, info.metrics, net, env_id)
+    if not policies:
+        raise CkptlabError(f"{checkpoints_dir} contains no checkpoints")
+    return policies
+
+
+def play_policy(policy: str | os.PathLike[str] | SavedPolicy, *, episodes: int = 3,
                 seed: int = 0) -> list[float]:
     """Play a saved agent's greedy policy for ``episodes`` episodes; return their returns.
 
-    Episode ``i`` starts from ``env.reset(seed=seed + i)``, so a given checkpoint and seed
-    always give the same returns.
+    ``policy`` is a checkpoint (or run) path, or a :class:`SavedPolicy`. Episode ``i`` starts
+    from ``env.reset(seed=seed + i)``, so a given checkpoint and seed always give the same
+    returns.
     """
     from ..dqn import make_env
 
     if not 1 <= episodes <= 100:
         raise CkptlabError(f"episodes must be between 1 and 100 (got {episodes})")
-    net, env_id = load_policy(checkpoint)
+    if isinstance(policy, SavedPolicy):
+        net, env_id = policy.network, policy.env_id
+    else:
+        net, env_id = load_policy(policy)
     env = make_env(env_id)
     returns = []
     try:
@@ -249,13 +279,11 @@ def play_policy(checkpoint: str | os.PathLike[str], *, episodes: int = 3,
     return returns
 
 
-def policy_view(checkpoint: str | os.PathLike[str], episodes: int = 3) -> list[Any]:
-    """The picker's answer: the checkpoint's manifest metrics and its policy, played."""
+def policy_view(policy: SavedPolicy, episodes: int = 3) -> list[Any]:
+    """The picker's answer: the checkpoint's recorded metrics and its policy, played now."""
     import matplotlib.pyplot as plt
 
-    info = verify_checkpoint(checkpoint)
-    returns = play_policy(info.path, episodes=episodes)
-    metrics = info.metrics
+    returns = play_policy(policy, episodes=episodes)
     fig, ax = plt.subplots(figsize=(6, 2.4))
     ax.bar(range(1, len(returns) + 1), returns, color="#2563eb")
     for i, r in enumerate(returns, start=1):
@@ -264,10 +292,10 @@ def policy_view(checkpoint: str | os.PathLike[str], episodes: int = 3) -> list[A
     ax.axhline(500, color="#9ca3af", linestyle=":", linewidth=1)
     ax.set_xticks(range(1, len(returns) + 1), [f"episode {i}" for i in range(1, len(returns) + 1)])
     ax.set_ylabel("return (steps balanced)")
-    ax.set_title(f"{info.name}: greedy policy played (500 = the time limit)", fontsize=10)
+    ax.set_title(f"{policy.name}: greedy policy played (500 = the time limit)", fontsize=10)
     fig.tight_layout()
-    saved = metrics.get("eval_return")
-    text = (f"{info.name}: step {info.step}; recorded eval_return "
+    saved = policy.metrics.get("eval_return")
+    text = (f"{policy.name}: step {policy.step}; recorded eval_return "
             f"{'-' if saved is None else format(saved, '.1f')}; played now: mean "
             f"{np.mean(returns):.1f} over {len(returns)} episode(s)")
     return [fig, text]
@@ -551,8 +579,8 @@ def optimal_interval(save_s: float, mtbf_s: float) -> float:
     return math.sqrt(2 * save_s * mtbf_s)
 
 
-def interval_view(save_seconds: float = 0.05, mtbf_hours: float = 4.0,
-                  run_hours: float = 2.0) -> list[Any]:
+def interval_view(save_seconds: float = 0.05, mtbf_hours: float = 10.0,
+                  run_hours: float = 100.0) -> list[Any]:
     """The "how often?" control's answer: waste against interval, the best interval, and
     whether checkpointing pays at all for a run of ``run_hours``."""
     import matplotlib.pyplot as plt
@@ -576,11 +604,12 @@ def interval_view(save_seconds: float = 0.05, mtbf_hours: float = 4.0,
     ax.set_ylim(1e-3, 1e3)
     ax.set_xlabel("seconds between checkpoints")
     ax.set_ylabel("% of wall time lost")
-    ax.set_title(f"save costs {save_seconds:g} s, a failure every {mtbf_hours:g} h on average",
+    ax.set_title(f"save costs {save_seconds:.3g} s, a failure every {mtbf_hours:.3g} h on average",
                  fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    return [fig, checkpoint_advice(save_seconds, mtbf_hours, run_hours)]
+    return [fig, f"Saves costing {save_seconds:.3g} s, a failure every {mtbf_hours:.3g} h, a "
+                 f"{run_hours:.3g} h run. " + checkpoint_advice(save_seconds, mtbf_hours, run_hours)]
 
 
 def checkpoint_advice(save_seconds: float, mtbf_hours: float, run_hours: float) -> str:

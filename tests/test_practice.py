@@ -113,7 +113,7 @@ def test_read_export_reads_each_kind(runs, tmp_path):
     ckpt = root / "original" / "checkpoints" / f"step_{TOTAL:08d}"
     for what, files in (("weights", ["weights.safetensors"]), ("metadata", ["metadata.json"]),
                         ("both", ["weights.safetensors", "metadata.json"])):
-        export_checkpoint(ckpt, tmp_path / what, what=what)
+        export_checkpoint(ckpt, tmp_path / what, what=what, source="agent/q_net")
         assert [r["file"] for r in practice.read_export(tmp_path / what)] == files
     assert practice.read_export(tmp_path / "nothing") == []
 

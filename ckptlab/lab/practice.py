@@ -10,6 +10,7 @@ PyTorch loop, and how often to checkpoint at all.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -388,12 +389,26 @@ def replay_save_policy(policy: SavePolicy, episode_end_steps: Sequence[int],
     for step in range(start_step + 1, total_steps + 1):
         ended = step in ended_at
         episode += ended
-        ctx = SaveContext(step=step, episode=episode, epoch=0, episode_ended=ended,
-                          is_final=step == total_steps)
+        ctx = _episode_context(step, episode, ended, step == total_steps)
         if policy.reasons(ctx):
             policy.saved(ctx)
             saved.append(step)
     return saved
+
+
+def _episode_context(step: int, episode: int, episode_ended: bool,
+                     is_final: bool) -> SaveContext:
+    """The SaveContext the Trainer builds after a step, in either form the engine has used:
+    named events and counters (``events``/``counters``) or RL-specific fields."""
+    fields = {f.name for f in dataclasses.fields(SaveContext)}
+    if "events" in fields:
+        events = {"episode_end"} if episode_ended else set()
+        if is_final:
+            events.add("final")
+        return SaveContext(step=step, events=frozenset(events),  # type: ignore[call-arg]
+                           counters={"episode": episode})
+    return SaveContext(step=step, episode=episode, epoch=0,  # type: ignore[call-arg]
+                       episode_ended=episode_ended, is_final=is_final)
 
 
 def plot_save_schedules(schedules: Mapping[str, Sequence[int]],

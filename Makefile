@@ -16,8 +16,22 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 setup: $(VENV)/.installed
 
+# JupyterLab's own settings for `make lab` live in .venv/lab (ignored, removed by `make clean`):
+# no news or update pop-up (it covers the quiz feedback), and kernels talk to the server over
+# local IPC sockets instead of TCP - which is also what silences ipykernel's repeated
+# "Kernel is running over TCP without encryption" warning (harmless on a laptop: the ports
+# only listen on 127.0.0.1). Rooted at the repository so the start page's picture (docs/)
+# shows; it opens on notebooks/00_start_here.ipynb.
+LAB_DIR = $(VENV)/lab
+LAB_NOTIFICATIONS = $(LAB_DIR)/settings/@jupyterlab/apputils-extension/notification.jupyterlab-settings
+
 lab: setup  ## open the lessons in JupyterLab
-	$(PY) -m jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+	@mkdir -p $(dir $(LAB_NOTIFICATIONS)) $(LAB_DIR)/workspaces
+	@echo '{"fetchNews": "false", "checkForUpdates": false}' > $(LAB_NOTIFICATIONS)
+	JUPYTERLAB_SETTINGS_DIR=$(LAB_DIR)/settings JUPYTERLAB_WORKSPACES_DIR=$(LAB_DIR)/workspaces \
+	$(PY) -m jupyter lab --ServerApp.root_dir=. \
+		--LabApp.default_url=/lab/tree/notebooks/00_start_here.ipynb \
+		--KernelManager.transport=ipc $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 .PHONY: present
 present: setup  ## serve the lessons as live pages, code hidden, for projecting (LESSON=04_....ipynb for one)

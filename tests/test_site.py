@@ -31,6 +31,7 @@ def test_site_builds_from_committed_outputs(tmp_path):
                 f"{stem}: the quiz is not readable without a kernel"
     start = (out / "00_start_here.html").read_text()
     assert 'href="01_pipeline_trace.html"' in start
+    assert "data:image/png;base64," in start, "the start page's picture is not embedded"
     assert sorted(p.name for p in (REPO / "notebooks").iterdir()) == before
     for stem in notebooks:
         assert "VBox(children" not in (out / f"{stem}.html").read_text(), "widget repr shown"

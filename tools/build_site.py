@@ -41,11 +41,15 @@ def title_of(nb: nbformat.NotebookNode) -> str:
 
 def build(out: Path, execute: bool) -> list[tuple[str, str, float]]:
     out.mkdir(parents=True, exist_ok=True)
-    exporter = HTMLExporter(template_name="lab")
+    # Markdown images (the start page's picture, ../docs/...) are embedded like the plots.
+    exporter = HTMLExporter(template_name="lab", embed_images=True)
     pages = []
     with tempfile.TemporaryDirectory(prefix="ckptlab-site-") as tmp:
         work = Path(tmp) / "notebooks"
         shutil.copytree(NOTEBOOKS, work, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        # nbconvert embeds only images below the notebook's folder: give it the README's
+        # pictures there, and point the markdown at that copy.
+        shutil.copytree(NOTEBOOKS.parent / "docs", work / "docs")
         for path in sorted(work.glob("[0-9][0-9]_*.ipynb")):
             nb = nbformat.read(path, as_version=4)
             started = time.perf_counter()
@@ -54,7 +58,10 @@ def build(out: Path, execute: bool) -> list[tuple[str, str, float]]:
                                resources={"metadata": {"path": str(work)}}).execute()
             elapsed = time.perf_counter() - started
             clean(nb)  # widget views need a kernel; the quiz's HTML fallback stays
-            body, _ = exporter.from_notebook_node(nb)
+            for cell in nb.cells:
+                if cell.cell_type == "markdown":
+                    cell.source = cell.source.replace("](../docs/", "](docs/")
+            body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"path": str(work)}})
             # Links between lessons point at the exported pages.
             body = re.sub(r'href="(\d\d_[A-Za-z0-9_]+)\.ipynb"', r'href="\1.html"', body)
             (out / f"{path.stem}.html").write_text(body, "utf-8")

@@ -11,4 +11,6 @@ Modules:
     ablation       resume with some components left out, and where the runs separate
     retention_lab  replay a save and retention strategy over a recorded run
     failures       damage a checkpoint on purpose (flipped bytes, a planted pickle)
+    practice       the package's features in use: pointers, lineage, async saves, partial
+                   loads, export, the catalog, ranking, your own loop, how often to save
 """

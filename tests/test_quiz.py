@@ -312,3 +312,25 @@ def test_live_widget_and_static_view_are_one_output():
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert bundle["text/html"] == quiz_static_html(widget.quiz, 0)
     assert "VBox" not in bundle["text/plain"]
+
+
+def test_exported_page_keeps_the_static_view_and_drops_the_widget(tmp_path):
+    """What tools/refresh_notebooks.py and tools/build_site.py do to a quiz output: the widget
+    view goes (it needs a kernel), the static view stays and is what the page shows."""
+    import sys
+
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from refresh_notebooks import clean
+
+    widget = QuizWidget(load_quiz("04_interrupt_and_resume"), seed=0)
+    output = nbformat.v4.new_output("display_data", data=widget._repr_mimebundle_())
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("show_quiz(...)",
+                                                                   outputs=[output])])
+    clean(nb)
+    assert list(nb.cells[0].outputs[0]["data"]) == ["text/html"]
+    page, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    assert "answers and explanations" in page and "<details>" in page
+    assert "VBox(children" not in page

@@ -275,9 +275,6 @@ class Score:
         """The answer was shown before any attempt: the first try is lost."""
         self.first.setdefault(question_id, False)
 
-    def attempts_made(self, question_id: str) -> bool:
-        return question_id in self.first
-
     @property
     def first_correct(self) -> int:
         return sum(self.first.values())
@@ -378,7 +375,7 @@ class QuizWidget:
                 selector = w.Text(placeholder="type your answer",
                                   layout=w.Layout(width="60%"))
                 control = selector
-                note = (" <i>(in your own words)</i>" if not question.scored
+                note = (" <i>(then compare with the model answer)</i>" if not question.scored
                         else " <i>(type the answer)</i>")
             check = w.Button(description="Check", button_style="primary")
             reveal = w.Button(description="Show answer")
@@ -511,11 +508,6 @@ def quiz_static_html(quiz: Quiz, seed: int = 0) -> str:
                      f"<ul>{items}</ul></details>")
     parts.append("</div>")
     return "".join(parts)
-
-
-def quiz_fallback_html(quiz: Quiz, seed: int = 0) -> str:
-    """Former name of :func:`quiz_static_html`."""
-    return quiz_static_html(quiz, seed)
 
 
 def show_quiz(name: str, seed: int | None = None) -> QuizWidget:

@@ -321,4 +321,9 @@ def test_own_loop_check():
     assert failed(ex.check_own_loop(loop(good.replace('"progress": progress}', '}'))),
                   "own class")
     assert failed(ex.check_own_loop(lambda d, n, after: 1 / 0), "ZeroDivisionError")
+    unlocked = good.replace("with CheckpointManager(run_dir) as manager:",
+                            "if True:\n        manager = CheckpointManager(run_dir)")
+    locked = ex.check_own_loop(loop(unlocked))  # the killed loop never closed its manager
+    assert failed(locked, "with CheckpointManager(...) as manager")
+    assert "/tmp" not in locked.message and "<the check's folder>" in locked.message
     assert not_done(ex.check_own_loop(None))

@@ -21,6 +21,7 @@ import atexit
 import html
 import math
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -97,7 +98,10 @@ def _not_done(what: str, exercise: str) -> ExerciseResult:
 
 
 def _fail(message: str, exercise: str) -> ExerciseResult:
-    return ExerciseResult(False, message, HINTS[exercise])
+    # A learner's error can quote a path inside the check's scratch folder: never print it.
+    scratch = re.escape(str(Path(tempfile.gettempdir()))) + r"/ckptlab-exercise-[^/\s'\"]*"
+    return ExerciseResult(False, re.sub(scratch, "<the check's folder>", message),
+                          HINTS[exercise])
 
 
 def _attempt(fn: Callable[..., Any], label: str, exercise: str,

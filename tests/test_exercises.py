@@ -323,7 +323,20 @@ def test_own_loop_check():
     assert failed(ex.check_own_loop(lambda d, n, after: 1 / 0), "ZeroDivisionError")
     unlocked = good.replace("with CheckpointManager(run_dir) as manager:",
                             "if True:\n        manager = CheckpointManager(run_dir)")
-    locked = ex.check_own_loop(loop(unlocked))  # the killed loop never closed its manager
+    # A real SIGKILL (forked process) releases the dead writer's lock, as a crash would:
+    assert ex.check_own_loop(loop(unlocked)).passed
+
+
+def test_own_loop_check_without_fork(monkeypatch):
+    """Where fork is unavailable the loop is stopped by an exception inside it instead."""
+    monkeypatch.setattr(ex.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    good = solutions()["08_review"]
+    assert ex.check_own_loop(loop(good)).passed
+    assert failed(ex.check_own_loop(loop(good.replace("manager.restore_latest()", "pass"))),
+                  "started again from step 1")
+    unlocked = good.replace("with CheckpointManager(run_dir) as manager:",
+                            "if True:\n        manager = CheckpointManager(run_dir)")
+    locked = ex.check_own_loop(loop(unlocked))  # the stopped loop never closed its manager
     assert failed(locked, "with CheckpointManager(...) as manager")
     assert "/tmp" not in locked.message and "<the check's folder>" in locked.message
     assert not_done(ex.check_own_loop(None))

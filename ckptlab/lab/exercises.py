@@ -20,9 +20,12 @@ from __future__ import annotations
 import atexit
 import html
 import math
+import multiprocessing
+import os
 import random
 import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -556,15 +559,62 @@ def _first_difference(a: Any, b: Any, path: str) -> str | None:
     return None if a == b else path
 
 
+def _run_and_sigkill(fn: Callable[..., Any], directory: Path, total_steps: int,
+                     kill_after: int) -> tuple[list[int], ExerciseResult | None]:
+    """Run the learner's loop in a forked process that SIGKILLs itself right after step
+    ``kill_after``: no cleanup, no last save, no lock release by the loop - a real crash.
+    Returns the steps it reported, and a result if it failed before the kill."""
+    context = multiprocessing.get_context("fork")
+    reader, writer = context.Pipe(duplex=False)
+
+    def child() -> None:
+        def after_step(step: int) -> None:
+            writer.send(("step", int(step)))
+            if step == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        try:
+            fn(directory, total_steps, after_step)
+            writer.send(("finished", ""))
+        except NotImplementedError:
+            writer.send(("not done", ""))
+        except BaseException as exc:  # reported to the parent, which shows it
+            writer.send(("raised", f"{type(exc).__name__}: {exc}"))
+
+    process = context.Process(target=child, daemon=True)
+    process.start()
+    writer.close()
+    process.join(timeout=600)
+    if process.is_alive():
+        process.kill()
+        process.join()
+        return [], _fail("your loop ran for 10 minutes without reaching the kill", "own_loop")
+    events = []
+    while reader.poll():
+        try:
+            events.append(reader.recv())
+        except EOFError:
+            break
+    reader.close()
+    steps = [value for kind, value in events if kind == "step"]
+    for kind, value in events:
+        if kind == "not done":
+            return steps, _not_done("fill in the parts marked `your code here`", "own_loop")
+        if kind == "raised":
+            return steps, _fail(f"your loop raised {value}", "own_loop")
+    return steps, None
+
+
 def check_own_loop(fn: Callable[..., Any] | None, total_steps: int = 60,
                    kill_after: int = 37) -> ExerciseResult:
     """Lesson 8: ``fn(run_dir, total_steps, after_step)`` is the learner's training loop,
     checkpointed with a :class:`~ckptlab.engine.CheckpointManager`; it calls
     ``after_step(step)`` after every step and returns ``{name: component}``.
 
-    The check runs it uninterrupted in one folder; in another it kills it after step
-    ``kill_after`` (``after_step`` raises, so nothing after that line runs) and calls it again,
-    which must resume. Both final states must be equal bit for bit, the second call must have
+    The check runs it uninterrupted in one folder; in another it runs it in a forked process
+    that is killed with SIGKILL right after step ``kill_after`` (where fork is unavailable,
+    ``after_step`` raises instead, so nothing after that line runs), then calls it again, which
+    must resume. Both final states must be equal bit for bit, the second call must have
     resumed (not started over), and the checkpoint must hold every returned component,
     including at least one of the learner's own classes.
     """
@@ -614,7 +664,10 @@ def check_own_loop(fn: Callable[..., Any] | None, total_steps: int = 60,
             return _fail(f"state_dict() of a returned component raised "
                          f"{type(exc).__name__}: {exc}", "own_loop")
         killed_dir = Path(tmp) / "killed"
-        _, before, failed = run(killed_dir, kill_after)
+        if "fork" in multiprocessing.get_all_start_methods():
+            before, failed = _run_and_sigkill(fn, killed_dir, total_steps, kill_after)
+        else:  # no fork here: stop the loop by an exception instead (nothing after runs)
+            _, before, failed = run(killed_dir, kill_after)
         if failed:
             return failed
         if before[-1:] != [kill_after]:

@@ -2,8 +2,10 @@
 
 Opens lesson 1 in JupyterLab (served on loopback from a temporary copy of the notebooks, so
 nothing is written into the repository), runs all cells, checks that the plots render as
-images, answers the quiz in the page - a wrong choice shows its explanation, the right one shows
-"Correct" and the score updates - and saves a screenshot to ``test-artifacts/``.
+images, answers the quiz in the page - a wrong choice first: its explanation shows, the answer does
+not; then the right one: "Correct", and the score keeps the first try ("first try 0/5 · now
+1/5"); then a typed recall answer - and saves a screenshot to ``test-artifacts/``. No static
+answers block shows under the live widget.
 
 Needs Debian's Chromium at /usr/bin/chromium (``.ci/run`` installs it); skips, saying so,
 where there is none.
@@ -25,7 +27,7 @@ def test_lesson_runs_renders_plots_and_quiz_works_in_a_real_browser(jupyter_lab)
 
     from ckptlab.lab.quiz import load_quiz
 
-    questions = len(load_quiz(LESSON.removesuffix(".ipynb")).questions)
+    questions = sum(q.scored for q in load_quiz(LESSON.removesuffix(".ipynb")).questions)
     before = sorted(p.name for p in (REPO / "notebooks").iterdir())
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
@@ -43,19 +45,33 @@ def test_lesson_runs_renders_plots_and_quiz_works_in_a_real_browser(jupyter_lab)
             widths = images.evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
             assert all(w > 100 for w in widths), widths
 
+            # In a live kernel the widget replaces the static view: no answers block under it.
+            expect(page.get_by_text("answers and explanations")).to_have_count(0)
+            expect(quiz).to_contain_text("choice order #")
+
             first = quiz.locator(".widget-radio-box").first
             check = quiz.get_by_role("button", name="Check").first
             feedback = quiz.locator(".widget-html-content", has_text="Not quite")
-            first.get_by_text("To increase the size of the training data").click()
+            first.get_by_text("To make the replay buffer larger").click()
             check.click()
             expect(feedback.first).to_be_visible(timeout=15_000)
-            expect(quiz).to_contain_text("adds no new experience")
-            expect(quiz).to_contain_text(f"Score: 0 / {questions}")
+            expect(quiz).to_contain_text("adds no new transitions")  # why that choice is wrong
+            # ...without giving the answer away on a first attempt
+            expect(feedback.first).not_to_contain_text("To save progress so that work is not lost")
+            expect(quiz).to_contain_text(f"Score: first try 0/{questions} · now 0/{questions}")
 
-            first.get_by_text("To save progress and avoid losing work").click()
+            first.get_by_text("To save progress so that work is not lost").click()
             check.click()
             expect(quiz).to_contain_text("Correct.", timeout=15_000)
-            expect(quiz).to_contain_text(f"Score: 1 / {questions}")
+            # the score keeps the first try: right now, but wrong at first
+            expect(quiz).to_contain_text(f"Score: first try 0/{questions} · now 1/{questions}")
+
+            # a recall question, typed and auto-checked, right at the first try
+            recall = quiz.locator(".widget-vbox", has_text="largest weight difference").last
+            recall.locator("input").fill("0")
+            recall.get_by_role("button", name="Check").click()
+            expect(recall).to_contain_text("Correct.", timeout=15_000)
+            expect(quiz).to_contain_text(f"Score: first try 1/{questions} · now 2/{questions}")
             quiz.scroll_into_view_if_needed()
             shot = ARTIFACTS / "browser-lesson1-quiz.png"
             page.screenshot(path=str(shot))

@@ -31,9 +31,17 @@ def clean(nb: nbformat.NotebookNode) -> None:
         cell.metadata.pop("execution", None)
         if cell.cell_type == "code":
             # A widget view needs a live kernel, and its text/plain is only a repr: drop the
-            # whole output. The quiz's HTML fallback is a separate output and stays.
-            cell.outputs = [o for o in cell.get("outputs", [])
-                            if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
+            # view. An output that carries its own static HTML (the quiz) keeps that HTML;
+            # any other widget output goes.
+            kept = []
+            for o in cell.get("outputs", []):
+                data = o.get("data", {})
+                if "application/vnd.jupyter.widget-view+json" in data:
+                    if "text/html" not in data:
+                        continue
+                    o["data"] = {"text/html": data["text/html"]}
+                kept.append(o)
+            cell.outputs = kept
             for output in cell.outputs:
                 output.get("metadata", {}).pop("execution", None)
 

@@ -167,6 +167,16 @@ def test_epsilon_shares_follow_epsilon_greedy_and_leave_the_run_alone(run):
     assert run["trainer"].rng.generator.bit_generator.state == before
 
 
+def test_epsilon_shares_are_exactly_the_agents_own_decisions(run):
+    agent, obs = run["trainer"].agent, run["trainer"].buffer.obs[11]
+    state = _rng_state(run)
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = state
+    picks = [agent.act(obs, 0.3, rng) for _ in range(500)]
+    direct = np.bincount(picks, minlength=agent.n_actions) / len(picks)
+    assert np.array_equal(epsilon_action_shares(agent, obs, 0.3, state, decisions=500), direct)
+
+
 @pytest.mark.parametrize("epsilon", [-0.1, 1.5, math.nan])
 def test_epsilon_shares_refuse_a_non_probability(run, epsilon):
     with pytest.raises(CkptlabError, match="epsilon must be a probability from 0 to 1"):

@@ -346,6 +346,7 @@ def loss_curves_controls(epochs: int, *, window: int = 50) -> dict[str, Any]:
     options = sorted({*SMOOTHING_WINDOWS, int(window)})  # the lesson's own window is offered
     return {"window": widgets.SelectionSlider(options=options, value=int(window),
                                               description="window (log)",
+                                              style={"description_width": "initial"},
                                               continuous_update=False),
             "epoch": widgets.IntSlider(value=1, min=1, max=epochs, description="epoch",
                                        continuous_update=False)}

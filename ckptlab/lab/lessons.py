@@ -96,15 +96,20 @@ def draw_pipeline(ax: Any, highlight: int | None = None) -> None:
     colors = ["#dbeafe", "#dcfce7", "#fef3c7", "#fce7f3"]
     for i, (title, _, what, output) in enumerate(PIPELINE_STAGES):
         x = i + 0.06
-        edge = "#111827" if highlight == i else "#6b7280"
+        on = highlight == i
+        # With a stage highlighted, the others fade so the eye lands on it.
+        faded = highlight is not None and not on
+        edge = "#111827" if on else "#6b7280"
         ax.add_patch(FancyBboxPatch((x, 0.28), 0.82, 0.72, boxstyle="round,pad=0.02",
                                     facecolor=colors[i], edgecolor=edge,
-                                    linewidth=2.5 if highlight == i else 1))
+                                    alpha=0.35 if faded else 1.0, linewidth=3 if on else 1))
+        ink = "#9ca3af" if faded else "#111827"
         ax.text(x + 0.41, 0.88, title, ha="center", va="center", fontsize=9.5,
-                fontweight="bold", wrap=True)
-        ax.text(x + 0.41, 0.6, _wrap(what, 26), ha="center", va="center", fontsize=7.5)
+                fontweight="bold", wrap=True, color=ink)
+        ax.text(x + 0.41, 0.6, _wrap(what, 26), ha="center", va="center", fontsize=7.5,
+                color=ink)
         ax.text(x + 0.41, 0.12, "→ " + _wrap(output, 28), ha="center", va="center",
-                fontsize=7.5, style="italic", color="#374151")
+                fontsize=7.5, style="italic", color="#9ca3af" if faded else "#374151")
         if i < 3:
             ax.add_patch(FancyArrowPatch((x + 0.84, 0.64), (x + 1.05, 0.64), arrowstyle="-|>",
                                          mutation_scale=16, color="#374151", zorder=5,

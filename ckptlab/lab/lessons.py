@@ -96,23 +96,31 @@ def draw_pipeline(ax: Any, highlight: int | None = None) -> None:
     colors = ["#dbeafe", "#dcfce7", "#fef3c7", "#fce7f3"]
     for i, (title, _, what, output) in enumerate(PIPELINE_STAGES):
         x = i + 0.06
-        edge = "#111827" if highlight == i else "#6b7280"
+        on = highlight == i
+        # With a stage highlighted, the others fade so the eye lands on it.
+        faded = highlight is not None and not on
+        edge = "#111827" if on else "#6b7280"
         ax.add_patch(FancyBboxPatch((x, 0.28), 0.82, 0.72, boxstyle="round,pad=0.02",
                                     facecolor=colors[i], edgecolor=edge,
-                                    linewidth=2.5 if highlight == i else 1))
+                                    alpha=0.35 if faded else 1.0, linewidth=3 if on else 1))
+        ink = "#9ca3af" if faded else "#111827"
         ax.text(x + 0.41, 0.88, title, ha="center", va="center", fontsize=9.5,
-                fontweight="bold", wrap=True)
-        ax.text(x + 0.41, 0.6, _wrap(what, 26), ha="center", va="center", fontsize=7.5)
+                fontweight="bold", wrap=True, color=ink)
+        ax.text(x + 0.41, 0.6, _wrap(what, 26), ha="center", va="center", fontsize=7.5,
+                color=ink)
         ax.text(x + 0.41, 0.12, "→ " + _wrap(output, 28), ha="center", va="center",
-                fontsize=7.5, style="italic", color="#374151")
+                fontsize=7.5, style="italic", color="#9ca3af" if faded else "#374151")
         if i < 3:
             ax.add_patch(FancyArrowPatch((x + 0.84, 0.64), (x + 1.05, 0.64), arrowstyle="-|>",
                                          mutation_scale=16, color="#374151", zorder=5,
                                          shrinkA=0, shrinkB=0))
-    ax.annotate("", xy=(3.47, 1.06), xytext=(1.47, 1.06),
-                arrowprops=dict(arrowstyle="-|>", color="#b91c1c", connectionstyle="arc3,rad=-0.25"))
-    ax.text(2.47, 1.3, "interrupted? resume from the last checkpoint", ha="center",
-            fontsize=8.5, color="#b91c1c")
+    # The resume arc starts at "Training resume" and points back to "Training iteration":
+    # after a resume, training continues from the checkpoint, not from the start.
+    ax.annotate("", xy=(1.47, 1.03), xytext=(3.47, 1.03),
+                arrowprops=dict(arrowstyle="-|>", color="#b91c1c", linewidth=1.5,
+                                mutation_scale=16, connectionstyle="arc3,rad=0.15"))
+    ax.text(2.47, 1.3, "interrupted? resume loads the last checkpoint and training continues",
+            ha="center", fontsize=8.5, color="#b91c1c")
 
 
 def _wrap(text: str, width: int) -> str:
@@ -130,17 +138,56 @@ CARTPOLE_FEATURES = ("cart position (m)", "cart velocity (m/s)", "pole angle (ra
 CARTPOLE_ACTIONS = ("push left", "push right")
 
 
-def plot_activations(trace: Sequence[tuple[str, torch.Tensor]], axes: Sequence[Any]) -> None:
+def plot_activations(trace: Sequence[tuple[str, torch.Tensor]], axes: Sequence[Any],
+                     action_names: Sequence[str] | None = None) -> None:
     """One bar chart per layer of a forward pass (from ``QNetwork.forward_trace``).
+
+    With ``action_names``, the last layer (the Q-values) is drawn as the labelled Q-value
+    panel: one named bar per action with its value, the greedy action marked.
     Introduced in ``02_prediction_trace``."""
+    if action_names is not None:
+        pairs = list(zip(axes, trace))
+        for ax, (name, values) in pairs[:-1]:
+            plot_activations([(name, values)], [ax])
+        ax, (_, values) = pairs[-1]
+        plot_q_values(ax, values.detach().cpu().reshape(-1).numpy(), action_names)
+        return
     for ax, (name, values) in zip(axes, trace):
         v = values.detach().cpu().reshape(-1).numpy()
         colors = np.where(v > 0, "#2563eb", np.where(v < 0, "#dc2626", "#9ca3af"))
-        ax.bar(np.arange(v.size), v, color=colors, width=1.0 if v.size > 20 else 0.7)
+        if v.size > 20:  # one line collection instead of a patch per unit: 10x faster to draw
+            ax.vlines(np.arange(v.size), 0, v, colors=colors, linewidth=max(1.0, 160 / v.size))
+            ax.set_xlim(-1, v.size)
+        else:
+            ax.bar(np.arange(v.size), v, color=colors, width=0.7)
         active = f", {int((v > 0).sum())}/{v.size} active" if "ReLU" in name else ""
         ax.set_title(f"{name} ({v.size} values{active})", fontsize=9)
         ax.axhline(0, color="black", linewidth=0.5)
         ax.tick_params(labelsize=7)
+
+
+def plot_q_values(ax: Any, q_values: Sequence[float],
+                  action_names: Sequence[str] = CARTPOLE_ACTIONS) -> None:
+    """The Q-value panel: one labelled bar per action with its value written beside it, the
+    greedy action (the largest Q-value) in green. Introduced in ``02_prediction_trace``."""
+    q = np.asarray(q_values, dtype=float).reshape(-1)
+    if len(action_names) != q.size:
+        raise ValueError(f"{q.size} Q-values but {len(action_names)} action names")
+    greedy = int(np.argmax(q))
+    ax.barh(range(q.size), q, color=["#15803d" if i == greedy else "#9ca3af"
+                                     for i in range(q.size)])
+    ax.set_yticks(range(q.size), [f"{name}\n(greedy)" if i == greedy else name
+                                  for i, name in enumerate(action_names)], fontsize=8)
+    ax.invert_yaxis()
+    for i, v in enumerate(q):
+        ax.text(v, i, f" {v:.4g} ", va="center", ha="left" if v >= 0 else "right", fontsize=8)
+    lo, hi = min(0.0, float(q.min())), max(0.0, float(q.max()))
+    pad = 0.4 * ((hi - lo) or 1.0)
+    ax.set_xlim(lo - (pad if lo < 0 else 0.0), hi + pad)
+    ax.axvline(0, color="black", linewidth=0.5)
+    ax.set_xlabel("Q-value = estimated return after the action", fontsize=8)
+    ax.set_title(f"Q-values ({q.size} actions): greedy = {action_names[greedy]}", fontsize=9)
+    ax.tick_params(labelsize=7)
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,33 +208,53 @@ def smooth(values: Sequence[float], window: int) -> np.ndarray:
 
 def epoch_trace_rows(history: MetricHistory, saved_steps: Sequence[int] = (),
                      resumed_at_step: int | None = None) -> list[dict[str, Any]]:
-    """The lesson page's table - epoch, loss, score, observation - written from the data.
+    """The epoch table - epoch, mean loss, greedy return, observation - written from the data.
+
+    Observations only state what the numbers show (a change against the previous epoch, a
+    best so far, a checkpoint, the resume); they never guess a cause the data cannot show.
     Introduced in ``03_loss_curves``."""
-    rows, previous, start = [], None, 0
+    rows, previous, start, best = [], None, 0, None
     saved = set(saved_steps)
     for e in history.epochs:
         notes = []
         if resumed_at_step is not None and resumed_at_step == start:
-            notes.append(f"training resumed from the checkpoint at step {resumed_at_step}")
+            notes.append(f"resumed here from the checkpoint at step {resumed_at_step}")
         if e.mean_loss is None:
-            notes.append("collecting experience, no updates yet")
-        elif previous is not None and previous.mean_loss is not None:
-            notes.append("loss decreases" if e.mean_loss < previous.mean_loss
-                         else "loss rises (targets moved: normal in RL)")
-        if e.eval_mean_return is not None and previous is not None and \
-                previous.eval_mean_return is not None:
-            notes.append("score improves" if e.eval_mean_return > previous.eval_mean_return
-                         else "score dips")
+            notes.append("no updates yet (still collecting experience)")
+        elif previous is not None and previous.mean_loss:
+            change = e.mean_loss / previous.mean_loss - 1
+            notes.append(f"loss {'up' if change > 0 else 'down'} {abs(change):.0%}")
+        if e.eval_mean_return is not None:
+            if previous is not None and previous.eval_mean_return is not None:
+                delta = e.eval_mean_return - previous.eval_mean_return
+                notes.append(f"return {'up' if delta > 0 else 'down'} {abs(delta):.3g}"
+                             if delta else "return unchanged")
+            if best is not None and e.eval_mean_return > best:
+                notes.append("best return so far")
+            best = e.eval_mean_return if best is None else max(best, e.eval_mean_return)
         if e.eval_success_rate == 1.0:
-            notes.append("every greedy episode survived 500 steps")
+            notes.append("every greedy episode reached the time limit")
         if e.end_step in saved:
-            notes.append("checkpoint saved")
+            notes.append(f"checkpoint saved at step {e.end_step}")
         start = e.end_step
-        rows.append({"epoch": e.epoch, "loss ↓": e.mean_loss,
-                     "score ↑ (greedy return)": e.eval_mean_return,
+        rows.append({"epoch": e.epoch, "mean TD loss": e.mean_loss,
+                     "greedy return": e.eval_mean_return,
                      "observation": "; ".join(notes) or "-"})
         previous = e
     return rows
+
+
+def loss_and_return_rose_together(history: MetricHistory) -> list[int]:
+    """The epochs whose mean loss *and* greedy return both rose against the previous epoch:
+    the data showing that a rising DQN loss does not mean a worse agent. Introduced in
+    ``03_loss_curves``."""
+    together = []
+    for before, now in zip(history.epochs, history.epochs[1:]):
+        values = (before.mean_loss, now.mean_loss, before.eval_mean_return, now.eval_mean_return)
+        if None not in values and now.mean_loss > before.mean_loss and \
+                now.eval_mean_return > before.eval_mean_return:
+            together.append(now.epoch)
+    return together
 
 
 def metrics_from_checkpoint(checkpoint: str | os.PathLike[str]) -> MetricHistory:

@@ -10,7 +10,6 @@ Needs Debian's Chromium at /usr/bin/chromium; skips, saying so, where there is n
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -18,17 +17,6 @@ from browser_support import ARTIFACTS, REPO, assert_no_errors, launch, open_and_
     requires_chromium
 
 pytestmark = requires_chromium
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _render_every_cell(jupyter_lab):
-    """Have JupyterLab render every cell, not only those near the viewport, so the controls
-    can be found wherever they are in a lesson (a setting of the temporary lab, not of the
-    repository)."""
-    _, _, root = jupyter_lab
-    settings = root.parent / "settings" / "@jupyterlab" / "notebook-extension"
-    settings.mkdir(parents=True, exist_ok=True)
-    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
 
 
 def _live_cell(page, label: str):

@@ -331,16 +331,16 @@ def validate_manifest(manifest: Any, path: Path) -> None:
                 or not 0 <= entry["bytes"] <= _MAX_MEMBER_BYTES[name] \
                 or not isinstance(entry.get("sha256"), str) or not _HEX64.match(entry["sha256"]):
             raise bad(f"the entry for {name} needs a size in bytes and a SHA-256")
-    components = manifest.get("components", {})
+    components = manifest.get("components")
     if not isinstance(components, dict) or not all(
             isinstance(c, dict) and all(_is_int(c.get(k)) and c[k] >= 0
                                         for k in ("tensors", "tensor_bytes", "json_bytes"))
             for c in components.values()):
         raise bad("its components table is malformed")
-    for key in ("metrics", "versions"):
-        if not isinstance(manifest.get(key, {}), dict):
-            raise bad(f"'{key}' is not an object")
-    if not all(isinstance(v, str) for v in manifest.get("versions", {}).values()):
+    for key in ("metrics", "versions"):  # always written; inspect and retention read them
+        if not isinstance(manifest.get(key), dict):
+            raise bad(f"'{key}' is missing or not an object")
+    if not all(isinstance(v, str) for v in manifest["versions"].values()):
         raise bad("library versions are not strings")
     for key in ("config", "lineage", "resumed_from", "save_policy_state"):
         if not isinstance(manifest.get(key), (dict, type(None))):

@@ -20,6 +20,7 @@ from . import __version__, import_layer
 from .engine import (
     BEST,
     CHECKPOINTS_SUBDIR,
+    LATEST,
     TENSORS,
     AnyOf,
     BestBy,
@@ -423,10 +424,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
             failures += 1
             print(f"FAIL  {path.name}  {exc}")
     if specific is None:
-        pointer = CheckpointManager(directory, create=False).latest_pointer()
-        if pointer is not None and not (directory / pointer).is_dir():
-            problems.append(f"the latest pointer names {pointer}, which does not exist")
-            print(f"FAIL  latest pointer names {pointer}, which does not exist")
+        for name in (LATEST, BEST):
+            pointer = (read_pointer_record(directory, name) or {}).get("checkpoint")
+            if pointer is not None and not (directory / pointer).is_dir():
+                problems.append(f"the {name} pointer names {pointer}, which does not exist")
+                print(f"FAIL  {name} pointer names {pointer}, which does not exist")
     print(f"{len(targets) - failures} of {len(targets)} checkpoint(s) valid"
           + (f"; {len(problems)} other problem(s)" if problems else ""))
     return EXIT_VERIFY_FAILED if failures or problems else EXIT_OK

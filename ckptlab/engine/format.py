@@ -239,8 +239,8 @@ def _open_regular(path: Path, max_bytes: int) -> tuple[BinaryIO, int]:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise CheckpointCorruptError(f"{path} cannot be read: not a regular file (a directory, FIFO or "
-                                         "device in its place); it is not read")
+            raise CheckpointCorruptError(f"{path} cannot be read: not a regular file (a "
+                                         "directory, FIFO or device in its place)")
         if info.st_size > max_bytes:
             raise CheckpointCorruptError(f"{path} has {info.st_size} bytes, more than the "
                                          f"{max_bytes} a checkpoint file may have")
@@ -416,7 +416,7 @@ def read_manifest(checkpoint: Path) -> dict[str, Any]:
 
 
 def parse_state_json(data: bytes, source: Path) -> dict[str, Any]:
-    """Parse a (hash-verified) ``state.json`` and validate its tree (:func:`validate_state_tree`)."""
+    """Parse a (hash-verified) ``state.json`` and validate it (:func:`validate_state_tree`)."""
     tree = _load_json_bounded(data, f"{source}")
     validate_state_tree(tree, source)
     return tree

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, import_layer
 from .engine import (
+    BEST,
     CHECKPOINTS_SUBDIR,
+    LATEST,
     TENSORS,
     AnyOf,
     BestBy,
@@ -39,6 +41,7 @@ from .engine import (
     SavePolicy,
     export_checkpoint,
     read_manifest,
+    read_pointer_record,
     read_tensor_table,
     resolve_location,
     verify_checkpoint,
@@ -111,12 +114,13 @@ def _add_retention_args(group: Any) -> None:
                        help="delete the oldest unprotected checkpoints beyond SIZE (e.g. 200MB)")
 
 
-def _retention_from(args: argparse.Namespace) -> list[RetentionPolicy]:
+def _retention_from(args: argparse.Namespace, metric: str = "eval_return",
+                    mode: str = "max") -> list[RetentionPolicy]:
     policies: list[RetentionPolicy] = []
     if args.keep_last:
         policies.append(KeepLastN(args.keep_last))
     if args.keep_top:
-        policies.append(KeepTopK("eval_return", args.keep_top, "max", args.keep_top_smooth))
+        policies.append(KeepTopK(metric, args.keep_top, mode, args.keep_top_smooth))
     if args.keep_every:
         policies.append(KeepEveryKSteps(args.keep_every))
     return policies
@@ -169,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: continue from RUN_DIR's newest valid checkpoint if any "
                             "(default); never: refuse if RUN_DIR has checkpoints; PATH: start "
                             "from that checkpoint or run directory")
+    train.add_argument("--rollback", action="store_true",
+                       help="with --resume PATH naming an older checkpoint of RUN_DIR itself: "
+                            "continue from it, moving the newer checkpoints aside into "
+                            "checkpoints/abandoned/ (refused without this flag)")
     train.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
 
     demo = sub.add_parser("demo", help="kill a run with SIGKILL, resume it, compare it with "
@@ -212,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("path", type=Path, metavar="DIR")
     prune.add_argument("--dry-run", action="store_true", help="change nothing")
     _add_retention_args(prune)
+    prune.add_argument("--metric", help="rank --keep-top and choose the best by this metric "
+                                        "(default: the one the run's best pointer records, "
+                                        "else eval_return)")
+    prune.add_argument("--mode", choices=("max", "min"),
+                       help="whether a higher or lower --metric is better (default: as "
+                            "recorded, else max)")
 
     for name, text in (("inspect", "show what a checkpoint contains and how big each part is"),
                        ("verify", "check every file hash; exit 1 if anything fails")):
@@ -260,7 +274,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _config_for(args, info)
     # Checked once, before anything is created: a refused resume changes nothing.
     plan = (dqn.plan_resume(info, config, allow_config_change=args.allow_config_change,
-                            run_checkpoints=args.run_dir / CHECKPOINTS_SUBDIR)
+                            run_checkpoints=args.run_dir / CHECKPOINTS_SUBDIR,
+                            allow_rollback=args.rollback)
             if info is not None else None)
     if info is not None and info.step >= config.total_steps:
         print(f"The run in {args.run_dir} is already finished: {info.name} is at step "
@@ -409,10 +424,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
             failures += 1
             print(f"FAIL  {path.name}  {exc}")
     if specific is None:
-        pointer = CheckpointManager(directory, create=False).latest_pointer()
-        if pointer is not None and not (directory / pointer).is_dir():
-            problems.append(f"the latest pointer names {pointer}, which does not exist")
-            print(f"FAIL  latest pointer names {pointer}, which does not exist")
+        for name in (LATEST, BEST):
+            pointer = (read_pointer_record(directory, name) or {}).get("checkpoint")
+            if pointer is not None and not (directory / pointer).is_dir():
+                problems.append(f"the {name} pointer names {pointer}, which does not exist")
+                print(f"FAIL  {name} pointer names {pointer}, which does not exist")
     print(f"{len(targets) - failures} of {len(targets)} checkpoint(s) valid"
           + (f"; {len(problems)} other problem(s)" if problems else ""))
     return EXIT_VERIFY_FAILED if failures or problems else EXIT_OK
@@ -435,7 +451,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return EXIT_OK
     metric = args.sort if args.sort not in (None, "step", "size_bytes", "created") \
         else "eval_return"
-    print(f"{count} checkpoint(s) under {args.root} (index: {catalog.db_path})")
+    where = ("kept in memory: the directory is read-only" if catalog.in_memory
+             else catalog.db_path)
+    print(f"{count} checkpoint(s) under {args.root} (index: {where})")
     print(f"{'run':24s} {'checkpoint':16s} {'step':>8s} {metric:>12s} {'size':>9s}  status")
     for r in rows:
         value = r.metrics.get(metric)
@@ -455,11 +473,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
     directory, specific = resolve_location(args.path)
     if specific is not None:
         raise CkptlabError(f"{args.path} is one checkpoint; give its run directory")
-    policies = _retention_from(args)
+    # Rank by the run's own metric: the one its best pointer records, unless told otherwise.
+    recorded = read_pointer_record(directory, BEST) or {}
+    metric = args.metric or recorded.get("metric") or "eval_return"
+    mode = args.mode or (recorded.get("mode") if recorded.get("metric") == metric else None) \
+        or "max"
+    if not isinstance(metric, str) or mode not in ("max", "min"):
+        raise CkptlabError(f"the best pointer in {directory} is damaged; pass --metric and "
+                           "--mode")
+    policies = _retention_from(args, metric, mode)
     if not policies and args.disk_budget is None:
         raise CkptlabError("give at least one rule: --keep-last, --keep-top, --keep-every or "
                            "--disk-budget")
-    manager = CheckpointManager(directory, retention=policies, best=BestBy("eval_return"),
+    # Without a metric given or recorded, the manager protects whatever `best` names.
+    best = BestBy(metric, mode) if args.metric or recorded.get("metric") else None
+    manager = CheckpointManager(directory, retention=policies, best=best,
                                 disk_budget_bytes=args.disk_budget, create=not args.dry_run)
     try:
         decisions = manager.plan_retention() if args.dry_run else manager.prune()
@@ -501,6 +529,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands[args.command](args)
         except CkptlabError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        except OSError as exc:  # the disk or the permissions refused; say so in one line
+            print(f"error: {exc.filename or ''}{': ' if exc.filename else ''}"
+                  f"{exc.strerror or exc}", file=sys.stderr)
             return EXIT_ERROR
 
 

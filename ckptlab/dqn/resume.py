@@ -28,13 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import (
+    ABANDONED_SUBDIR,
     CHECKPOINTS_SUBDIR,
     CheckpointInfo,
     CkptlabError,
     IncompatibleCheckpointError,
+    RollbackRequiredError,
+    checkpoint_step,
     committed_checkpoints,
     latest_valid_checkpoint,
     newest_valid_checkpoint,
+    verify_checkpoint,
 )
 from .config import ConfigChange, DQNConfig, diff_configs
 
@@ -50,6 +54,8 @@ class ResumePlan:
         record: what later manifests store under ``resumed_from``.
         lineage: the parent run's record when continuing another run's checkpoint (a new
             lineage), or the checkpoint's own lineage when continuing in its own directory.
+        rollback: the newer checkpoints of the same directory that resuming moves aside into
+            ``abandoned/`` (an explicit rollback; empty otherwise).
     """
 
     checkpoint: CheckpointInfo
@@ -57,6 +63,7 @@ class ResumePlan:
     changes: tuple[ConfigChange, ...]
     record: dict[str, Any]
     lineage: dict[str, Any] | None
+    rollback: tuple[str, ...] = ()
 
 
 def find_resume_checkpoint(run_dir: str | os.PathLike[str],
@@ -104,7 +111,13 @@ def checkpoint_config(info: CheckpointInfo) -> DQNConfig:
         raise IncompatibleCheckpointError(
             f"{info.path} records no DQN config; it was not written by ckptlab's Trainer "
             "('python -m ckptlab train')")
-    return DQNConfig.from_dict(info.config)
+    try:
+        return DQNConfig.from_dict(info.config)
+    except CkptlabError:
+        raise
+    except (TypeError, ValueError) as exc:  # a field of the wrong type
+        raise IncompatibleCheckpointError(
+            f"{info.path} records a DQN config this ckptlab cannot use ({exc})") from None
 
 
 def check_config_compatible(info: CheckpointInfo, config: DQNConfig,
@@ -135,8 +148,23 @@ def check_config_compatible(info: CheckpointInfo, config: DQNConfig,
     return changes
 
 
+def newer_checkpoints(info: CheckpointInfo) -> tuple[list[str], list[str]]:
+    """The checkpoints of ``info``'s own directory with a higher step: ``(all, valid)``."""
+    newer = [p for p in committed_checkpoints(info.path.parent)
+             if checkpoint_step(p) > info.step]
+    valid = []
+    for path in newer:
+        try:
+            verify_checkpoint(path)
+        except CkptlabError:
+            continue
+        valid.append(path.name)
+    return [p.name for p in newer], valid
+
+
 def plan_resume(info: CheckpointInfo, config: DQNConfig, *, allow_config_change: bool = False,
-                run_checkpoints: str | os.PathLike[str] | None = None) -> ResumePlan:
+                run_checkpoints: str | os.PathLike[str] | None = None,
+                allow_rollback: bool = False) -> ResumePlan:
     """Check that ``config`` may continue ``info`` and prepare what the resumed run records.
 
     Args:
@@ -145,6 +173,13 @@ def plan_resume(info: CheckpointInfo, config: DQNConfig, *, allow_config_change:
         allow_config_change: accept ``trajectory`` changes (a deliberate branch).
         run_checkpoints: the checkpoints directory the resumed run writes to; when it is not
             the checkpoint's own directory, the run starts a new lineage naming the parent.
+        allow_rollback: continue an older checkpoint of the same directory although newer
+            valid ones exist; they are moved aside into ``abandoned/`` when the run resumes
+            (and logged), so ``latest`` and retention see one history.
+
+    Raises:
+        RollbackRequiredError: the resume would roll back over newer valid checkpoints and
+            ``allow_rollback`` is false; nothing is changed.
     """
     changes = check_config_compatible(info, config, allow_config_change)
     record = {"path": str(info.path.resolve()), "step": info.step,
@@ -155,4 +190,16 @@ def plan_resume(info: CheckpointInfo, config: DQNConfig, *, allow_config_change:
                 and info.path.parent.resolve() == Path(run_checkpoints).resolve())
     lineage = info.manifest.get("lineage") if same_run else {
         "parent": record, "parent_lineage": info.manifest.get("lineage")}
-    return ResumePlan(info, config, tuple(changes), record, lineage)
+    rollback: tuple[str, ...] = ()
+    if same_run:
+        newer, valid = newer_checkpoints(info)
+        if valid and not allow_rollback:
+            raise RollbackRequiredError(
+                f"{info.path.parent} holds newer valid checkpoints than {info.name} "
+                f"({', '.join(valid)}); continuing {info.name} here would roll the run back. "
+                "Pass --rollback (allow_rollback=True) to move them aside into "
+                f"{ABANDONED_SUBDIR}/ and continue from {info.name}, or resume into a new "
+                "--run-dir (nothing was changed)")
+        if valid:  # an explicit rollback; unusable newer ones alone are a plain fallback
+            rollback = tuple(newer)
+    return ResumePlan(info, config, tuple(changes), record, lineage, rollback)

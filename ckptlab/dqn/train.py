@@ -308,6 +308,8 @@ class Trainer:
         if self.checkpoints is None:
             return None
         reasons = self.save_policy.reasons(ctx)
+        if ctx.is_final and not reasons:  # promised whatever the policy: the run's result
+            reasons = ["final (always written at the last step)"]
         if not reasons:
             return None
         info = self.save(reasons=reasons, blocking=ctx.is_final or not self.async_save)
@@ -377,7 +379,8 @@ class Trainer:
         return info
 
     def restore(self, checkpoint: str | Path | None = None, *,
-                allow_config_change: bool = False) -> CheckpointInfo:
+                allow_config_change: bool = False,
+                allow_rollback: bool = False) -> CheckpointInfo:
         """Load the complete training state from ``checkpoint`` (default: newest valid here).
 
         The checkpoint's config must match this Trainer's in every ``trajectory`` field unless
@@ -386,6 +389,11 @@ class Trainer:
         from another run's checkpoint starts a new lineage: this run's manifests name the
         parent checkpoint (path, step, manifest hash) and the config changes. See
         :mod:`ckptlab.dqn.resume`.
+
+        Restoring an older checkpoint of this run's own directory while newer valid ones exist
+        is a rollback: refused (:class:`~ckptlab.engine.RollbackRequiredError`) unless
+        ``allow_rollback`` is set, when the newer ones are moved aside into
+        ``checkpoints/abandoned/`` and the move is logged.
         """
         if checkpoint is None:
             if self.checkpoints is None:
@@ -395,7 +403,8 @@ class Trainer:
             info = latest_valid_checkpoint(checkpoint)
         return self.resume_from(plan_resume(
             info, self.config, allow_config_change=allow_config_change,
-            run_checkpoints=self.checkpoints.directory if self.checkpoints else None))
+            run_checkpoints=self.checkpoints.directory if self.checkpoints else None,
+            allow_rollback=allow_rollback))
 
     def resume_from(self, plan: ResumePlan) -> CheckpointInfo:
         """Load the state of an already checked :class:`ResumePlan` (see :meth:`restore`)."""
@@ -406,6 +415,8 @@ class Trainer:
         info = plan.checkpoint
         _, states = load_checkpoint_state(info.path)
         restore_components(self.components(), states, info.path)
+        if plan.rollback and self.checkpoints is not None:
+            self.checkpoints.rollback(info.step, reason=f"resumed from {info.name}")
         self.save_policy.load_state_dict(info.manifest.get("save_policy_state") or {})
         self.training_seconds_before = float(info.manifest.get("training_seconds") or 0.0)
         self._restored_from = info

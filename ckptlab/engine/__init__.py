@@ -27,9 +27,12 @@ from .errors import (
     CkptlabError,
     ForeignFileError,
     IncompatibleCheckpointError,
+    RollbackRequiredError,
     UnsupportedFormatError,
+    UnsupportedValueError,
 )
 from .format import (
+    ABANDONED_SUBDIR,
     BEST,
     CHECKPOINTS_SUBDIR,
     DECISIONS,
@@ -61,6 +64,7 @@ from .policies import (
     Final,
     Hybrid,
     KeepEveryKSteps,
+    KeepEveryTSeconds,
     KeepLastN,
     KeepTopK,
     OnImprovement,
@@ -83,6 +87,7 @@ from .reader import (
     newest_valid_checkpoint,
     read_decision_log,
     read_pointer,
+    read_pointer_record,
     resolve_location,
     restore_components,
     verify_checkpoint,
@@ -92,7 +97,8 @@ from .writer import CheckpointWriteError
 __all__ = [
     "Catalog", "CatalogRow", "ComponentComparison", "compare_checkpoints",
     "CheckpointCorruptError", "CheckpointNotFoundError", "CkptlabError", "ForeignFileError",
-    "IncompatibleCheckpointError", "UnsupportedFormatError",
+    "IncompatibleCheckpointError", "UnsupportedFormatError", "RollbackRequiredError",
+    "UnsupportedValueError", "ABANDONED_SUBDIR", "KeepEveryTSeconds", "read_pointer_record",
     "BEST", "CHECKPOINTS_SUBDIR", "DECISIONS", "FORMAT_NAME", "FORMAT_VERSION", "LATEST",
     "MANIFEST", "STATE", "TENSORS", "checkpoint_dir_name", "checkpoint_step",
     "describe_foreign_file", "library_versions", "read_manifest", "read_tensor_table",

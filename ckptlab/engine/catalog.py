@@ -70,6 +70,13 @@ class Catalog:
         if not self.root.is_dir():
             raise CheckpointNotFoundError(f"{self.root} is not a directory")
         self.db_path = str(db_path) if db_path is not None else str(self.root / DEFAULT_DB_NAME)
+        # Set when the index could not be written (a read-only tree): kept in memory instead.
+        self._memory: sqlite3.Connection | None = None
+
+    @property
+    def in_memory(self) -> bool:
+        """True when the index lives in memory because ``db_path`` could not be written."""
+        return self._memory is not None
 
     def rebuild(self, verify: bool = False) -> int:
         """Re-read every manifest under the root into a fresh index; return the count.
@@ -81,17 +88,27 @@ class Catalog:
         if not rows:
             return 0  # nothing to index: write nothing
         temp = self.db_path + ".tmp"
-        if os.path.exists(temp):
-            os.remove(temp)
-        con = sqlite3.connect(temp)
         try:
-            con.executescript(_SCHEMA)
-            con.executemany("INSERT INTO checkpoints VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-            con.commit()
-        finally:
-            con.close()
-        os.replace(temp, self.db_path)  # readers never see a half-built index
+            if os.path.exists(temp):
+                os.remove(temp)
+            con = sqlite3.connect(temp)
+            try:
+                self._fill(con, rows)
+            finally:
+                con.close()
+            os.replace(temp, self.db_path)  # readers never see a half-built index
+            self._memory = None
+        except (OSError, sqlite3.Error):
+            # A read-only tree (or full disk): listing must still work, so index in memory.
+            self._memory = sqlite3.connect(":memory:")
+            self._fill(self._memory, rows)
         return len(rows)
+
+    @staticmethod
+    def _fill(con: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        con.executescript(_SCHEMA)
+        con.executemany("INSERT INTO checkpoints VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        con.commit()
 
     def _manifests(self) -> list[Path]:
         found = []
@@ -104,6 +121,10 @@ class Catalog:
 
     def _row(self, checkpoint: Path, verify: bool) -> tuple[Any, ...]:
         rel = checkpoint.relative_to(self.root)
+        if checkpoint.is_symlink():
+            return (str(rel), str(rel.parent), None, None, None,
+                    "invalid: a symbolic link, not a checkpoint directory", None, None, None,
+                    "{}")
         run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" \
             else checkpoint.parent
         run = str(run_dir.relative_to(self.root)) if run_dir != self.root else "."
@@ -124,7 +145,9 @@ class Catalog:
         except (CkptlabError, OSError) as exc:
             status = f"invalid: {exc}"
         lineage = manifest.get("lineage") or {}
-        parent = (lineage.get("parent") or {}).get("path")
+        parent_record = lineage.get("parent")
+        parent = parent_record.get("path") if isinstance(parent_record, dict) else None
+        parent = str(parent) if parent is not None else None
         config = manifest.get("config")
         size_bytes = sum(int(f["bytes"]) for f in manifest["files"].values())
         return (str(rel), run, manifest.get("step"), manifest.get("created"), size_bytes,
@@ -137,9 +160,9 @@ class Catalog:
               valid_only: bool = False) -> list[CatalogRow]:
         """Checkpoints, optionally filtered by run, sorted by ``step`` / ``size_bytes`` /
         ``created`` or any metric name (missing values last), at most ``top`` of them."""
-        if not os.path.exists(self.db_path) and self.rebuild() == 0:
+        if self._memory is None and not os.path.exists(self.db_path) and self.rebuild() == 0:
             return []
-        con = sqlite3.connect(self.db_path)
+        con = self._memory if self._memory is not None else sqlite3.connect(self.db_path)
         try:
             where, params = [], []
             if run is not None:
@@ -163,8 +186,12 @@ class Catalog:
             if top is not None:
                 sql += f" LIMIT {int(top)}"
             rows = con.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise CkptlabError(f"the index {self.db_path} cannot be read ({exc}); delete it "
+                               "and list again (it is rebuilt from the manifests)") from None
         finally:
-            con.close()
+            if con is not self._memory:
+                con.close()
         return [CatalogRow(*r[:6], json.loads(r[6]) if r[6] is not None else None, r[7],
                            json.loads(r[8])) for r in rows]
 

@@ -29,3 +29,13 @@ class UnsupportedFormatError(CkptlabError):
 
 class IncompatibleCheckpointError(CkptlabError):
     """A checkpoint that does not fit the objects or configuration it is loaded into."""
+
+
+class UnsupportedValueError(CkptlabError, TypeError):
+    """A ``state_dict()`` value that cannot be stored without pickle (the message names its
+    path). Also a ``TypeError``, as before it had its own class."""
+
+
+class RollbackRequiredError(CkptlabError):
+    """Saving or resuming here would continue from an older checkpoint while newer valid
+    ones of the same run exist; ask for a rollback explicitly (newer ones are moved aside)."""

@@ -21,23 +21,31 @@ decoding in :mod:`.reader`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import re
+import stat
 import struct
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 
 from .. import __version__
-from .errors import CheckpointCorruptError, CkptlabError, ForeignFileError, UnsupportedFormatError
+from .errors import (
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    CkptlabError,
+    ForeignFileError,
+    UnsupportedFormatError,
+)
 
 FORMAT_NAME = "ckptlab-checkpoint"
 FORMAT_VERSION = 1
@@ -49,12 +57,20 @@ LATEST = "latest"
 BEST = "best"
 DECISIONS = "decisions.jsonl"
 CHECKPOINTS_SUBDIR = "checkpoints"
+ABANDONED_SUBDIR = "abandoned"  # checkpoints moved aside by a rollback (never deleted)
 
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 _TEMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
 _REPLACED_PREFIX = ".replaced-"
 _MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+# The member files a format-1 manifest may list: plain names, never paths.
+MEMBER_FILES = frozenset({TENSORS, STATE})
+# Bounds applied before anything is read, so a hostile manifest cannot make a reader allocate
+# without limit: state.json is parsed whole, the tensor file is read whole.
+_MAX_MEMBER_BYTES = {STATE: 4 * 1024**3, TENSORS: 1024**4}
+_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+_MAX_JSON_DEPTH = 200  # state trees of real components are a few levels deep
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -94,8 +110,14 @@ _SAFETENSORS_DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
     torch.uint8: "U8", torch.bool: "BOOL", torch.uint16: "U16", torch.uint32: "U32",
-    torch.uint64: "U64",
+    torch.uint64: "U64", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+    torch.complex64: "C64",
 }
+
+
+def storable_dtype(dtype: torch.dtype) -> bool:
+    """Whether a tensor of ``dtype`` can be written to the safetensors file."""
+    return dtype in _SAFETENSORS_DTYPES
 
 
 def safetensors_chunks(tensors: Mapping[str, torch.Tensor],
@@ -147,6 +169,15 @@ def _canonical_json(obj: Any, readable: bool = False) -> bytes:
                       separators=None if readable else (",", ":")).encode("utf-8")
 
 
+def state_json(obj: Any) -> bytes:
+    """Compact JSON of one component's state tree, in the tree's own key order.
+
+    Not sorted: a component's ``state_dict()`` order is part of its state (an ``OrderedDict``
+    of layers, a dict whose order a program relies on) and must come back as it was.
+    """
+    return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
 def _manifest_self_hash(manifest: Mapping[str, Any]) -> str:
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
     return _sha256(_canonical_json(body))
@@ -180,45 +211,279 @@ def _foreign_error(path: Path, what: str) -> ForeignFileError:
     )
 
 
+def _open_regular(path: Path, max_bytes: int) -> tuple[BinaryIO, int]:
+    """Open ``path`` for reading only if it is a regular file of at most ``max_bytes``.
+
+    The last component is never followed if it is a symlink (``O_NOFOLLOW``), and a FIFO or
+    device is refused from ``fstat`` of the opened descriptor (``O_NONBLOCK`` keeps a FIFO
+    from blocking the open itself), so no hostile entry can make a reader hang, read outside
+    the checkpoint or read without end. Returns the open file and its size.
+
+    Raises:
+        FileNotFoundError: nothing is there.
+        CheckpointCorruptError: a symlink, not a regular file, or too large.
+        OSError: any other failure to open (permissions, I/O).
+    """
+    flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+             | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    if not hasattr(os, "O_NOFOLLOW") and path.is_symlink():  # Windows: no O_NOFOLLOW
+        raise CheckpointCorruptError(f"{path} is a symbolic link; checkpoint files never are")
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+            raise CheckpointCorruptError(
+                f"{path} is a symbolic link; checkpoint files never are, so it is not "
+                "followed") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointCorruptError(f"{path} cannot be read: not a regular file (a "
+                                         "directory, FIFO or device in its place)")
+        if info.st_size > max_bytes:
+            raise CheckpointCorruptError(f"{path} has {info.st_size} bytes, more than the "
+                                         f"{max_bytes} a checkpoint file may have")
+        return os.fdopen(fd, "rb"), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_member(checkpoint: Path, name: str, expected_bytes: int) -> BinaryIO:
+    """Open one member file of a checkpoint safely, before any of its bytes are read.
+
+    ``name`` must be a plain file name from the format's allow-list (:data:`MEMBER_FILES`):
+    never a path, so nothing outside the checkpoint directory can be named. The file must be
+    a regular file (no symlink, FIFO or device) whose size equals ``expected_bytes`` (the
+    manifest's record) and stays within a bound for its kind.
+
+    Raises:
+        CheckpointNotFoundError: the checkpoint directory does not exist.
+        CheckpointCorruptError: the name, the kind of file or its size is wrong, the file is
+            missing or cannot be read.
+    """
+    if name not in MEMBER_FILES:
+        raise CheckpointCorruptError(f"{checkpoint}: the manifest names {name!r}, which is not "
+                                     f"a checkpoint file ({', '.join(sorted(MEMBER_FILES))})")
+    bound = _MAX_MEMBER_BYTES[name]
+    if isinstance(expected_bytes, bool) or not isinstance(expected_bytes, int) \
+            or not 0 <= expected_bytes <= bound:
+        raise CheckpointCorruptError(f"{checkpoint}: the manifest records an impossible size "
+                                     f"for {name} ({expected_bytes!r})")
+    path = checkpoint / name
+    try:
+        handle, size = _open_regular(path, bound)
+    except FileNotFoundError:
+        if not os.path.lexists(checkpoint):
+            raise CheckpointNotFoundError(f"{checkpoint} does not exist") from None
+        raise CheckpointCorruptError(f"{path} is missing") from None
+    except OSError as exc:  # a directory in its place, unreadable media, permissions
+        raise CheckpointCorruptError(f"{path} cannot be read ({exc})") from None
+    if size != expected_bytes:
+        handle.close()
+        raise CheckpointCorruptError(
+            f"{path} has {size} bytes but the manifest records {expected_bytes} "
+            "(truncated or overwritten)")
+    return handle
+
+
+def _load_json_bounded(data: bytes, what: str) -> Any:
+    """``json.loads`` that turns every parse failure into :class:`CheckpointCorruptError`.
+
+    Covers what ``json`` itself reports with other exceptions: nesting deep enough to
+    exhaust the stack (``RecursionError``) and integers longer than Python converts (a
+    5000-digit number, ``ValueError``).
+    """
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointCorruptError(f"{what} is not valid JSON ({exc})") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def validate_manifest(manifest: Any, path: Path) -> None:
+    """Check the types of every manifest field a reader relies on.
+
+    Raises:
+        CheckpointCorruptError: a field is missing or has the wrong type, or the file table
+            names anything other than the format's member files.
+    """
+    def bad(what: str) -> CheckpointCorruptError:
+        return CheckpointCorruptError(f"{path}: {what}; the manifest is damaged or was not "
+                                      "written by ckptlab")
+
+    step = manifest.get("step")
+    if not _is_int(step) or not 0 <= step < 10**15:
+        raise bad(f"step {step!r} is not a non-negative whole number")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or set(files) != MEMBER_FILES:
+        raise bad(f"its file table must list exactly {', '.join(sorted(MEMBER_FILES))} "
+                  f"(got {sorted(files) if isinstance(files, dict) else type(files).__name__})")
+    for name, entry in files.items():
+        if not isinstance(entry, dict) or not _is_int(entry.get("bytes")) \
+                or not 0 <= entry["bytes"] <= _MAX_MEMBER_BYTES[name] \
+                or not isinstance(entry.get("sha256"), str) or not _HEX64.match(entry["sha256"]):
+            raise bad(f"the entry for {name} needs a size in bytes and a SHA-256")
+    components = manifest.get("components")
+    if not isinstance(components, dict) or not all(
+            isinstance(c, dict) and all(_is_int(c.get(k)) and c[k] >= 0
+                                        for k in ("tensors", "tensor_bytes", "json_bytes"))
+            for c in components.values()):
+        raise bad("its components table is malformed")
+    for key in ("metrics", "versions"):  # always written; inspect and retention read them
+        if not isinstance(manifest.get(key), dict):
+            raise bad(f"'{key}' is missing or not an object")
+    if not all(isinstance(v, str) for v in manifest["versions"].values()):
+        raise bad("library versions are not strings")
+    for key in ("config", "lineage", "resumed_from", "save_policy_state"):
+        if not isinstance(manifest.get(key), (dict, type(None))):
+            raise bad(f"'{key}' is neither an object nor null")
+    for key in ("created", "config_sha256"):
+        if not isinstance(manifest.get(key), (str, type(None))):
+            raise bad(f"'{key}' is not a string")
+    if not isinstance(manifest.get("created_unix", 0.0), (int, float)) or \
+            isinstance(manifest.get("created_unix"), bool):
+        raise bad("'created_unix' is not a number")
+    for key in ("episode", "epoch", "total_steps"):
+        if key in manifest and manifest[key] is not None and not _is_int(manifest[key]):
+            raise bad(f"'{key}' is not a whole number")
+    if not isinstance(manifest.get("training_seconds", 0.0), (int, float, type(None))):
+        raise bad("'training_seconds' is not a number")
+    if not isinstance(manifest.get("save_reasons", []), list):
+        raise bad("'save_reasons' is not a list")
+
+
 def read_manifest(checkpoint: Path) -> dict[str, Any]:
     """Read and validate ``manifest.json`` of one checkpoint directory.
 
+    The file is opened like a member file (no symlink, regular, bounded size), parsed with
+    bounded nesting, checked against its self-hash and then type-checked
+    (:func:`validate_manifest`), so every reader may rely on its fields.
+
     Raises:
+        CheckpointNotFoundError: ``checkpoint`` does not exist.
         ForeignFileError: the directory is not a ckptlab checkpoint.
-        CheckpointCorruptError: the manifest is missing, unreadable, or fails its self-hash.
+        CheckpointCorruptError: the manifest is missing, unreadable, malformed, or fails its
+            self-hash.
         UnsupportedFormatError: written by a newer ckptlab format.
     """
+    checkpoint = Path(checkpoint)
     path = checkpoint / MANIFEST
-    if not path.is_file():
+    try:
+        handle, _ = _open_regular(path, _MAX_MANIFEST_BYTES)
+        with handle:
+            data = handle.read(_MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        if not os.path.lexists(checkpoint):
+            raise CheckpointNotFoundError(f"{checkpoint} does not exist; check the path") \
+                from None
         raise CheckpointCorruptError(
             f"{checkpoint}: manifest.json is missing, so this checkpoint was never completed "
-            "or has been damaged")
-    try:
-        if path.stat().st_size > _MAX_MANIFEST_BYTES:
-            raise CheckpointCorruptError(f"{path}: manifest is implausibly large")
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointCorruptError(f"{path}: manifest is not valid JSON ({exc})") from None
-    except OSError as exc:
+            "or has been damaged") from None
+    except NotADirectoryError:
+        raise CheckpointCorruptError(f"{checkpoint} is not a checkpoint directory") from None
+    except OSError as exc:  # permissions, I/O errors: this checkpoint is unusable
         raise CheckpointCorruptError(f"{path}: cannot be read ({exc})") from None
+    if len(data) > _MAX_MANIFEST_BYTES:
+        raise CheckpointCorruptError(f"{path}: manifest is implausibly large")
+    manifest = _load_json_bounded(data, f"{path}: manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise ForeignFileError(f"{path} is not a ckptlab manifest (no format '{FORMAT_NAME}')")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version < 1:
+    if not _is_int(version) or version < 1:
         raise CheckpointCorruptError(f"{path}: format_version {version!r} is not valid")
     if version > FORMAT_VERSION:
         raise UnsupportedFormatError(
             f"{checkpoint} uses checkpoint format {version}, but this ckptlab "
             f"({__version__}) reads formats up to {FORMAT_VERSION}; upgrade ckptlab to load it")
-    if manifest.get("manifest_sha256") != _manifest_self_hash(manifest):
+    try:
+        self_hash = _manifest_self_hash(manifest)
+    except (ValueError, RecursionError) as exc:  # 1e999 parses as infinity; deep nesting
+        raise CheckpointCorruptError(f"{path}: manifest holds a value outside JSON ({exc})") \
+            from None
+    if manifest.get("manifest_sha256") != self_hash:
         raise CheckpointCorruptError(f"{path}: manifest content does not match its own hash "
                                      "(the file was modified or damaged)")
+    validate_manifest(manifest, path)
     return manifest
 
+
+def parse_state_json(data: bytes, source: Path) -> dict[str, Any]:
+    """Parse a (hash-verified) ``state.json`` and validate it (:func:`validate_state_tree`)."""
+    tree = _load_json_bounded(data, f"{source}")
+    validate_state_tree(tree, source)
+    return tree
+
+
+def validate_state_tree(tree: Any, source: Path) -> None:
+    """Check that a state.json tree is what :func:`~.serialization.split_state` writes.
+
+    An object of component names, each a tree of JSON values in which every marker object
+    has the payload its marker needs (a tensor key string, a list for a tuple, key/value
+    pairs with scalar keys, a float's text). :func:`~.serialization.join_state` can then
+    rebuild it without meeting a type it does not expect.
+
+    Raises:
+        CheckpointCorruptError: what is malformed, and where.
+    """
+    from .serialization import MARKERS, _FLOAT, _NDARRAY, _ODICT, _PAIRS, _TENSOR, _TUPLE
+
+    if not isinstance(tree, dict):
+        raise CheckpointCorruptError(f"{source}: the top level is not an object of components")
+
+    def fail(where: str, what: str) -> CheckpointCorruptError:
+        return CheckpointCorruptError(f"{source}: {what} at '{where}'")
+
+    # Iterative, with a depth bound: join_state recurses, so the depth it meets is bounded here.
+    stack: list[tuple[Any, str, int]] = [(v, k, 1) for k, v in tree.items()]
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > _MAX_JSON_DEPTH:
+            raise fail(where, f"nesting deeper than {_MAX_JSON_DEPTH} levels")
+        depth += 1
+        if isinstance(node, list):
+            stack.extend((v, f"{where}/{i}", depth) for i, v in enumerate(node))
+        elif isinstance(node, dict):
+            marker = next(iter(node)) if len(node) == 1 else None
+            if marker in (_TENSOR, _NDARRAY) or (marker or "").startswith("__ndarray"):
+                if marker not in MARKERS or not isinstance(node[marker], str):
+                    raise fail(where, "a malformed array reference")
+            elif marker == _FLOAT:
+                if node[marker] not in ("nan", "inf", "-inf"):
+                    raise fail(where, "a malformed non-finite float")
+            elif marker == _TUPLE:
+                if not isinstance(node[marker], list):
+                    raise fail(where, "a malformed tuple")
+                stack.extend((v, f"{where}/{i}", depth) for i, v in enumerate(node[marker]))
+            elif marker in (_PAIRS, _ODICT):
+                pairs = node[marker]
+                if not isinstance(pairs, list) or not all(
+                        isinstance(p, list) and len(p) == 2
+                        and isinstance(p[0], (str, int, bool, type(None))) for p in pairs):
+                    raise fail(where, "malformed key/value pairs")
+                stack.extend((p[1], f"{where}/{p[0]}", depth) for p in pairs)
+            elif marker is not None and marker.startswith("__"):
+                raise fail(where, f"an unknown marker {marker!r} (written by a newer ckptlab?)")
+            else:
+                stack.extend((v, f"{where}/{k}", depth) for k, v in node.items())
+        elif not isinstance(node, (str, int, float, bool, type(None))):
+            raise fail(where, f"a value of type {type(node).__name__}")
 
 
 def _json_copy(value: Any) -> Any:
     """A deep copy through JSON types, with non-finite floats replaced by None."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dim() == 0:
+        value = value.item()  # a 0-d tensor metric (a loss straight from torch)
+    elif hasattr(value, "item") and type(value).__module__ == "numpy" and \
+            getattr(value, "shape", None) == ():
+        value = value.item()  # a numpy scalar (np.float32, np.int64, np.bool_)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
@@ -227,8 +492,8 @@ def _json_copy(value: Any) -> Any:
         return [_json_copy(v) for v in value]
     if value is None or isinstance(value, (str, int, bool)):
         return value
-    raise CkptlabError(f"manifest values must be JSON numbers, strings, lists or dicts "
-                       f"(got {type(value).__name__})")
+    raise CkptlabError(f"manifest values must be numbers (Python, numpy scalars or 0-d "
+                       f"tensors), strings, lists or dicts (got {type(value).__name__})")
 
 
 
@@ -241,11 +506,38 @@ def decode_tensors(data: bytes, source: Path) -> dict[str, torch.Tensor]:
 
 
 def read_tensor_table(path: Path) -> dict[str, dict[str, Any]]:
-    """Names, dtypes, shapes and byte sizes from a safetensors header, without reading data."""
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
+    """Names, dtypes, shapes and byte sizes from a safetensors header, without reading data.
+
+    The header length is checked against the file's size and a bound before it is read.
+
+    Raises:
+        CheckpointCorruptError: the header is malformed or implausible.
+    """
+    try:
+        handle, size = _open_regular(path, _MAX_MEMBER_BYTES[TENSORS])
+        with handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise CheckpointCorruptError(f"{path}: too short for a safetensors header")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
+                raise CheckpointCorruptError(f"{path}: header length {length} does not fit "
+                                             f"the file ({size} bytes)")
+            header = _load_json_bounded(handle.read(length), f"{path}: header")
+    except FileNotFoundError:
+        raise CheckpointCorruptError(f"{path} is missing") from None
+    except OSError as exc:
+        raise CheckpointCorruptError(f"{path} cannot be read ({exc})") from None
+    if not isinstance(header, dict):
+        raise CheckpointCorruptError(f"{path}: header is not an object")
     header.pop("__metadata__", None)
-    return {name: {"dtype": h["dtype"], "shape": h["shape"],
-                   "bytes": h["data_offsets"][1] - h["data_offsets"][0]}
-            for name, h in sorted(header.items())}
+    table = {}
+    for name, h in sorted(header.items()):
+        try:
+            start, end = h["data_offsets"]
+            table[name] = {"dtype": str(h["dtype"]), "shape": [int(n) for n in h["shape"]],
+                           "bytes": int(end) - int(start)}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointCorruptError(f"{path}: header entry {name!r} is malformed "
+                                         f"({exc!r})") from None
+    return table

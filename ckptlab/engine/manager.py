@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
-from .errors import CkptlabError
+from .errors import CheckpointNotFoundError, CkptlabError, RollbackRequiredError
 from .faults import fault_point
 from .format import (
+    ABANDONED_SUBDIR,
     BEST,
     DECISIONS,
     FORMAT_NAME,
@@ -43,9 +44,11 @@ from .format import (
     _nbytes,
     _sha256,
     checkpoint_dir_name,
+    checkpoint_step,
     library_versions,
     read_manifest,
     safetensors_chunks,
+    state_json,
 )
 from .lock import RunLock
 from .policies import (
@@ -65,6 +68,7 @@ from .reader import (
     newest_valid_checkpoint,
     read_decision_log,
     read_pointer,
+    read_pointer_record,
     restore_components,
     verify_checkpoint,
 )
@@ -157,6 +161,7 @@ class CheckpointManager:
         self.last_save_timings = SaveTimings()  # set by whichever thread wrote the last save
         self.last_blocking_seconds = 0.0  # how long the last save() / save_async() call held
         self._manifests: dict[str, dict[str, Any]] = {}  # cache: name -> manifest
+        self._unusable: set[str] = set()  # newer checkpoints found invalid by _refuse_branch
         self._history: list[tuple[int, dict[str, Any]]] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future[CheckpointInfo] | None = None
@@ -171,7 +176,13 @@ class CheckpointManager:
             except OSError as exc:
                 raise CheckpointWriteError(
                     f"cannot write to {self.directory}: {_describe_os_error(exc)}") from exc
-            self.remove_leftovers()
+            try:
+                self.remove_leftovers()
+                self._repair_pointers()  # a crash may have left `latest` one save behind
+            except OSError as exc:
+                self._lock.release()
+                raise CheckpointWriteError(
+                    f"cannot tidy {self.directory}: {_describe_os_error(exc)}") from exc
 
     # -- registration ---------------------------------------------------------------------
     def register(self, name: str, component: Stateful) -> None:
@@ -208,8 +219,10 @@ class CheckpointManager:
                     continue  # unreadable: neither counted nor chosen; verify reports it
                 self._manifests[path.name] = manifest
             size = sum(int(f["bytes"]) for f in manifest["files"].values())
+            created = manifest.get("created_unix")
             records.append(CheckpointRecord(path.name, int(manifest["step"]),
-                                            dict(manifest.get("metrics") or {}), size))
+                                            dict(manifest.get("metrics") or {}), size,
+                                            float(created) if created is not None else None))
         return records
 
     def latest_valid(self) -> CheckpointInfo:
@@ -257,6 +270,7 @@ class CheckpointManager:
         """
         self.wait()  # an earlier async save must land (or report its error) first
         t0 = time.perf_counter()
+        self._refuse_branch(step)
         snapshot = self._snapshot(step, metrics, config, extra, copy=False)
         info = self._write(snapshot)
         self.last_blocking_seconds = time.perf_counter() - t0
@@ -274,6 +288,7 @@ class CheckpointManager:
         """
         t0 = time.perf_counter()
         self.wait()
+        self._refuse_branch(step)
         snapshot = self._snapshot(step, metrics, config, extra, copy=True)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ckptlab-save")
@@ -330,7 +345,7 @@ class CheckpointManager:
         for name, component in self.components.items():
             subtree, part = split_state(component.state_dict(), name)
             # Encoded now: bytes cannot change if the component changes after this call.
-            json_parts[name] = _canonical_json(subtree)
+            json_parts[name] = state_json(subtree)
             if copy:
                 part = {k: t.clone() for k, t in part.items()}
             tensor_keys[name] = list(part)
@@ -440,14 +455,28 @@ class CheckpointManager:
     def _write_pointer(self, pointer: str, name: str, step: int) -> None:
         write_pointer(self.directory, pointer, name, step)
 
-    # -- retention and the decision log ---------------------------------------------------
+    # -- retention, pointers, rollback and the decision log ----------------------------------
+    # Invariant: in one directory a higher step is always a later save. A save below the
+    # highest valid step is refused (RollbackRequiredError) until rollback() has moved the
+    # newer ones aside, so "latest" is simply the highest step: retention and restore never
+    # depend on a pointer file, and the pointer files are repaired to match.
+
     def history(self) -> list[tuple[int, dict[str, Any]]]:
-        """``(step, metrics)`` of every save recorded in the decision log, deleted ones too."""
+        """``(step, metrics)`` of every save recorded in the decision log, deleted ones too
+        (saves abandoned by a rollback are forgotten)."""
         if self._history is None:
             latest_by_step: dict[int, dict[str, Any]] = {}
             for event in read_decision_log(self.directory):
-                if event.get("event") == "saved":
-                    latest_by_step[int(event["step"])] = dict(event.get("metrics") or {})
+                try:
+                    if event.get("event") == "saved":
+                        metrics = event.get("metrics")
+                        latest_by_step[int(event["step"])] = \
+                            dict(metrics) if isinstance(metrics, dict) else {}
+                    elif event.get("event") == "rolled_back":
+                        to = int(event["step"])
+                        latest_by_step = {s: m for s, m in latest_by_step.items() if s <= to}
+                except (KeyError, TypeError, ValueError):
+                    continue  # a damaged line: the log is a record, not a dependency
             self._history = sorted(latest_by_step.items())
         return self._history
 
@@ -465,24 +494,108 @@ class CheckpointManager:
         self._log([{"event": "saved", "checkpoint": name, "step": step,
                     "metrics": dict(metrics)}])
 
+    def _refuse_branch(self, step: int) -> None:
+        """Refuse to save ``step`` below a newer valid checkpoint of this directory.
+
+        Newer checkpoints that fail verification (the fallback case: the run resumed from
+        an older one because the newest was damaged) do not block the save.
+        """
+        for path in self.committed():
+            if checkpoint_step(path) <= step or path.name in self._unusable:
+                continue
+            try:
+                verify_checkpoint(path)
+            except CkptlabError:
+                self._unusable.add(path.name)
+                continue
+            raise RollbackRequiredError(
+                f"cannot save step {step} in {self.directory}: it holds {path.name}, a newer "
+                "valid checkpoint of this run, so the new save would branch off and 'latest' "
+                f"would become ambiguous. Call rollback({step}) to move the newer checkpoints "
+                f"aside into {ABANDONED_SUBDIR}/ (nothing is deleted), or save into another "
+                "directory")
+
+    def _best_rule(self) -> tuple[BestBy | None, dict[str, str]]:
+        """How `best` is chosen here: this manager's rule, else the metric the pointer records.
+
+        A pointer without a metric (written before pointers recorded it) is protected by name.
+        """
+        if self.best is not None:
+            return self.best, {}
+        record = read_pointer_record(self.directory, BEST)
+        if record is None:
+            return None, {}
+        metric, mode = record.get("metric"), record.get("mode")
+        if isinstance(metric, str) and metric and mode in ("min", "max"):
+            return BestBy(metric, mode), {}
+        return None, {record["checkpoint"]: "named by the best pointer (never deleted)"}
+
+    def _update_best_pointer(self, records: Sequence[CheckpointRecord]) -> None:
+        rule, _ = self._best_rule()
+        current = read_pointer_record(self.directory, BEST)
+        names = {r.name for r in records}
+        pick = rule.pick(records) if rule is not None else None
+        if pick is not None:
+            wanted = {"checkpoint": pick.name, "step": pick.step, "metric": rule.metric,
+                      "mode": rule.mode}
+            if current is None or any(current.get(k) != v for k, v in wanted.items()):
+                write_pointer(self.directory, BEST, pick.name, pick.step, metric=rule.metric,
+                              mode=rule.mode)
+        elif (self.directory / BEST).exists() and (current is None
+                                                   or current["checkpoint"] not in names):
+            (self.directory / BEST).unlink()  # never name a checkpoint that is gone
+
+    def _repair_latest(self) -> None:
+        """Point `latest` at the newest checkpoint that verifies, if it does not already.
+
+        Only checkpoints newer than the pointer's target are verified (none, normally).
+        """
+        committed = self.committed()
+        pointer = self.latest_pointer()
+        if not committed:
+            if (self.directory / LATEST).exists():
+                (self.directory / LATEST).unlink()
+            return
+        if pointer == committed[-1].name:
+            return
+        for path in reversed(committed):
+            if path.name == pointer:
+                return  # everything newer is unusable: the pointer is right
+            try:
+                info = verify_checkpoint(path)
+            except CkptlabError:
+                continue
+            write_pointer(self.directory, LATEST, path.name, info.step)
+            self._log([{"event": "pointer_repaired", "pointer": LATEST,
+                        "checkpoint": path.name, "was": pointer}])
+            return
+
+    def _repair_pointers(self) -> None:
+        if not self.directory.is_dir():
+            return
+        self._repair_latest()
+        self._update_best_pointer(self.records())
+
     def plan_retention(self) -> list[Decision]:
         """What retention would decide now, without deleting anything (``prune --dry-run``)."""
-        return decide_retention(self.records(), self.retention, best=self.best,
-                                budget=self.budget, history=self.history(),
-                                latest=self.latest_pointer())
+        rule, protect = self._best_rule()
+        return decide_retention(self.records(), self.retention, best=rule,
+                                budget=self.budget, history=self.history(), protect=protect)
 
     def _apply_retention(self, latest: str | None = None) -> list[Decision]:
         records = self.records()
-        decisions = decide_retention(records, self.retention, best=self.best,
-                                     budget=self.budget, history=self.history(),
-                                     latest=latest or self.latest_pointer())
-        best = self.best.pick(records) if self.best is not None else None
-        if best is not None and self.best_pointer() != best.name:
-            self._write_pointer(BEST, best.name, best.step)
+        rule, protect = self._best_rule()
+        decisions = decide_retention(records, self.retention, best=rule, budget=self.budget,
+                                     history=self.history(), latest=latest, protect=protect)
+        self._update_best_pointer(records)  # the best is protected, so it survives
         if self.retention or self.budget is not None:
+            # After a save only what changed is logged (deletions, and why the new one is
+            # kept), so the log grows by a few lines per save, not by every survivor.
+            shown = decisions if latest is None else \
+                [d for d in decisions if not d.keep or d.name == latest]
             self._log({"event": "retention", "checkpoint": d.name, "step": d.step,
                        "action": "keep" if d.keep else "delete", "reasons": list(d.reasons)}
-                      for d in decisions)
+                      for d in shown)
         doomed = [d.name for d in decisions if not d.keep]
         for name in doomed:
             self._manifests.pop(name, None)
@@ -491,10 +604,72 @@ class CheckpointManager:
 
     def prune(self) -> list[Decision]:
         """Apply retention now (the manager must be writable); returns the decisions."""
+        self._writable()
+        self._repair_latest()
+        return self._apply_retention()
+
+    def delete(self, step: int) -> None:
+        """Delete the checkpoint at ``step`` now, and move the pointers if they named it.
+
+        Raises:
+            CheckpointNotFoundError: there is no checkpoint at ``step``.
+        """
+        self._writable()
+        name = checkpoint_dir_name(step)
+        if name not in {p.name for p in self.committed()}:
+            raise CheckpointNotFoundError(f"{self.directory} has no checkpoint at step {step}")
+        self._manifests.pop(name, None)
+        self._unusable.discard(name)
+        delete_checkpoints(self.directory, [name])
+        self._log([{"event": "deleted", "checkpoint": name, "step": step,
+                    "reasons": ["requested (CheckpointManager.delete)"]}])
+        self._repair_pointers()
+
+    def rollback(self, step: int, *, reason: str = "requested") -> list[Path]:
+        """Make the checkpoint at ``step`` the latest again, so the run continues from it.
+
+        Every newer checkpoint is moved (not deleted) into
+        ``abandoned/<time>-after-step_NNNNNNNN/`` beside the checkpoints, the move is logged
+        in ``decisions.jsonl``, and ``latest`` and ``best`` are pointed at what remains.
+        Returns the new paths of the moved checkpoints (empty when nothing is newer).
+
+        Raises:
+            CheckpointNotFoundError: there is no checkpoint at ``step``.
+        """
+        self._writable()
+        target = self.directory / checkpoint_dir_name(step)
+        committed = self.committed()
+        if target not in committed:
+            raise CheckpointNotFoundError(f"{self.directory} has no checkpoint at step {step} "
+                                          "to roll back to")
+        newer = [p for p in committed if checkpoint_step(p) > step]
+        if not newer:
+            return []
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.directory / ABANDONED_SUBDIR / f"{stamp}-after-{target.name}"
+        if aside.exists():
+            aside = aside.with_name(f"{aside.name}-{uuid.uuid4().hex[:6]}")
+        aside.mkdir(parents=True)
+        moved = []
+        for path in newer:
+            os.replace(path, aside / path.name)
+            self._manifests.pop(path.name, None)
+            self._unusable.discard(path.name)
+            moved.append(aside / path.name)
+        _fsync_dir(aside)
+        _fsync_dir(self.directory)
+        self._log([{"event": "rolled_back", "checkpoint": target.name, "step": step,
+                    "moved": [p.name for p in newer],
+                    "moved_to": str(aside.relative_to(self.directory)), "reason": reason}])
+        self._history = None  # re-read without the abandoned saves
+        self._repair_pointers()
+        return moved
+
+    def _writable(self) -> None:
         if not self.create:
             raise CkptlabError(f"{self.directory} was opened read-only")
+        self.wait()
         self._lock.acquire()
-        return self._apply_retention()
 
     def remove_leftovers(self) -> list[Path]:
         """Delete temporary and trash entries left by crashed saves or deletions.

@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from .reader import (
@@ -33,6 +34,7 @@ from .reader import (
     restore_components,
 )
 from .errors import CheckpointNotFoundError, CkptlabError, IncompatibleCheckpointError
+from .writer import CheckpointWriteError, _describe_os_error, _fsync_dir
 
 
 @dataclass
@@ -126,6 +128,35 @@ def load_parameters(checkpoint: str | os.PathLike[str], module: nn.Module, *,
 ExportWhat = Literal["weights", "metadata", "both"]
 
 
+def _publish(out: Path, name: str, data: bytes) -> Path:
+    """Write ``out/name`` all at once or not at all, never replacing an existing file.
+
+    The bytes go to a temporary file first (fsynced), which is then hard-linked to its name
+    (linking fails if the name exists, so nothing is overwritten even by a racing writer); a
+    kill at any moment leaves either no file or the whole file, never a torn or empty one.
+    """
+    final = out / name
+    temp = out / f".tmp-export-{uuid.uuid4().hex[:8]}-{name}"
+    try:
+        with open(temp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temp, final)
+        except FileExistsError:
+            raise CkptlabError(f"{final} appeared while exporting; nothing was overwritten") \
+                from None
+        except OSError:  # a filesystem without hard links: check, then rename
+            if final.exists():
+                raise CkptlabError(f"{final} already exists; nothing was overwritten") from None
+            os.replace(temp, final)
+        _fsync_dir(out)
+    finally:
+        temp.unlink(missing_ok=True)
+    return final
+
+
 def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
                       source: str, what: ExportWhat = "both") -> list[Path]:
     """Export ``source`` tensors as ``weights.safetensors`` and/or ``metadata.json``.
@@ -136,7 +167,11 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
         model.load_state_dict(load_file("weights.safetensors"))
 
     works in any PyTorch program. Its safetensors metadata names the source checkpoint. Existing
-    files are never overwritten.
+    files are never overwritten, and each file appears whole or not at all (a kill mid-export
+    leaves no empty or torn file behind).
+
+    Raises:
+        CheckpointWriteError: the output place cannot be written (read-only, full).
     """
     if what not in ("weights", "metadata", "both"):
         raise CkptlabError(f"what must be weights, metadata or both (got {what!r})")
@@ -158,21 +193,27 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
         tensors = {k: v.contiguous() for k, v in subtree.items() if isinstance(v, torch.Tensor)}
         if not tensors:
             raise CheckpointNotFoundError(f"'{source}' in {info.path} holds no tensors")
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
     source_meta = {"source_checkpoint": str(info.path.resolve()), "source_step": str(info.step),
                    "source_manifest_sha256": str(info.manifest.get("manifest_sha256")),
                    "source_tensors": source}
+    files: dict[str, bytes] = {}
     if tensors:
-        save_file(tensors, out / "weights.safetensors",
-                  metadata={"format": "ckptlab-export", **source_meta})
-        written.append(out / "weights.safetensors")
+        files["weights.safetensors"] = save(tensors,
+                                            metadata={"format": "ckptlab-export", **source_meta})
     if what in ("metadata", "both"):
         # Everything the manifest says about the state (whatever fields its writer added),
         # but not its file table and self-hash, which describe the checkpoint's own files.
         described = {k: v for k, v in info.manifest.items()
                      if k not in ("format", "format_version", "files", "manifest_sha256")}
         meta = {"format": "ckptlab-export", **source_meta, **described}
-        (out / "metadata.json").write_text(json.dumps(meta, indent=1), "utf-8")
-        written.append(out / "metadata.json")
+        files["metadata.json"] = json.dumps(meta, indent=1).encode("utf-8")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for leftover in out.glob(".tmp-export-*"):  # of a killed export: ours to remove
+            leftover.unlink(missing_ok=True)
+        written = [_publish(out, name, data) for name, data in files.items()]
+    except OSError as exc:
+        raise CheckpointWriteError(f"cannot write the export to {out}: "
+                                   f"{_describe_os_error(exc)}; nothing was overwritten") \
+            from None
     return written

@@ -30,6 +30,28 @@ def _check_mode(mode: str) -> None:
         raise CkptlabError(f"mode must be 'min' or 'max' (got {mode!r})")
 
 
+# Arguments are checked when a policy is built, so a bad one fails at once with its name,
+# never mid-training (``EveryNEpisodes(0)`` used to divide by zero thousands of steps in).
+
+def _check_int(owner: str, name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise CkptlabError(f"{owner} needs {name} to be a whole number >= {minimum} "
+                           f"(got {value!r})")
+
+
+def _check_number(owner: str, name: str, value: Any, *, positive: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise CkptlabError(f"{owner} needs {name} to be a finite number "
+                           f"{'> 0' if positive else '>= 0'} (got {value!r})")
+
+
+def _check_name(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise CkptlabError(f"{owner} needs {name} to be a non-empty string (got {value!r})")
+
+
 def _better(a: float, b: float | None, mode: Mode, min_delta: float = 0.0) -> bool:
     if b is None:
         return True
@@ -99,7 +121,10 @@ class _Stateless:
 class EveryNSteps(_Stateless):
     """Save when the step count is a multiple of ``n``."""
 
-    n: int
+    n: int  # 0: never (only other policies, such as Final(), save)
+
+    def __post_init__(self) -> None:
+        _check_int("EveryNSteps", "n", self.n, 0)
 
     def reasons(self, ctx: SaveContext) -> list[str]:
         return [f"every {self.n} steps"] if self.n and ctx.step and ctx.step % self.n == 0 else []
@@ -116,6 +141,11 @@ class EveryNCounts(_Stateless):
     n: int
     counter: str
     event: str
+
+    def __post_init__(self) -> None:
+        _check_int(type(self).__name__, "n", self.n, 1)
+        _check_name(type(self).__name__, "counter", self.counter)
+        _check_name(type(self).__name__, "event", self.event)
 
     def reasons(self, ctx: SaveContext) -> list[str]:
         if self.event not in ctx.events:
@@ -134,6 +164,9 @@ class EveryTSeconds:
 
     seconds: float
     _last: float | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_number("EveryTSeconds", "seconds", self.seconds, positive=True)
 
     def reasons(self, ctx: SaveContext) -> list[str]:
         if self._last is None:
@@ -179,7 +212,9 @@ class OnImprovement:
     best: float | None = field(default=None, repr=False)  # the best value so far
 
     def __post_init__(self) -> None:
+        _check_name("OnImprovement", "metric", self.metric)
         _check_mode(self.mode)
+        _check_number("OnImprovement", "min_delta", self.min_delta, positive=False)
 
     def reasons(self, ctx: SaveContext) -> list[str]:
         value = ctx.metrics.get(self.metric)
@@ -205,6 +240,10 @@ class AnyOf:
     """Save when any of ``policies`` asks to; all reasons are reported."""
 
     def __init__(self, *policies: SavePolicy) -> None:
+        for policy in policies:
+            if not callable(getattr(policy, "reasons", None)):
+                raise CkptlabError(f"AnyOf takes save policies (objects with reasons()); got "
+                                   f"{policy!r}")
         self.policies = list(policies)
 
     def reasons(self, ctx: SaveContext) -> list[str]:
@@ -243,6 +282,7 @@ class AnyOf:
 def Hybrid(metric: str, every_steps: int, mode: Mode = "max",  # noqa: N802 - a constructor
            min_delta: float = 0.0) -> AnyOf:
     """Save when ``metric`` improves OR every ``every_steps`` steps."""
+    _check_int("Hybrid", "every_steps", every_steps, 1)
     return AnyOf(OnImprovement(metric, mode, min_delta), EveryNSteps(every_steps))
 
 
@@ -258,6 +298,7 @@ class CheckpointRecord:
     step: int
     metrics: Mapping[str, Any]
     size_bytes: int
+    created: float | None = None  # wall-clock seconds (Unix time) the save was written
 
 
 @dataclass(frozen=True)
@@ -285,8 +326,7 @@ class KeepLastN:
     n: int
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise CkptlabError(f"KeepLastN needs n >= 1 (got {self.n})")
+        _check_int("KeepLastN", "n", self.n, 1)
 
     def review(self, checkpoints: Sequence[CheckpointRecord],
                history: SaveHistory) -> dict[str, Vote]:
@@ -303,8 +343,7 @@ class KeepEveryKSteps:
     k: int
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise CkptlabError(f"KeepEveryKSteps needs k >= 1 (got {self.k})")
+        _check_int("KeepEveryKSteps", "k", self.k, 1)
 
     def review(self, checkpoints: Sequence[CheckpointRecord],
                history: SaveHistory) -> dict[str, Vote]:
@@ -340,10 +379,10 @@ class KeepTopK:
     smooth: int = 1
 
     def __post_init__(self) -> None:
+        _check_name("KeepTopK", "metric", self.metric)
         _check_mode(self.mode)
-        if self.k < 1 or self.smooth < 1:
-            raise CkptlabError(f"KeepTopK needs k >= 1 and smooth >= 1 (got {self.k}, "
-                               f"{self.smooth})")
+        _check_int("KeepTopK", "k", self.k, 1)
+        _check_int("KeepTopK", "smooth", self.smooth, 1)
 
     def score(self, record: CheckpointRecord, history: SaveHistory) -> float | None:
         """The value ranked: the checkpoint's own metric, or its smoothed version; ``None``
@@ -376,6 +415,38 @@ class KeepTopK:
 
 
 @dataclass(frozen=True)
+class KeepEveryTSeconds:
+    """Keep one checkpoint per ``seconds`` of wall time (Orbax's ``keep_time_interval``).
+
+    Walking from the oldest, a checkpoint is kept when it was written at least ``seconds``
+    after the last one kept this way, so a long run keeps a thinned-out history (one per
+    hour, say) however often it saves. Checkpoints whose manifest records no time are not
+    kept by this policy. Decisions for older checkpoints never change as newer ones arrive.
+    """
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        _check_number("KeepEveryTSeconds", "seconds", self.seconds, positive=True)
+
+    def review(self, checkpoints: Sequence[CheckpointRecord],
+               history: SaveHistory) -> dict[str, Vote]:
+        votes: dict[str, Vote] = {}
+        last_kept: float | None = None
+        for c in sorted(checkpoints, key=lambda c: c.step):
+            if c.created is None:
+                votes[c.name] = Vote(False, "no save time recorded")
+            elif last_kept is None or c.created - last_kept >= self.seconds:
+                votes[c.name] = Vote(True, f"first checkpoint {self.seconds:g} s of wall time "
+                                           "after the previous one kept by time")
+                last_kept = c.created
+            else:
+                votes[c.name] = Vote(False, f"within {self.seconds:g} s of wall time of a "
+                                            "checkpoint kept by time")
+        return votes
+
+
+@dataclass(frozen=True)
 class DiskBudget:
     """Delete the oldest unprotected checkpoints until all together use at most ``max_bytes``.
 
@@ -386,8 +457,7 @@ class DiskBudget:
     max_bytes: int
 
     def __post_init__(self) -> None:
-        if self.max_bytes < 0:
-            raise CkptlabError(f"DiskBudget needs max_bytes >= 0 (got {self.max_bytes})")
+        _check_int("DiskBudget", "max_bytes", self.max_bytes, 0)
 
 
 @dataclass(frozen=True)
@@ -398,6 +468,7 @@ class BestBy:
     mode: Mode = "max"
 
     def __post_init__(self) -> None:
+        _check_name("BestBy", "metric", self.metric)
         _check_mode(self.mode)
 
     def pick(self, checkpoints: Sequence[CheckpointRecord]) -> CheckpointRecord | None:
@@ -425,21 +496,30 @@ class Decision:
 def decide_retention(checkpoints: Sequence[CheckpointRecord],
                      policies: Sequence[RetentionPolicy], *, best: BestBy | None = None,
                      budget: DiskBudget | None = None, history: SaveHistory = (),
-                     latest: str | None = None) -> list[Decision]:
+                     latest: str | None = None,
+                     protect: Mapping[str, str] | None = None) -> list[Decision]:
     """Apply retention to ``checkpoints`` and return one decision per checkpoint (by step).
 
     Rules, in order: a checkpoint is kept if any policy keeps it (all are kept when there is no
     policy); the latest and the best are always kept; the disk budget then deletes the oldest
-    unprotected survivors until the total fits. ``latest`` names the checkpoint just written
-    (it may have a lower step than an older, unusable one after a fallback); by default the
-    highest step is the latest.
+    unprotected survivors until the total fits.
+
+    The highest step is always protected as the latest: no pointer file is trusted for it (a
+    crash between a commit and the pointer update leaves ``latest`` naming an older one).
+    ``latest`` additionally protects the checkpoint just written, which has a lower step than
+    an older, unusable one after a fallback. ``protect`` maps further names to keep to the
+    reason (a ``best`` pointer whose metric this call does not know).
     """
     if not checkpoints:
         return []
     ordered = sorted(checkpoints, key=lambda c: c.step)
-    latest_record = next((c for c in ordered if c.name == latest), ordered[-1])
     best_record = best.pick(ordered) if best is not None else None
-    protected = {latest_record.name: "latest (never deleted)"}
+    protected = {ordered[-1].name: "latest (never deleted)"}
+    if latest is not None and any(c.name == latest for c in ordered):
+        protected[latest] = "latest (never deleted)"
+    for name, why in (protect or {}).items():
+        if any(c.name == name for c in ordered):
+            protected[name] = "; ".join(filter(None, [protected.get(name, ""), why]))
     if best_record is not None:
         protected.setdefault(best_record.name, "")
         protected[best_record.name] = "; ".join(filter(None, [

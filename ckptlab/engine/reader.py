@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import CheckpointCorruptError, CheckpointNotFoundError, ForeignFileError
+from .errors import (
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    CkptlabError,
+    ForeignFileError,
+    IncompatibleCheckpointError,
+)
 from .format import (
     CHECKPOINTS_SUBDIR,
     DECISIONS,
@@ -33,6 +39,8 @@ from .format import (
     checkpoint_step,
     decode_tensors,
     describe_foreign_file,
+    open_member,
+    parse_state_json,
     read_manifest,
 )
 from .serialization import join_state
@@ -58,10 +66,9 @@ def _read_verified(checkpoint: Path, manifest: Mapping[str, Any], name: str) -> 
         raise CheckpointCorruptError(f"{checkpoint}: manifest does not list {name}")
     path = checkpoint / name
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointCorruptError(f"{path} is missing") from None
-    except OSError as exc:  # a directory in its place, unreadable media, permissions
+        with open_member(checkpoint, name, entry["bytes"]) as handle:
+            data = handle.read(entry["bytes"] + 1)
+    except OSError as exc:  # unreadable media while reading
         raise CheckpointCorruptError(f"{path} cannot be read ({exc})") from None
     if len(data) != entry["bytes"]:
         raise CheckpointCorruptError(
@@ -107,9 +114,13 @@ def verify_checkpoint(checkpoint: str | os.PathLike[str]) -> CheckpointInfo:
     Returns the checkpoint's :class:`CheckpointInfo` when everything matches.
 
     Raises:
-        CheckpointCorruptError, ForeignFileError, UnsupportedFormatError: what is wrong.
+        CheckpointNotFoundError: nothing exists at ``checkpoint``.
+        CheckpointCorruptError, ForeignFileError, UnsupportedFormatError: what is wrong
+            (an unreadable file, permissions included, counts as corrupt, so callers fall
+            back past it).
     """
     path = Path(checkpoint)
+    _require_exists(path)
     manifest = read_manifest(path)
     for name in manifest.get("files", {}):
         _read_verified(path, manifest, name)
@@ -128,8 +139,9 @@ def load_checkpoint_state(checkpoint: str | os.PathLike[str],
         keys: component names to decode; ``None`` decodes all of them.
     """
     path = Path(checkpoint)
+    _require_exists(path)
     manifest = read_manifest(path)
-    tree = json.loads(_read_verified(path, manifest, STATE).decode("utf-8"))
+    tree = parse_state_json(_read_verified(path, manifest, STATE), path / STATE)
     tensors = decode_tensors(_read_verified(path, manifest, TENSORS), path / TENSORS)
     wanted = list(tree) if keys is None else list(keys)
     missing = [k for k in wanted if k not in tree]
@@ -139,9 +151,21 @@ def load_checkpoint_state(checkpoint: str | os.PathLike[str],
             f"{', '.join(sorted(tree)) or 'nothing'}")
     try:
         states = {name: join_state(tree[name], tensors) for name in wanted}
-    except (KeyError, ValueError) as exc:
-        raise CheckpointCorruptError(f"{path}: state.json and tensors disagree ({exc})") from None
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
+        raise CheckpointCorruptError(f"{path}: state.json and tensors disagree ({exc!r})") \
+            from None
     return CheckpointInfo(path, manifest), states
+
+
+def _require_exists(path: Path) -> None:
+    """Say "not found", not "corrupt", when nothing is at ``path``."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{path} does not exist; check the path (a checkpoint "
+                                      "directory is expected)") from None
+    except OSError:
+        pass  # unreadable parent and the like: read_manifest reports it as unusable
 
 
 def restore_components(components: Mapping[str, Stateful], states: Mapping[str, Any],
@@ -158,7 +182,15 @@ def restore_components(components: Mapping[str, Stateful], states: Mapping[str, 
             f"{', '.join(sorted(states)) or 'nothing'}); it was written by a different program "
             "or with different components registered")
     for name, component in components.items():
-        component.load_state_dict(states[name])
+        try:
+            component.load_state_dict(states[name])
+        except CkptlabError:
+            raise
+        except Exception as exc:  # the component's own check refused the state
+            raise IncompatibleCheckpointError(
+                f"{source}: component {name!r} ({type(component).__name__}) refused the "
+                f"state in the checkpoint: {exc!r}. The checkpoint verified, so it was "
+                "written for a different version or shape of this component") from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,6 +208,14 @@ def resolve_location(location: str | os.PathLike[str]) -> tuple[Path, Path | Non
         ForeignFileError: it is a file in another format (for example a pickled ``.pt``).
     """
     path = Path(location)
+    try:
+        return _resolve(path)
+    except OSError as exc:  # an unreadable directory on the way
+        raise CheckpointNotFoundError(f"{path} cannot be read ({exc}); check the path and "
+                                      "its permissions") from None
+
+
+def _resolve(path: Path) -> tuple[Path, Path | None]:
     if not path.exists():
         raise CheckpointNotFoundError(f"{path} does not exist; check the path (a run directory "
                                       "or a checkpoint directory is expected)")
@@ -212,19 +252,24 @@ def latest_valid_checkpoint(location: str | os.PathLike[str]) -> CheckpointInfo:
 
 
 def read_decision_log(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every event in ``directory/decisions.jsonl``; a line torn by a crash is skipped."""
+    """Every event in ``directory/decisions.jsonl``.
+
+    The log is a record for people, never needed to load anything: a line torn by a crash,
+    or damaged (not UTF-8, not JSON, not an object), is skipped; an unreadable log reads as
+    empty.
+    """
     path = Path(directory) / DECISIONS
     events = []
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             for line in f:
                 try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
+                    event = json.loads(line.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError, RecursionError):
                     continue
                 if isinstance(event, dict):
                     events.append(event)
-    except FileNotFoundError:
+    except OSError:
         pass
     return events
 
@@ -234,12 +279,23 @@ def committed_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
 
     Temporary directories of unfinished saves are never listed: a save is invisible until its
     directory is renamed into place.
+
+    A symbolic link named like a checkpoint is not listed: saves never create one, and
+    following it would let retention delete, or a reader load, something outside the run.
+
+    Raises:
+        CheckpointNotFoundError: ``directory`` exists but cannot be listed (permissions).
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [(checkpoint_step(p), p) for p in directory.iterdir()
-             if _STEP_DIR.match(p.name) and p.is_dir()]
+    try:
+        if not directory.is_dir():
+            return []
+        found = [(checkpoint_step(entry.path), Path(entry.path))
+                 for entry in os.scandir(directory)
+                 if _STEP_DIR.match(entry.name) and entry.is_dir(follow_symlinks=False)]
+    except OSError as exc:
+        raise CheckpointNotFoundError(f"{directory} cannot be listed ({exc}); check its "
+                                      "permissions") from None
     return [p for _, p in sorted(found)]
 
 
@@ -274,8 +330,20 @@ def newest_valid_checkpoint(directory: str | os.PathLike[str]) -> CheckpointInfo
 
 def read_pointer(directory: str | os.PathLike[str], name: str) -> str | None:
     """The checkpoint name a pointer file (``latest``, ``best``) holds, or ``None``."""
+    record = read_pointer_record(directory, name)
+    return record["checkpoint"] if record is not None else None
+
+
+def read_pointer_record(directory: str | os.PathLike[str], name: str) -> dict[str, Any] | None:
+    """The whole pointer file (``checkpoint``, ``step``; ``best`` also records ``metric`` and
+    ``mode``), or ``None`` when it is missing or damaged. A pointer naming anything but a
+    checkpoint directory name (a path, ``..``) counts as damaged."""
     try:
-        data = json.loads((Path(directory) / name).read_text("utf-8"))
-        return str(data["checkpoint"])
-    except (OSError, ValueError, KeyError, TypeError):
+        with open(Path(directory) / name, "rb") as f:
+            data = json.loads(f.read(65536).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+    if not isinstance(data, dict) or not isinstance(data.get("checkpoint"), str) \
+            or not _STEP_DIR.match(data["checkpoint"]):
+        return None
+    return data

@@ -17,11 +17,15 @@ Introduced in notebook ``01_pipeline_trace`` (what the files of a checkpoint con
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
+
+from .errors import UnsupportedValueError
+from .format import storable_dtype
 
 # Markers used inside the JSON tree. A user dict whose keys start with "__" is stored in the
 # key/value-pair form, so a marker can never be confused with user data.
@@ -30,6 +34,9 @@ _NDARRAY = "__ndarray__"
 _TUPLE = "__tuple__"
 _PAIRS = "__pairs__"
 _FLOAT = "__float__"
+_ODICT = "__odict__"          # an OrderedDict, as key/value pairs (order and type kept)
+_NDARRAY_BE = "__ndarray_be__"  # a big-endian numpy array, stored little-endian
+MARKERS = frozenset({_TENSOR, _NDARRAY, _TUPLE, _PAIRS, _FLOAT, _ODICT, _NDARRAY_BE})
 
 _JSON_SCALARS = (str, bool, int, type(None))
 
@@ -42,18 +49,34 @@ def split_state(state: Any, prefix: str) -> tuple[Any, dict[str, torch.Tensor]]:
         prefix: the component name; tensor keys are ``prefix/path/to/leaf``.
 
     Raises:
-        TypeError: a leaf has a type that cannot be stored without pickle; the message names
-            the path of the offending value.
+        UnsupportedValueError: a leaf has a type or dtype that cannot be stored without
+            pickle; the message names the path of the offending value. Raised here, on the
+            caller's thread, so an async save fails at the call, not later.
     """
     tensors: dict[str, torch.Tensor] = {}
 
     def encode(value: Any, path: str) -> Any:
         if isinstance(value, torch.Tensor):
+            if not storable_dtype(value.dtype):
+                raise UnsupportedValueError(
+                    f"cannot checkpoint a {value.dtype} tensor at '{path}': safetensors has no "
+                    "such dtype; convert it (for example to float32) in state_dict()")
             return {_TENSOR: _add(path, value.detach().to("cpu").contiguous())}
         if isinstance(value, np.ndarray):
-            if value.dtype == object:
-                raise TypeError(f"cannot checkpoint an object-dtype numpy array at '{path}'")
-            return {_NDARRAY: _add(path, torch.from_numpy(np.ascontiguousarray(value)))}
+            marker = _NDARRAY
+            if value.dtype.byteorder == ">":  # stored little-endian, flagged to come back as is
+                value, marker = value.astype(value.dtype.newbyteorder("<")), _NDARRAY_BE
+            try:
+                tensor = torch.from_numpy(value if value.flags.c_contiguous
+                                          else value.copy(order="C"))  # keeps 0-d arrays 0-d
+            except TypeError:
+                tensor = None
+            if tensor is None or not storable_dtype(tensor.dtype):
+                raise UnsupportedValueError(
+                    f"cannot checkpoint a numpy array of dtype {value.dtype} at '{path}': only "
+                    "bool, integer, float16/32/64 and complex64 arrays can be stored without "
+                    "pickle; convert it in state_dict()")
+            return {marker: _add(path, tensor)}
         if isinstance(value, np.generic):  # numpy scalar: store as the equivalent Python value
             return encode(value.item(), path)
         if isinstance(value, float):
@@ -64,26 +87,33 @@ def split_state(state: Any, prefix: str) -> tuple[Any, dict[str, torch.Tensor]]:
             return {_TUPLE: [encode(v, f"{path}/{i}") for i, v in enumerate(value)]}
         if isinstance(value, list):
             return [encode(v, f"{path}/{i}") for i, v in enumerate(value)]
+        if isinstance(value, OrderedDict):  # type and order both come back
+            return {_ODICT: _pairs(value, path)}
         if isinstance(value, Mapping):
             plain = all(isinstance(k, str) and not k.startswith("__") for k in value)
             if plain:
                 return {k: encode(v, f"{path}/{k}") for k, v in value.items()}
-            pairs = []
-            for k, v in value.items():
-                if not isinstance(k, (str, int, bool, type(None))):
-                    raise TypeError(f"cannot checkpoint dict key {k!r} of type "
-                                    f"{type(k).__name__} at '{path}'")
-                pairs.append([k, encode(v, f"{path}/{k}")])
-            return {_PAIRS: pairs}
-        raise TypeError(
+            return {_PAIRS: _pairs(value, path)}
+        raise UnsupportedValueError(
             f"cannot checkpoint a value of type {type(value).__name__} at '{path}': "
             "state_dict() may only contain tensors, numpy arrays, numbers, strings, booleans, "
             "None, lists, tuples and dicts"
         )
 
+    def _pairs(value: Mapping[Any, Any], path: str) -> list[list[Any]]:
+        pairs = []
+        for k, v in value.items():
+            if isinstance(k, np.generic):
+                k = k.item()
+            if not isinstance(k, (str, int, bool, type(None))):
+                raise UnsupportedValueError(f"cannot checkpoint dict key {k!r} of type "
+                                            f"{type(k).__name__} at '{path}'")
+            pairs.append([k, encode(v, f"{path}/{k}")])
+        return pairs
+
     def _add(path: str, tensor: torch.Tensor) -> str:
         if path in tensors:
-            raise TypeError(f"two values map to the same tensor key '{path}'")
+            raise UnsupportedValueError(f"two values map to the same tensor key '{path}'")
         tensors[path] = tensor
         return path
 
@@ -96,6 +126,7 @@ def join_state(tree: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     Raises:
         KeyError: the tree references a tensor that ``tensors`` does not contain.
         ValueError: the tree contains a marker this version does not know.
+        TypeError: a tensor cannot become the numpy array the tree asks for.
     """
     if isinstance(tree, list):
         return [join_state(v, tensors) for v in tree]
@@ -107,6 +138,11 @@ def join_state(tree: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
             return tensors[payload]
         if marker == _NDARRAY:
             return tensors[payload].numpy()
+        if marker == _NDARRAY_BE:
+            array = tensors[payload].numpy()
+            return array.astype(array.dtype.newbyteorder(">"))
+        if marker == _ODICT:
+            return OrderedDict((k, join_state(v, tensors)) for k, v in payload)
         if marker == _TUPLE:
             return tuple(join_state(v, tensors) for v in payload)
         if marker == _PAIRS:
@@ -127,9 +163,9 @@ def referenced_tensor_keys(tree: Any) -> list[str]:
             for v in node:
                 walk(v)
         elif isinstance(node, dict):
-            if len(node) == 1 and next(iter(node)) in (_TENSOR, _NDARRAY):
+            if len(node) == 1 and next(iter(node)) in (_TENSOR, _NDARRAY, _NDARRAY_BE):
                 keys.append(next(iter(node.values())))
-            elif len(node) == 1 and next(iter(node)) == _PAIRS:
+            elif len(node) == 1 and next(iter(node)) in (_PAIRS, _ODICT):
                 for _, v in next(iter(node.values())):
                     walk(v)
             else:

@@ -16,6 +16,7 @@ import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import CkptlabError
 from .format import _REPLACED_PREFIX, _TEMP_PREFIX, _TRASH_PREFIX, _canonical_json
@@ -114,10 +115,16 @@ def commit_directory(directory: Path, temp: Path, final: Path, sync: bool = True
             _fsync_dir(directory)
 
 
-def write_pointer(directory: Path, pointer: str, name: str, step: int) -> None:
-    """Atomically point ``directory/pointer`` (``latest``, ``best``) at checkpoint ``name``."""
+def write_pointer(directory: Path, pointer: str, name: str, step: int,
+                  **fields: Any) -> None:
+    """Atomically point ``directory/pointer`` (``latest``, ``best``) at checkpoint ``name``.
+
+    ``fields`` are recorded too (``best`` records its ``metric`` and ``mode``, so whoever
+    reopens the directory ranks by the run's own metric).
+    """
     temp = directory / f"{_TEMP_PREFIX}{pointer}-{uuid.uuid4().hex[:8]}"
-    _write_durable(temp, _canonical_json({"checkpoint": name, "step": step}, readable=True))
+    _write_durable(temp, _canonical_json({"checkpoint": name, "step": step, **fields},
+                                         readable=True))
     os.replace(temp, directory / pointer)
     _fsync_dir(directory)
 
@@ -128,9 +135,17 @@ def delete_checkpoints(directory: Path, names: Sequence[str]) -> None:
     for name in names:
         trash = directory / f"{_TRASH_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
         os.replace(directory / name, trash)
-        shutil.rmtree(trash)
+        _remove_entry(trash)
     if names:
         _fsync_dir(directory)
+
+
+def _remove_entry(path: Path) -> None:
+    # A symlink is unlinked, never followed: what it points to is not ours to delete.
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+    else:
+        shutil.rmtree(path)
 
 
 def remove_leftovers(directory: Path) -> list[Path]:
@@ -146,9 +161,6 @@ def remove_leftovers(directory: Path) -> list[Path]:
                 os.replace(path, original)
                 continue
         if path.name.startswith((_TEMP_PREFIX, _TRASH_PREFIX, _REPLACED_PREFIX)):
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+            _remove_entry(path)
             removed.append(path)
     return removed

@@ -28,14 +28,18 @@ def live_output(view) -> str:
 
 
 def wait_for_change(view, before: str, what: str, timeout_s: float = 90) -> str:
-    """Wait until the live output differs from ``before`` and shows a picture or a table."""
+    """Wait until the live output differs from ``before``, shows a picture or a table, and
+    has stopped changing (a redraw replaces the output piece by piece)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         now = live_output(view)
         if now != before and ("<img" in now or "<table" in now) \
                 and "running" not in view.inner_text():
-            assert "ckptlab-error" not in now, f"{what}: {view.inner_text()[-600:]}"
-            return now
+            time.sleep(1.0)
+            if live_output(view) == now:
+                assert "ckptlab-error" not in now, f"{what}: {view.inner_text()[-600:]}"
+                return now
+            continue
         time.sleep(0.3)
     raise AssertionError(f"{what}: the output did not change within {timeout_s:.0f} s; "
                          f"the view shows: {view.inner_text()[-600:]}")
@@ -89,7 +93,7 @@ def exercise_lesson6(page) -> None:
     html = choose(view, "rule", "milestones + last N", "builder: rule again", html)
     html = nudge(view, page, "N (keep last)", "ArrowRight", "builder: N", html)
     html = type_value(view, page, "disk budget (kB)", 3000, "builder: disk budget", html)
-    assert "of a 3,000 kB budget" in html
+    assert "of a 3,000 kB budget" in html, view.inner_text()[-800:]
     html = nudge(view, page, "step t", "ArrowLeft", "builder: step scrubber", html)
     step = slider(view, page, "step t").locator(".widget-readout").first
     at = step.inner_text()
@@ -99,15 +103,22 @@ def exercise_lesson6(page) -> None:
     exercise_picker(page)
 
 
+def option(fault: str) -> str:
+    """The fault picker's label for ``fault`` (as lesson 7 builds it)."""
+    from ckptlab.lab.fault_lab import FAULTS
+
+    return f"{fault}: {FAULTS[fault]}"
+
+
 def exercise_lesson7(page) -> None:
     view = live_view(page, "failure")
     view.scroll_into_view_if_needed()
     html = live_output(view)
-    view.locator("select").first.select_option(value="kill:save:pointer-temp")
+    view.locator("select").first.select_option(label=option("kill:save:pointer-temp"))
     view.get_by_role("button", name="Stage it").click()
     html = wait_for_change(view, html, "fault picker: kill at pointer-temp", timeout_s=240)
     assert "kill:save:pointer-temp at step 1000" in html and "run resumed from" in html
-    view.locator("select").first.select_option(value="corrupt:tensors")
+    view.locator("select").first.select_option(label=option("corrupt:tensors"))
     view.get_by_role("button", name="Stage it").click()
     html = wait_for_change(view, html, "fault picker: corrupt tensors", timeout_s=240)
     assert "SHA-256 does not match" in html
@@ -131,6 +142,7 @@ def test_every_control_changes_its_output_without_errors(jupyter_lab, lesson, ex
             assert_no_errors(page)
             exercise(page)
             assert_no_errors(page)
-            page.screenshot(path=str(ARTIFACTS / f"browser-controls-{lesson[:2]}.png"))
         finally:
+            page.screenshot(path=str(ARTIFACTS / f"browser-controls-{lesson[:2]}.png"),
+                            full_page=True)
             browser.close()

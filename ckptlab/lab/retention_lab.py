@@ -363,7 +363,7 @@ def build_strategy(run: RecordedRun, rule: str, n: int = 3, k: int = 3, smoothin
     else:
         name = "keep all"
     if budget_kb:
-        name += f", disk budget {budget_kb} kB"
+        name += f", disk budget {budget_kb:,} kB"
     return Strategy(name, save_policy=save_policy, retention=retention,
                     disk_budget_bytes=budget_kb * 1000 if budget_kb else None,
                     protect_best=protect_best)
@@ -517,7 +517,8 @@ def strategy_view(run: RecordedRun, rule: str, n: int = 3, k: int = 3, smoothing
                           f"{now.disk_bytes // 1000:,} kB", fontsize=9, loc="left")
     draw_disk(disk_ax, outcome, run, step)
     disk_ax.set_xlabel("training step", fontsize=8)
-    fig.tight_layout()
+    # Fixed margins: tight_layout would measure every label again at each move of a slider.
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.94, bottom=0.1, hspace=0.12)
     budget = strategy.disk_budget_bytes
     rows = [("rule", f"{rule}: {RULES[rule]}"),
             (f"on disk after step {now.step}",
@@ -588,7 +589,7 @@ def checkpoint_view(run: RecordedRun, step: int, episodes: int = 3) -> list[Any]
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title(f"{c.name}: played returns {', '.join(f'{r:.0f}' for r in played.returns)} "
                  f"(mean {played.mean_return:.0f})", fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.88, bottom=0.2)
     return [show_table(rows), fig]
 
 

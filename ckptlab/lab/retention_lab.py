@@ -416,8 +416,9 @@ def draw_timeline(ax: Any, outcome: Outcome, run: RecordedRun, step: int | None 
                 solid_capstyle="butt")
         if s in deleted:
             ax.plot([until], [lane], "x", color=_CURSOR, markersize=6, alpha=alpha)
-    ax.set_yticks(range(len(outcome.saved_steps)), [str(s) for s in outcome.saved_steps],
-                  fontsize=7)
+    every = max(1, math.ceil(len(outcome.saved_steps) / 20))  # at most about 20 labels
+    lanes = range(0, len(outcome.saved_steps), every)
+    ax.set_yticks(list(lanes), [str(outcome.saved_steps[i]) for i in lanes], fontsize=7)
     ax.set_ylim(len(outcome.saved_steps) - 0.5, -0.5)
     ax.set_xlim(0, end)
     ax.set_ylabel("checkpoint (step)", fontsize=8)

@@ -259,10 +259,12 @@ def simulate_strategy(run: RecordedRun, strategy: Strategy) -> Outcome:
         decisions = decide_retention(list(present.values()), strategy.retention, best=best,
                                      budget=budget, history=history, latest=c.name)
         if strategy.retention or budget is not None:
+            # Like the manager's log after a save: what changed (deletions) and why the new
+            # checkpoint is kept.
             outcome.decisions.extend(
                 {"event": "retention", "checkpoint": d.name, "step": d.step,
                  "action": "keep" if d.keep else "delete", "reasons": list(d.reasons)}
-                for d in decisions)
+                for d in decisions if not d.keep or d.name == c.name)
         for d in decisions:
             if not d.keep:
                 del present[d.name]

@@ -3,7 +3,6 @@ through the environment variables their `parameters` cell reads (the knob nbval 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat

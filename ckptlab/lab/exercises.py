@@ -679,7 +679,7 @@ def check_own_loop(fn: Callable[..., Any] | None, total_steps: int = 60,
         checkpoints = CheckpointManager(killed_dir, create=False).committed() \
             if killed_dir.is_dir() else []
         if not checkpoints:
-            return _fail(f"nothing was saved in run_dir: no checkpoint for the resume to start "
+            return _fail("nothing was saved in run_dir: no checkpoint for the resume to start "
                          "from (save with manager.save(step))", "own_loop")
         _, saved = load_checkpoint_state(checkpoints[-1])
         own = [name for name, c in straight.items()
@@ -709,62 +709,3 @@ def check_own_loop(fn: Callable[..., Any] | None, total_steps: int = 60,
     return ExerciseResult(True, f"killed after step {kill_after}, resumed from step "
                                 f"{after[0] - 1}: the final state equals the uninterrupted "
                                 f"run's bit for bit, including your own {own}")
-
-
-# -- earlier exercises ------------------------------------------------------------------------
-# Lessons 1, 6 and 8 asked these before their exercises moved to the goals (skip the
-# optimizer, choose a retention configuration, checkpoint your own loop). Kept because the
-# lessons' setup cells still import them; drop them with those imports.
-HINTS.update({
-    "parameter_count": "every nn.Linear(in, out) holds in*out weights plus out biases",
-    "keep_last": "KeepLastN keeps the n newest checkpoints, whatever order the steps come in",
-    "checklist": "everything that decides what happens next; lesson 5 removed them one by one",
-})
-
-
-def check_parameter_count(answer: Any, network: torch.nn.Module) -> ExerciseResult:
-    """How many numbers does the Q-network hold (weights and biases)?"""
-    if answer is None:
-        return _not_done("set `answer` to a whole number", "parameter_count")
-    value = _as_number(answer)
-    if value is None or not float(value).is_integer():
-        return _fail(f"{answer!r} is not a whole number", "parameter_count")
-    expected = sum(p.numel() for p in network.parameters())
-    if int(value) == expected:
-        return ExerciseResult(True, f"the network holds {expected:,} numbers")
-    off = "too few: did you forget the biases?" if value < expected else "too many"
-    return _fail(f"{int(value):,} is {off}", "parameter_count")
-
-
-def check_keep_last(fn: Callable[[Sequence[int], int], Sequence[int]] | None) -> ExerciseResult:
-    """``keep_last(steps, n)`` -> the steps KeepLastN(n) keeps."""
-    from ..engine import CheckpointRecord, KeepLastN, decide_retention
-
-    if fn is None:
-        return _not_done("define `keep_last(steps, n)`", "keep_last")
-    for steps, n in [([500, 1000, 1500, 2000], 2), ([3000, 1000, 2000], 1), ([7, 3, 5, 1, 9], 3)]:
-        records = [CheckpointRecord(f"step_{s:08d}", s, {}, 1) for s in steps]
-        expected = sorted(d.step for d in decide_retention(records, [KeepLastN(n)]) if d.keep)
-        got, failed = _attempt(fn, f"keep_last({steps}, {n})", "keep_last", list(steps), n)
-        if failed:
-            return failed
-        if sorted(got) != expected:
-            return _fail(f"keep_last({steps}, {n}) gave {sorted(got)}, KeepLastN keeps "
-                         f"{expected}", "keep_last")
-    return ExerciseResult(True, "agrees with KeepLastN")
-
-
-def check_checklist(answer: Any, trainer_components: Sequence[str]) -> ExerciseResult:
-    """Which components must a checkpoint hold for an exact resume?"""
-    required = {"agent", "replay_buffer", "exploration", "progress", "env", "rng"}
-    if answer is None:
-        return _not_done("set `answer` to a set of component names", "checklist")
-    if isinstance(answer, str) or not isinstance(answer, (set, frozenset, list, tuple)):
-        return _fail("answer with a set of names", "checklist")
-    unknown = set(answer) - set(trainer_components)
-    if unknown:
-        return _fail(f"not components of the trainer: {sorted(unknown)}", "checklist")
-    missing = required - set(answer)
-    if missing:
-        return _fail(f"without {sorted(missing)} the resumed run drifts away", "checklist")
-    return ExerciseResult(True, "that is everything that decides the future")

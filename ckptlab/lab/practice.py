@@ -28,7 +28,6 @@ from torch import nn
 from ..engine import (
     BEST,
     LATEST,
-    AnyOf,
     BestBy,
     Catalog,
     CheckpointInfo,

@@ -108,9 +108,8 @@ def replay_strategy(recorded: Sequence[str | os.PathLike[str]], strategy: Strate
             step = int(manifest["step"])
             metrics = dict(manifest.get("metrics") or {})
             if strategy.save_policy is not None:
-                ctx = SaveContext(step=step, metrics=metrics, new_metrics=True,
-                                  counters={"episode": int(manifest.get("episode") or 0),
-                                            "epoch": int(manifest.get("epoch") or 0)})
+                ctx = _save_context(step, metrics, int(manifest.get("episode") or 0),
+                                    int(manifest.get("epoch") or 0))
                 reasons = strategy.save_policy.reasons(ctx)
                 if not reasons:
                     _observe(manager, outcome, step)
@@ -277,13 +276,8 @@ def simulate_strategy(run: RecordedRun, strategy: Strategy) -> Outcome:
 def _save_context(step: int, metrics: dict[str, Any], episode: int, epoch: int
                   ) -> SaveContext:
     """The context a save policy sees at a recorded checkpoint (fresh metrics)."""
-    # The engine is moving from episode/epoch fields to a neutral ``counters`` mapping; build
-    # whichever this engine's SaveContext defines.
-    if "counters" in SaveContext.__dataclass_fields__:
-        return SaveContext(step=step, metrics=metrics, new_metrics=True,  # type: ignore[call-arg]
-                           counters={"episode": episode, "epoch": epoch})
-    return SaveContext(step=step, episode=episode, epoch=epoch,  # type: ignore[call-arg]
-                       metrics=metrics, new_metrics=True)
+    return SaveContext(step=step, metrics=metrics, new_metrics=True,
+                       counters={"episode": episode, "epoch": epoch})
 
 
 def _observe_records(present: Mapping[str, CheckpointRecord], outcome: Outcome,

@@ -465,6 +465,18 @@ class CheckpointManager:
         self._log([{"event": "saved", "checkpoint": name, "step": step,
                     "metrics": dict(metrics)}])
 
+    # [sharded] hook for engine.distributed: rank 0 commits a save written by every rank.
+    def adopt_committed(self, path: Path, manifest: Mapping[str, Any]) -> list[Decision]:
+        """Treat ``path``, just committed into this directory by another writer (a sharded
+        save of several ranks), like one of this manager's own saves: point ``latest`` at it,
+        log it, then apply retention and the ``best`` pointer. Returns the decisions."""
+        self._lock.acquire()
+        step = int(manifest["step"])
+        self._manifests[path.name] = dict(manifest)
+        self._write_pointer(LATEST, path.name, step)
+        self._log_save(path.name, step, dict(manifest.get("metrics") or {}))
+        return self._apply_retention(latest=path.name)
+
     def plan_retention(self) -> list[Decision]:
         """What retention would decide now, without deleting anything (``prune --dry-run``)."""
         return decide_retention(self.records(), self.retention, best=self.best,

@@ -100,6 +100,10 @@ def rank_seed(seed: int, rank: int, step: int = 0) -> int:
     return int(np.random.SeedSequence([seed, 0xD157, rank, step]).generate_state(1)[0])
 
 
+class ReshardWarning(UserWarning):
+    """A checkpoint from N ranks resumed on M != N ranks: a faithful continuation, not exact."""
+
+
 class RankRNGStates(RNGStates):
     """The run's generators, with this rank's own stream for exploration and replay sampling."""
 
@@ -344,7 +348,8 @@ class DistributedTrainer(Trainer):
         self.resharded_from = {"world_size": old_world, "step": step, "exact": False,
                                "checkpoint": info.name}
         dropped = list(range(self.world_size, old_world))
-        self._say(
+        if self.rank == 0:
+            warnings.warn(
             f"RESHARDED: {info.name} was written by {old_world} rank(s), this run has "
             f"{self.world_size}. Model and optimizer resharded by DCP; replay shards merged and "
             f"split ({len(self.buffer)} transitions on rank 0)"
@@ -352,7 +357,8 @@ class DistributedTrainer(Trainer):
                if dropped else "")
             + (f"; rank(s) {', '.join(map(str, range(old_world, self.world_size)))} start "
                "fresh episodes" if self.world_size > old_world else "")
-            + ". This run is NOT bit-identical to an uninterrupted run at either size.")
+            + ". This run is NOT bit-identical to an uninterrupted run at either size.",
+            ReshardWarning, stacklevel=2)
 
     def close(self) -> None:
         try:

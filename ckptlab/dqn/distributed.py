@@ -483,3 +483,70 @@ def _gym_version() -> dict[str, str]:
     import gymnasium
 
     return {"gymnasium": gymnasium.__version__}
+
+
+# --------------------------------------------------------------------------------------------
+# Launching a run from Python (lesson 09, tests)
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class LaunchedRun:
+    """A finished ``ckptlab train --nproc N`` process."""
+
+    run_dir: Path
+    returncode: int
+    output: str
+
+    @property
+    def attempts(self) -> list[str]:
+        """Rank 0's line for each attempt the elastic launcher started."""
+        return [line for line in self.output.splitlines() if line.startswith("[restart")]
+
+    @property
+    def kills(self) -> list[str]:
+        """The injected SIGKILLs, one line each."""
+        return [line for line in self.output.splitlines() if "injected SIGKILL" in line]
+
+    @property
+    def final_checkpoint(self) -> Path:
+        """The checkpoint the ``latest`` pointer names."""
+        import json
+
+        latest = self.run_dir / CHECKPOINTS_SUBDIR / "latest"
+        return self.run_dir / CHECKPOINTS_SUBDIR / json.loads(latest.read_text())["checkpoint"]
+
+
+def run_distributed(config: DQNConfig, run_dir: str | os.PathLike[str], *, nproc: int,
+                    max_restarts: int = 0, resume: str | os.PathLike[str] | None = None,
+                    kill: str | None = None, timeout: float = 600) -> LaunchedRun:
+    """Run ``ckptlab train --nproc nproc`` with ``config`` in a child process and wait.
+
+    Args:
+        kill: ``CKPTLAB_RANK_FAULT`` items (``"RANK:PHASE@STEP[#ATTEMPT]"``) to SIGKILL ranks.
+        resume: a checkpoint or run directory to start from (default: the run's own).
+
+    Raises:
+        CkptlabError: the job failed; the message ends with its output.
+    """
+    import json
+    import subprocess
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "config.json"
+    config_file.write_text(json.dumps(config.to_dict()))
+    cmd = [sys.executable, "-m", "ckptlab", "train", "--run-dir", str(run_dir), "--config",
+           str(config_file), "--nproc", str(nproc), "--max-restarts", str(max_restarts),
+           "--quiet"]
+    if resume is not None:
+        cmd += ["--resume", str(resume)]
+    env = {k: v for k, v in os.environ.items() if k != "CKPTLAB_RANK_FAULT"}
+    if kill:
+        env["CKPTLAB_RANK_FAULT"] = kill
+    env.setdefault("OMP_NUM_THREADS", "1")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    run = LaunchedRun(run_dir, done.returncode, done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise CkptlabError(f"ckptlab train --nproc {nproc} failed ({done.returncode}):\n"
+                           + run.output[-3000:])
+    return run

@@ -165,3 +165,28 @@ def describe_sharded(checkpoint: Path, manifest: Mapping[str, Any]) -> dict[str,
                             "tensors_detail": detail}
     return {"world_size": int(sharded["world_size"]), "dcp_keys": sharded.get("dcp_keys"),
             "components": components}
+
+
+def shard_files(checkpoint: str | Path) -> list[dict[str, Any]]:
+    """Who wrote which file of a sharded checkpoint, and how big it is (from the manifest)."""
+    from .format import read_manifest
+
+    path = Path(checkpoint)
+    manifest = read_manifest(path)
+    rows = []
+    for name, entry in sorted(manifest.get("files", {}).items()):
+        top, _, leaf = name.partition("/")
+        if top == DCP_DIR and leaf == DCP_METADATA:
+            writer, what = "rank 0", "DCP index: which tensor is where"
+        elif top == DCP_DIR:
+            writer = f"rank {leaf[2:].split('_')[0]}"
+            what = "model / optimizer tensors (DCP shard)"
+        elif top.startswith("rank_"):
+            writer, what = f"rank {int(top[5:])}", {
+                SHARD_INFO: "which save this part belongs to", STATE: "its own state (JSON)",
+                TENSORS: "its own arrays: buffer shard, RNG, ..."}.get(leaf, leaf)
+        else:
+            writer, what = "?", ""
+        rows.append({"file": name, "written by": writer, "bytes": int(entry["bytes"]),
+                     "holds": what})
+    return rows

@@ -212,3 +212,24 @@ def check_checklist(answer: set[str] | None, trainer_components: Sequence[str]) 
                           + ("; and the metric history keeps the curves continuous"
                              if "metrics" in answer else
                              " (add 'metrics' too, so the curves continue)"))
+
+
+def check_rank_counts(answer: Sequence[int] | set[int] | None, buffer_capacity: int,
+                      batch_size: int, candidates: Sequence[int] = range(1, 9)
+                      ) -> ExerciseResult:
+    """Lesson 9: the rank counts (among ``candidates``) a run's state can be split into."""
+    hint = ("every rank holds buffer_capacity / N transitions and samples batch_size / N per "
+            "update, so N must divide both (try the % operator)")
+    if answer is None:
+        return ExerciseResult(None, "set `allowed` to a set of rank counts", hint)
+    try:
+        given = {int(n) for n in answer}
+    except (TypeError, ValueError):
+        return ExerciseResult(False, f"{answer!r} is not a collection of whole numbers", hint)
+    expected = {n for n in candidates if buffer_capacity % n == 0 and batch_size % n == 0}
+    if given == expected:
+        return ExerciseResult(True, f"yes: {sorted(expected)}")
+    wrong, missing = sorted(given - expected), sorted(expected - given)
+    return ExerciseResult(False, "not quite: " + "; ".join(
+        ([f"{wrong} cannot split the state evenly"] if wrong else [])
+        + ([f"{len(missing)} allowed count(s) missing"] if missing else [])), hint)

@@ -174,20 +174,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_nodes_on_loopback_equal_one_node_with_two_ranks(runs):
+def test_two_nodes_on_loopback_with_async_saves_equal_one_node_with_two_ranks(runs):
     run = runs / "two_nodes"
     config = runs / "config.json"
     endpoint, job = f"127.0.0.1:{_free_port()}", uuid.uuid4().hex[:8]
     cmd = [sys.executable, "-m", "ckptlab", "train", "--run-dir", str(run), "--config",
            str(config), "--steps", str(STEPS), "--save-every", "200", "--quiet",
-           "--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", endpoint, "--rdzv-id", job]
+           "--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", endpoint, "--rdzv-id", job,
+           "--async-save"]  # background saves must write exactly what sync saves write
     nodes = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, cwd=runs)
              for _ in range(2)]
     outputs = [node.communicate(timeout=TIMEOUT)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert read_sharded_state(_final(run))[0].manifest["sharded"]["world_size"] == 2
-    _assert_identical(_final(runs / "uninterrupted"), _final(run))
+    for step in (200, 400, 600):
+        _assert_identical(_final(runs / "uninterrupted", step), _final(run, step))
 
 
 # --------------------------------------------------------------------------------------------

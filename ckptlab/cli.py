@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     ranks.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
                        help="c10d rendezvous address shared by all nodes (needed with --nnodes)")
     ranks.add_argument("--rdzv-id", metavar="ID", help="job id shared by all nodes")
+    ranks.add_argument("--shard-model", action="store_true",
+                       help="shard the Q-network and Adam state across ranks (FSDP2 "
+                            "fully_shard) instead of replicating them (DDP)")
 
     demo = sub.add_parser("demo", help="kill a run with SIGKILL, resume it, compare it with "
                                        "an uninterrupted run",

@@ -265,3 +265,17 @@ def test_inspect_ls_and_export_work_on_sharded_checkpoints(runs, tmp_path, capsy
         warnings.simplefilter("error")
         assert verify_checkpoint(_final(run)).manifest["sharded"]["dcp_keys"] == \
             ["model", "optim", "target"]
+
+
+def test_fsdp2_sharded_model_resumes_exactly_after_a_sigkill(runs):
+    reference = runs / "fsdp_uninterrupted"
+    done = _train(reference, "--nproc", "2", "--shard-model")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    killed = runs / "fsdp_killed"
+    done = _train(killed, "--nproc", "2", "--shard-model", "--max-restarts", "1",
+                  env=_env(CKPTLAB_RANK_FAULT="0:save:shard-written@400"))
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "from step_00000200" in done.stdout
+    info, _ = read_sharded_state(_final(killed))
+    assert info.manifest["parallelism"] == "fsdp2"
+    _assert_identical(_final(reference), _final(killed))

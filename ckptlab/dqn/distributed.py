@@ -160,6 +160,86 @@ class DataParallelAgent(DQNAgent):
         self.target_net.load_state_dict(state["target"])
 
 
+class FullyShardedAgent(DQNAgent):
+    """A :class:`DQNAgent` whose online network is sharded across ranks with FSDP2.
+
+    ``fully_shard`` splits every layer's parameters (and Adam's state) across the ranks; the
+    update's forward and backward gather and reduce-scatter them. Acting happens at different
+    moments on each rank, so it must not need a collective: after every update the full
+    weights are gathered once (all ranks update in lockstep) into ``acting_net``, which acts,
+    evaluates, picks Double-DQN actions and feeds the target network.
+    """
+
+    def __init__(self, obs_dim: int, n_actions: int, config: DQNConfig,
+                 device: torch.device | str = "cpu", seed: int = 0) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        from .agent import QNetwork
+
+        super().__init__(obs_dim, n_actions, config, device, seed)
+        mesh = init_device_mesh(self.device.type, (dist.get_world_size(),))
+        for layer in self.q_net.layers:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(self.q_net, mesh=mesh)
+        # Adam over the sharded (DTensor) parameters; each rank keeps its shard of the moments.
+        self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=config.learning_rate)
+        self.acting_net = QNetwork(obs_dim, n_actions, config.hidden_sizes).to(self.device)
+        self.acting_net.requires_grad_(False)
+        self._gather_acting_weights()
+        self.sync_target()
+
+    def _gather_acting_weights(self) -> None:
+        full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v
+                for k, v in self.q_net.state_dict().items()}
+        self.acting_net.load_state_dict(full)
+
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            return self.acting_net(x).cpu().numpy()
+
+    def greedy_action(self, obs: np.ndarray) -> int:
+        with torch.inference_mode():
+            x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+            return int(self.acting_net(x).argmax())
+
+    def update(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+               next_obs: torch.Tensor, terminated: torch.Tensor) -> float:
+        """One FSDP gradient step (gradients averaged across ranks); returns this rank's loss."""
+        q = self.q_net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            next_target = self.target_net(next_obs)
+            if self.config.double_dqn:
+                best = self.acting_net(next_obs).argmax(1, keepdim=True)
+                next_q = next_target.gather(1, best).squeeze(1)
+            else:
+                next_q = next_target.max(1).values
+            target = rewards + self.config.gamma * (1.0 - terminated) * next_q
+        loss = F.smooth_l1_loss(q, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.q_net.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.updates += 1
+        self._gather_acting_weights()
+        return loss.item()
+
+    def sync_target(self) -> None:
+        self.target_net.load_state_dict(self.acting_net.state_dict())
+
+    def sharded_state(self) -> dict[str, Any]:
+        model, optim = get_state_dict(self.q_net, self.optimizer)
+        return {"model": model, "target": self.target_net.state_dict(), "optim": optim}
+
+    def load_sharded_state(self, state: Mapping[str, Any]) -> None:
+        set_state_dict(self.q_net, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+        self.target_net.load_state_dict(state["target"])
+        self._gather_acting_weights()
+
+
 class _Counters:
     """The agent's update count (its tensors live in DCP)."""
 
@@ -220,7 +300,8 @@ class DistributedTrainer(Trainer):
 
     def __init__(self, config: DQNConfig, checkpointer: ShardedCheckpointer | None, *,
                  save_policy: SavePolicy | None = None, async_save: bool = False,
-                 progress_bar: bool = False, log: Callable[[str], None] | None = None) -> None:
+                 shard_model: bool = False, progress_bar: bool = False,
+                 log: Callable[[str], None] | None = None) -> None:
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         check_world_size(config, self.world_size)
         local = dataclasses.replace(config, batch_size=config.batch_size // self.world_size,
@@ -233,8 +314,10 @@ class DistributedTrainer(Trainer):
         self.runner.close()
         self.runner = EnvRunner(config.env_id, rank_seed(config.seed, self.rank))
         self.rng = RankRNGStates(config.seed, self.rank)
-        self.agent = DataParallelAgent(self.runner.obs_dim, self.runner.n_actions, local,
-                                       self.device, seed=config.seed)
+        self.parallelism = "fsdp2" if shard_model else "ddp"
+        agent_class = FullyShardedAgent if shard_model else DataParallelAgent
+        self.agent = agent_class(self.runner.obs_dim, self.runner.n_actions, local,
+                                 self.device, seed=config.seed)
         self.checkpointer = checkpointer
         self.resharded_from: dict[str, Any] | None = None
 
@@ -276,7 +359,7 @@ class DistributedTrainer(Trainer):
                  "resumed_from": self._resume_record, "lineage": self.lineage,
                  "resharded_from": self.resharded_from,
                  "save_policy_state": self.save_policy.state_dict(),
-                 "dcp_aliases": DCP_ALIASES}
+                 "dcp_aliases": DCP_ALIASES, "parallelism": self.parallelism}
         info = self.checkpointer.save(
             self.progress.step, dcp_state=self.agent.sharded_state(),
             rank_states={n: c.state_dict() for n, c in self.rank_components().items()},
@@ -452,7 +535,8 @@ def _worker(args: argparse.Namespace, config_for: Any, retention_for: Any,
         say = None if args.quiet else (lambda line: print(line, flush=True))
         trainer = DistributedTrainer(config, checkpointer,
                                      save_policy=save_policy_for(args, config),
-                                     async_save=args.async_save, log=say)
+                                     async_save=args.async_save,
+                                     shard_model=args.shard_model, log=say)
         restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         if plan is not None:
             trainer.resume_from(plan)
@@ -462,7 +546,7 @@ def _worker(args: argparse.Namespace, config_for: Any, retention_for: Any,
                       f"{world_size_of(info.manifest)} rank(s)).", flush=True)
         elif rank == 0:
             print(f"[restart {restarts}] Starting a new {trainer.world_size}-rank run: "
-                  f"{config.env_id}, seed {config.seed}, {config.total_steps} steps, backend "
+                  f"{config.env_id}, seed {config.seed}, {config.total_steps} steps, {trainer.parallelism}, backend "
                   f"{dist.get_backend()}.", flush=True)
         result = trainer.train()
         if rank == 0:

@@ -526,9 +526,8 @@ class ShardedCheckpointer:
 
 
 def _tensor_leaves(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        local = value.to_local() if hasattr(value, "to_local") else value
-        return [local]
+    if isinstance(value, torch.Tensor):  # a DTensor counts whole (numel is global)
+        return [value]
     if isinstance(value, Mapping):
         return [t for v in value.values() for t in _tensor_leaves(v)]
     if isinstance(value, (list, tuple)):

@@ -247,6 +247,7 @@ class _Pending:
     step: int
     dcp_state: dict[str, Any]
     part_files: dict[str, bytes]
+    part_components: dict[str, Any]
     metrics: dict[str, Any]
     config: dict[str, Any] | None
     extra: dict[str, Any]
@@ -377,10 +378,11 @@ class ShardedCheckpointer:
         self.wait()
         self._saves += 1
         save_id = f"{self._session['session']}-{self._saves}"
+        part_files, part_components = encode_rank_part(
+            rank_states, rank=self.rank, world_size=self.world_size, step=step,
+            save_id=save_id)
         pending = _Pending(
-            step, dcp_state if blocking else _stage(dcp_state),
-            encode_rank_part(rank_states, rank=self.rank, world_size=self.world_size,
-                             step=step, save_id=save_id),
+            step, dcp_state if blocking else _stage(dcp_state), part_files, part_components,
             _json_copy(metrics or {}), _json_copy(config) if config is not None else None,
             _json_copy(extra or {}), {k: k for k in dcp_state})
         if blocking:
@@ -454,15 +456,19 @@ class ShardedCheckpointer:
         if rank == 0:
             mine[f"{DCP_DIR}/{DCP_METADATA}"] = _digest([(temp / DCP_DIR / DCP_METADATA)
                                                          .read_bytes()])
-        tables = _all_gather_json(mine, self.group)
+        tables = _all_gather_json({"files": mine, "components": p.part_components},
+                                  self.group)
         # 4. rank 0 commits
         outcome: dict[str, Any] = {"ok": True}
         manifest: dict[str, Any] = {}
         if rank == 0:
             try:
                 rank_fault_point("save:before-commit", step, rank)
-                files = {name: entry for table in tables for name, entry in sorted(table.items())}
-                manifest = self._manifest(p, files, save_id)
+                files = {name: entry for table in tables
+                         for name, entry in sorted(table["files"].items())}
+                parts = {name: entry for table in tables
+                         for name, entry in table["components"].items()}
+                manifest = self._manifest(p, files, parts, save_id)
                 _fsync_dir(temp / DCP_DIR)
                 _write_durable(temp / MANIFEST, _canonical_json(manifest, readable=True))
                 _fsync_dir(temp)
@@ -492,7 +498,8 @@ class ShardedCheckpointer:
         if self.rank == 0:
             shutil.rmtree(temp, ignore_errors=True)
 
-    def _manifest(self, p: _Pending, files: dict[str, Any], save_id: str) -> dict[str, Any]:
+    def _manifest(self, p: _Pending, files: dict[str, Any], parts: dict[str, Any],
+                  save_id: str) -> dict[str, Any]:
         now = time.time()
         components: dict[str, Any] = {}
         for key, value in p.dcp_state.items():
@@ -500,11 +507,7 @@ class ShardedCheckpointer:
             components[f"{DCP_DIR}/{key}"] = {
                 "tensors": len(leaves), "json_bytes": 0,
                 "tensor_bytes": sum(t.numel() * t.element_size() for t in leaves)}
-        for name in sorted(files):
-            if name.endswith("tensors.safetensors"):
-                components[name.rsplit("/", 1)[0] + "/(all)"] = {
-                    "tensors": 0, "json_bytes": files[name.rsplit("/", 1)[0] + "/state.json"]
-                    ["bytes"], "tensor_bytes": files[name]["bytes"]}
+        components.update(sorted(parts.items()))
         manifest: dict[str, Any] = {
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "step": p.step,
             **p.extra,

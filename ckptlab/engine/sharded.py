@@ -80,24 +80,29 @@ def sharded_load_error(path: Path, manifest: Mapping[str, Any]) -> IncompatibleC
 # --------------------------------------------------------------------------------------------
 
 def encode_rank_part(states: Mapping[str, Any], *, rank: int, world_size: int, step: int,
-                     save_id: str) -> dict[str, bytes]:
-    """Encode one rank's component states as ``{file name: bytes}`` (no pickle).
+                     save_id: str) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Encode one rank's component states as ``{file name: bytes}`` (no pickle), and describe
+    each component (tensors, bytes) for the manifest.
 
     ``shard.json`` names the save the part belongs to, so a part copied in from another save
     (another step, or a killed attempt at the same step) is recognised by its content.
     """
     tree: dict[str, Any] = {}
     tensors: dict[str, torch.Tensor] = {}
+    components: dict[str, Any] = {}
     for name, state in states.items():
         tree[name], part = split_state(state, name)
         tensors.update(part)
+        components[f"{rank_dir_name(rank)}/{name}"] = {
+            "tensors": len(part), "json_bytes": len(_canonical_json(tree[name])),
+            "tensor_bytes": sum(t.numel() * t.element_size() for t in part.values())}
     info = {"rank": rank, "world_size": world_size, "step": step, "save_id": save_id}
     return {
         SHARD_INFO: _canonical_json(info, readable=True),
         STATE: _canonical_json(tree),
         TENSORS: b"".join(bytes(c) for c in safetensors_chunks(
             tensors, {"format": FORMAT_NAME, "rank": str(rank), "step": str(step)})),
-    }
+    }, components
 
 
 def decode_rank_part(files: Mapping[str, bytes], source: Path) -> dict[str, Any]:

@@ -25,7 +25,13 @@ if not dist.is_available():
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 
 from ckptlab.cli import main  # noqa: E402
-from ckptlab.dqn.distributed import check_world_size, reshard_replay, worker_argv  # noqa: E402
+from ckptlab.dqn.distributed import (  # noqa: E402
+    LaunchedRun,
+    check_world_size,
+    kill_outcome,
+    reshard_replay,
+    worker_argv,
+)
 from ckptlab.engine import (  # noqa: E402
     CheckpointCorruptError,
     CheckpointFallbackWarning,
@@ -112,6 +118,10 @@ def test_killing_ranks_anywhere_in_the_save_protocol_then_restarting_is_exact(ru
     assert "from step_00000400" in starts[3] and starts[3].startswith("[restart 3]")
     assert out.count("injected SIGKILL") == 3
     _assert_identical(_final(runs / "uninterrupted"), _final(run))
+    outcome = kill_outcome(LaunchedRun(run, done.returncode, out),
+                           _final(runs / "uninterrupted"), faults)
+    assert outcome.identical and outcome.resumed_from_step == 400  # what lesson 09 shows
+    assert outcome.rows()[0]["restart resumed from"] == "step 400"
     checkpoints = run / "checkpoints"
     assert not [p.name for p in checkpoints.iterdir() if p.name.startswith(".tmp-")]
     assert json.loads((checkpoints / "latest").read_text())["checkpoint"] == "step_00000600"

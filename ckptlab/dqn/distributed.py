@@ -634,3 +634,50 @@ def run_distributed(config: DQNConfig, run_dir: str | os.PathLike[str], *, nproc
         raise CkptlabError(f"ckptlab train --nproc {nproc} failed ({done.returncode}):\n"
                            + run.output[-3000:])
     return run
+
+
+@dataclasses.dataclass(frozen=True)
+class KillOutcome:
+    """What killing one rank at one point of a run did, against the uninterrupted run."""
+
+    kill: str                       # the CKPTLAB_RANK_FAULT item
+    attempts: tuple[str, ...]       # rank 0's line per attempt of the elastic launcher
+    resumed_from_step: int | None   # where the restarted job resumed (None: started afresh)
+    identical: bool                 # final state equal to the uninterrupted run's, bit for bit
+    differing: tuple[str, ...]      # the components that differ (empty when identical)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """A one-row table for display."""
+        return [{"killed": self.kill, "attempts": len(self.attempts),
+                 "restart resumed from": "fresh start" if self.resumed_from_step is None
+                 else f"step {self.resumed_from_step}",
+                 "final state identical": self.identical,
+                 "differing": ", ".join(self.differing) or "-"}]
+
+
+def kill_outcome(run: LaunchedRun, reference: str | os.PathLike[str], kill: str) -> KillOutcome:
+    """Summarise a finished killed-and-restarted run against ``reference`` (a checkpoint)."""
+    import re
+
+    from ..engine.distributed import compare_sharded_checkpoints
+
+    resumed = None
+    if len(run.attempts) > 1:
+        match = re.search(r"from step_(\d+)", run.attempts[-1])
+        resumed = int(match.group(1)) if match else None
+    differing = tuple(c.name for c in compare_sharded_checkpoints(reference,
+                                                                  run.final_checkpoint)
+                      if not c.identical)
+    return KillOutcome(kill, tuple(run.attempts), resumed, not differing, differing)
+
+
+def kill_and_compare(config: DQNConfig, run_dir: str | os.PathLike[str],
+                     reference: str | os.PathLike[str], *, rank: int, phase: str, step: int,
+                     nproc: int = 2) -> KillOutcome:
+    """Train ``config`` on ``nproc`` ranks, SIGKILL ``rank`` at ``phase`` of step ``step``,
+    let the elastic launcher restart the job once, and compare with ``reference``."""
+    if not 0 <= rank < nproc:
+        raise CkptlabError(f"rank must be between 0 and {nproc - 1} (got {rank})")
+    kill = f"{rank}:{phase}@{step}"
+    run = run_distributed(config, run_dir, nproc=nproc, max_restarts=1, kill=kill)
+    return kill_outcome(run, reference, kill)

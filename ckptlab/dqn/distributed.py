@@ -66,7 +66,6 @@ from ..engine.sharded import is_sharded, world_size_of
 from .agent import DQNAgent
 from .config import DQNConfig
 from .envs import EnvRunner
-from .replay import ReplayBuffer
 from .resume import ResumePlan, find_resume_checkpoint, plan_resume
 from .rng import RNGStates, seed_everything
 from .train import Trainer, TrainResult

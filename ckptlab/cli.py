@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
 import warnings
@@ -46,6 +47,7 @@ from .engine import (
     resolve_location,
     verify_checkpoint,
 )
+from .engine.sharded import describe_sharded, is_sharded, sharded_load_error
 
 if TYPE_CHECKING:
     from .dqn import DQNConfig
@@ -178,6 +180,22 @@ def build_parser() -> argparse.ArgumentParser:
                             "continue from it, moving the newer checkpoints aside into "
                             "checkpoints/abandoned/ (refused without this flag)")
     train.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
+    # [distributed] data-parallel training on torch.distributed; see ckptlab.dqn.distributed
+    ranks = train.add_argument_group(
+        "several processes (torch.distributed: DDP, sharded DCP checkpoints; CPU + gloo or "
+        "CUDA + NCCL); also works as 'torchrun --nproc-per-node N -m ckptlab train ...'")
+    ranks.add_argument("--nproc", type=_positive_int, metavar="N",
+                       help="run N ranks on this machine under torch's elastic launcher")
+    ranks.add_argument("--max-restarts", type=_non_negative_int, default=0, metavar="R",
+                       help="restart the ranks up to R times when one dies (default 0)")
+    ranks.add_argument("--nnodes", type=_positive_int, default=1,
+                       help="machines in the job (default 1); each runs this same command")
+    ranks.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                       help="c10d rendezvous address shared by all nodes (needed with --nnodes)")
+    ranks.add_argument("--rdzv-id", metavar="ID", help="job id shared by all nodes")
+    ranks.add_argument("--shard-model", action="store_true",
+                       help="shard the Q-network and Adam state across ranks (FSDP2 "
+                            "fully_shard) instead of replicating them (DDP)")
 
     demo = sub.add_parser("demo", help="kill a run with SIGKILL, resume it, compare it with "
                                        "an uninterrupted run",
@@ -268,9 +286,29 @@ def _config_for(args: argparse.Namespace, info: CheckpointInfo | None) -> DQNCon
     return dataclasses.replace(dqn.checkpoint_config(info), **overrides)
 
 
+def _save_policy_from(args: argparse.Namespace, config: DQNConfig) -> SavePolicy:
+    dqn = import_layer("ckptlab.dqn")
+    policies: list[SavePolicy] = [EveryNSteps(config.save_every_steps), Final()]
+    if args.save_every_episodes:
+        policies.append(dqn.EveryNEpisodes(args.save_every_episodes))
+    if args.save_every_seconds:
+        policies.append(EveryTSeconds(args.save_every_seconds))
+    if args.save_on_start:
+        policies.append(OnStart())
+    if args.save_on_improvement:
+        policies.append(OnImprovement("eval_return", "max", args.min_delta))
+    return AnyOf(*policies)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    # [distributed] --nproc launches ranks; a launched worker trains one rank
+    if args.nproc is not None or args.nnodes > 1 or os.environ.get("TORCHELASTIC_RUN_ID"):
+        return import_layer("ckptlab.dqn.distributed").cmd_train_distributed(
+            args, args.raw_argv, _config_for, _retention_from, _save_policy_from)
     dqn = import_layer("ckptlab.dqn")
     info = dqn.find_resume_checkpoint(args.run_dir, args.resume)
+    if info is not None and is_sharded(info.manifest):  # [distributed]
+        raise sharded_load_error(info.path, info.manifest)
     config = _config_for(args, info)
     # Checked once, before anything is created: a refused resume changes nothing.
     plan = (dqn.plan_resume(info, config, allow_config_change=args.allow_config_change,
@@ -283,17 +321,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"N > {info.step} to train longer.")
         return EXIT_OK
     say = None if args.quiet else _print_line
-    policies: list[SavePolicy] = [EveryNSteps(config.save_every_steps), Final()]
-    if args.save_every_episodes:
-        policies.append(dqn.EveryNEpisodes(args.save_every_episodes))
-    if args.save_every_seconds:
-        policies.append(EveryTSeconds(args.save_every_seconds))
-    if args.save_on_start:
-        policies.append(OnStart())
-    if args.save_on_improvement:
-        policies.append(OnImprovement("eval_return", "max", args.min_delta))
     trainer = dqn.Trainer(config, args.run_dir, retention=_retention_from(args),
-                      disk_budget_bytes=args.disk_budget, save_policy=AnyOf(*policies),
+                      disk_budget_bytes=args.disk_budget, save_policy=_save_policy_from(args, config),
                       async_save=args.async_save, handle_signals=True,
                       progress_bar=not args.quiet, log=say)
     try:
@@ -347,16 +376,19 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
         status = "valid"
     except CkptlabError as exc:
         status = f"INVALID: {exc}"
+    keys = ("step", "episode", "epoch", "total_steps", "created", "format_version", "metrics",
+            "config", "config_sha256", "versions", "files")
+    if is_sharded(manifest):  # [distributed] DCP files plus one part per rank
+        return {"path": str(path), "status": status, **{k: manifest.get(k) for k in keys},
+                **describe_sharded(path, manifest)}
     tensors = read_tensor_table(path / TENSORS) if status == "valid" else {}
     components = {}
     for name, entry in manifest["components"].items():
         components[name] = {
             **entry, "total_bytes": entry["tensor_bytes"] + entry["json_bytes"],
             "tensors_detail": {k: v for k, v in tensors.items() if k.startswith(name + "/")}}
-    keys = ("step", "episode", "epoch", "total_steps", "created", "format_version", "metrics",
-            "config", "config_sha256", "versions", "files")
     return {"path": str(path), "status": status, **{k: manifest.get(k) for k in keys},
-            "components": components}
+            "world_size": 1, "components": components}
 
 
 def _human(n: float) -> str:
@@ -390,6 +422,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if cfg:
         print(f"config      {cfg.get('env_id')}, seed {cfg.get('seed')}, hidden "
               f"{cfg.get('hidden_sizes')}, sha256 {str(d['config_sha256'])[:12]}")
+    print(f"world size  {d['world_size']} rank(s)" + (  # [distributed]
+        f": sharded (DCP {', '.join(d['dcp_keys'] or [])} + one part per rank)"
+        if d["world_size"] > 1 or d.get("dcp_keys") else ""))
     print("metrics     " + ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in d["metrics"].items()))
@@ -521,6 +556,7 @@ def _show_warning(message: Any, category: type[Warning], filename: str, lineno: 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
+    args.raw_argv = list(sys.argv[1:] if argv is None else argv)  # [distributed] for workers
     commands = {"train": cmd_train, "inspect": cmd_inspect, "verify": cmd_verify,
                 "demo": cmd_demo, "ls": cmd_ls, "export": cmd_export, "prune": cmd_prune}
     with warnings.catch_warnings():

@@ -46,7 +46,7 @@ def test_run_all_then_the_exercise_passes(stem, tmp_path):
     exercise = next(c for c in nb.cells if "exercise" in c.metadata.get("ckptlab", {}))
     # The learner, after Run all, writes the answer into the exercise cell (in place of the
     # template) and runs that cell again.
-    check_call = exercise.source.rindex("\ncheck_")
+    check_call = [m.start() for m in re.finditer(r"\n[\w.]*check_\w+\(", exercise.source)][-1]
     answered = (exercise.source[:check_call] + "\n\n" + solution_for(stem) + "\n"
                 + exercise.source[check_call:])
     nb.cells.append(nbformat.v4.new_code_cell(answered))

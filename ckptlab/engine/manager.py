@@ -576,6 +576,18 @@ class CheckpointManager:
         self._repair_latest()
         self._update_best_pointer(self.records())
 
+    # [sharded] hook for engine.distributed: rank 0 commits a save written by every rank.
+    def adopt_committed(self, path: Path, manifest: Mapping[str, Any]) -> list[Decision]:
+        """Treat ``path``, just committed into this directory by another writer (a sharded
+        save of several ranks), like one of this manager's own saves: point ``latest`` at it,
+        log it, then apply retention and the ``best`` pointer. Returns the decisions."""
+        self._lock.acquire()
+        step = int(manifest["step"])
+        self._manifests[path.name] = dict(manifest)
+        self._write_pointer(LATEST, path.name, step)
+        self._log_save(path.name, step, dict(manifest.get("metrics") or {}))
+        return self._apply_retention(latest=path.name)
+
     def plan_retention(self) -> list[Decision]:
         """What retention would decide now, without deleting anything (``prune --dry-run``)."""
         rule, protect = self._best_rule()

@@ -33,6 +33,7 @@ from .reader import (
     load_checkpoint_state,
     restore_components,
 )
+from .sharded import is_sharded
 from .errors import CheckpointNotFoundError, CkptlabError, IncompatibleCheckpointError
 from .writer import CheckpointWriteError, _describe_os_error, _fsync_dir
 
@@ -186,7 +187,13 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
         raise CkptlabError(f"{out} already contains {', '.join(clashes)}; choose an empty "
                            "output directory (nothing was overwritten)")
     tensors: dict[str, torch.Tensor] = {}
-    if what in ("weights", "both"):  # everything is checked before anything is written
+    if what in ("weights", "both") and is_sharded(info.manifest):
+        # [sharded] consolidate the DCP shards (any world size) into full tensors
+        from .distributed import load_dcp_tensors
+
+        prefix = (info.manifest.get("dcp_aliases") or {}).get(source, source)
+        tensors = {k: v.contiguous() for k, v in load_dcp_tensors(info.path, prefix).items()}
+    elif what in ("weights", "both"):  # everything is checked before anything is written
         component, _, rest = source.partition("/")
         _, states = load_checkpoint_state(info.path, keys=[component])
         subtree = _subtree(states[component], component, rest, info.path)

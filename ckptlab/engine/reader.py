@@ -44,6 +44,7 @@ from .format import (
     read_manifest,
 )
 from .serialization import join_state
+from .sharded import check_shard_layout, is_sharded, sharded_load_error
 
 
 class CheckpointFallbackWarning(UserWarning):
@@ -122,6 +123,8 @@ def verify_checkpoint(checkpoint: str | os.PathLike[str]) -> CheckpointInfo:
     path = Path(checkpoint)
     _require_exists(path)
     manifest = read_manifest(path)
+    if is_sharded(manifest):  # [sharded] name a missing rank or a mixed-in part precisely
+        check_shard_layout(path, manifest)
     for name in manifest.get("files", {}):
         _read_verified(path, manifest, name)
     return CheckpointInfo(path, manifest)
@@ -141,6 +144,8 @@ def load_checkpoint_state(checkpoint: str | os.PathLike[str],
     path = Path(checkpoint)
     _require_exists(path)
     manifest = read_manifest(path)
+    if is_sharded(manifest):  # [sharded] loaded across ranks by engine.distributed instead
+        raise sharded_load_error(path, manifest)
     tree = parse_state_json(_read_verified(path, manifest, STATE), path / STATE)
     tensors = decode_tensors(_read_verified(path, manifest, TENSORS), path / TENSORS)
     wanted = list(tree) if keys is None else list(keys)

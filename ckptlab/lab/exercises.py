@@ -709,3 +709,29 @@ def check_own_loop(fn: Callable[..., Any] | None, total_steps: int = 60,
     return ExerciseResult(True, f"killed after step {kill_after}, resumed from step "
                                 f"{after[0] - 1}: the final state equals the uninterrupted "
                                 f"run's bit for bit, including your own {own}")
+
+
+HINTS["rank_counts"] = ("every rank holds buffer_capacity / N transitions and samples "
+                        "batch_size / N per update, so N must divide both (try the % operator)")
+
+
+def check_rank_counts(answer: Sequence[int] | set[int] | None, buffer_capacity: int,
+                      batch_size: int, candidates: Sequence[int] = range(1, 9)
+                      ) -> ExerciseResult:
+    """Lesson 9: the rank counts (among ``candidates``) a run's state can be split into."""
+    if answer is None:
+        return _not_done("set `allowed` to a set of rank counts", "rank_counts")
+    if isinstance(answer, (str, bytes)):
+        return _fail(f"{answer!r} is text: give a set of whole numbers, like {{1, 2}}",
+                     "rank_counts")
+    try:
+        given = {int(n) for n in answer}
+    except (TypeError, ValueError):
+        return _fail(f"{answer!r} is not a collection of whole numbers", "rank_counts")
+    expected = {n for n in candidates if buffer_capacity % n == 0 and batch_size % n == 0}
+    if given == expected:
+        return ExerciseResult(True, f"yes: {sorted(expected)}")
+    wrong, missing = sorted(given - expected), sorted(expected - given)
+    return _fail("not quite: " + "; ".join(
+        ([f"{wrong} cannot split the state evenly"] if wrong else [])
+        + ([f"{len(missing)} allowed count(s) missing"] if missing else [])), "rank_counts")

@@ -1,0 +1,682 @@
+"""Data-parallel DQN on ``torch.distributed``: N ranks, one Q-network, sharded checkpoints.
+
+Each rank has its own environment, its own shard of the replay buffer (``buffer_capacity / N``
+transitions), its own exploration and RNG streams, and samples ``batch_size / N`` transitions
+per update; the Q-network is wrapped in ``DistributedDataParallel``, so gradients are averaged
+across ranks and every rank holds the same weights. CPU + gloo here; CUDA + NCCL when a GPU is
+there. ``step`` counts iterations: one environment step on every rank.
+
+Checkpoints go through :class:`~ckptlab.engine.distributed.ShardedCheckpointer`: the online
+and target networks and Adam's state through DCP (``model``, ``target``, ``optim``); each
+rank's buffer shard, environment mid-episode, RNG, schedule, counters and metrics as that
+rank's own part.
+
+Resuming at the same world size is exact (bit for bit, even after a SIGKILL mid-save and a
+restart by the elastic launcher). Resuming on another number of ranks *reshards*: DCP reshards
+the model and optimizer, the replay shards are merged (interleaved in time) and dealt out
+again, ranks whose environment and RNG were saved continue them, and the others start fresh
+episodes on fresh streams. That run is a faithful continuation but not bit-identical to any
+run at either size - it says so in its log and its manifests (``resharded_from``).
+
+Launch: ``ckptlab train --nproc N [--max-restarts R] ...`` or
+``torchrun --nproc-per-node N -m ckptlab train ...``.
+
+Introduced in notebook ``09_when_one_machine_is_not_enough``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.nn.parallel import DistributedDataParallel
+
+from ..engine import (
+    CHECKPOINTS_SUBDIR,
+    BestBy,
+    CheckpointInfo,
+    CkptlabError,
+    IncompatibleCheckpointError,
+    RetentionPolicy,
+    SaveContext,
+    SavePolicy,
+    checkpoint_dir_name,
+)
+from ..engine.distributed import (
+    ShardedCheckpointer,
+    in_launched_worker,
+    init_distributed,
+    launch,
+    rank_fault_point,
+)
+from ..engine.sharded import is_sharded, world_size_of
+from .agent import DQNAgent
+from .config import DQNConfig
+from .envs import EnvRunner
+from .resume import ResumePlan, find_resume_checkpoint, plan_resume
+from .rng import RNGStates, seed_everything
+from .train import Trainer, TrainResult
+
+# DCP keys of the agent's sharded state, and the names `ckptlab export --tensors` knows them by.
+DCP_ALIASES = {"agent/q_net": "model", "agent/target_net": "target", "agent/optimizer": "optim"}
+
+
+def check_world_size(config: DQNConfig, world_size: int) -> None:
+    """Refuse a rank count the run's state cannot be split into (before anything starts).
+
+    Raises:
+        CkptlabError: ``buffer_capacity`` or ``batch_size`` is not divisible by the rank count.
+    """
+    bad = [f"{name} {getattr(config, name)}" for name in ("buffer_capacity", "batch_size")
+           if getattr(config, name) % world_size]
+    if bad:
+        fits = [n for n in range(1, 9) if not config.buffer_capacity % n
+                and not config.batch_size % n]
+        raise CkptlabError(
+            f"cannot split {' and '.join(bad)} evenly across {world_size} ranks (each rank "
+            f"holds an equal share); use a rank count that divides both, e.g. "
+            f"{', '.join(map(str, fits))} (nothing was started or changed)")
+
+
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The environment seed of ``rank`` (rank 0 of a fresh run uses ``seed`` itself); ``step``
+    > 0 gives a fresh stream for a rank that joins a resharded run."""
+    if rank == 0 and step == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, 0xD157, rank, step]).generate_state(1)[0])
+
+
+class ReshardWarning(UserWarning):
+    """A checkpoint from N ranks resumed on M != N ranks: a faithful continuation, not exact."""
+
+
+class RankRNGStates(RNGStates):
+    """The run's generators, with this rank's own stream for exploration and replay sampling."""
+
+    def __init__(self, seed: int, rank: int, step: int = 0) -> None:
+        super().__init__(seed)
+        if rank or step:
+            self.generator = np.random.Generator(
+                np.random.PCG64(np.random.SeedSequence([seed, 1, rank, step])))
+
+
+class DataParallelAgent(DQNAgent):
+    """A :class:`DQNAgent` whose gradient step is averaged across ranks by DDP.
+
+    ``q_net`` stays the plain module (acting, evaluation and state dicts see the usual
+    names); ``ddp`` wraps it for the update's forward and backward.
+    """
+
+    def __init__(self, obs_dim: int, n_actions: int, config: DQNConfig,
+                 device: torch.device | str = "cpu", seed: int = 0) -> None:
+        super().__init__(obs_dim, n_actions, config, device, seed)
+        self.ddp = DistributedDataParallel(self.q_net,
+                                           device_ids=None if self.device.type == "cpu"
+                                           else [self.device])
+        self.sync_target()
+
+    def update(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+               next_obs: torch.Tensor, terminated: torch.Tensor) -> float:
+        """One data-parallel gradient step; returns this rank's Huber TD loss."""
+        q = self.ddp(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            next_target = self.target_net(next_obs)
+            if self.config.double_dqn:
+                best = self.q_net(next_obs).argmax(1, keepdim=True)
+                next_q = next_target.gather(1, best).squeeze(1)
+            else:
+                next_q = next_target.max(1).values
+            target = rewards + self.config.gamma * (1.0 - terminated) * next_q
+        loss = F.smooth_l1_loss(q, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # DDP averages the gradients across ranks here
+        nn.utils.clip_grad_norm_(self.q_net.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.updates += 1
+        return loss.item()
+
+    def sharded_state(self) -> dict[str, Any]:
+        """What DCP saves and loads: online net, target net, optimizer (FQN keys)."""
+        model, optim = get_state_dict(self.ddp, self.optimizer)
+        return {"model": model, "target": self.target_net.state_dict(), "optim": optim}
+
+    def load_sharded_state(self, state: Mapping[str, Any]) -> None:
+        set_state_dict(self.ddp, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+        self.target_net.load_state_dict(state["target"])
+
+
+class FullyShardedAgent(DQNAgent):
+    """A :class:`DQNAgent` whose online network is sharded across ranks with FSDP2.
+
+    ``fully_shard`` splits every layer's parameters (and Adam's state) across the ranks; the
+    update's forward and backward gather and reduce-scatter them. Acting happens at different
+    moments on each rank, so it must not need a collective: after every update the full
+    weights are gathered once (all ranks update in lockstep) into ``acting_net``, which acts,
+    evaluates, picks Double-DQN actions and feeds the target network.
+    """
+
+    def __init__(self, obs_dim: int, n_actions: int, config: DQNConfig,
+                 device: torch.device | str = "cpu", seed: int = 0) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        from .agent import QNetwork
+
+        super().__init__(obs_dim, n_actions, config, device, seed)
+        mesh = init_device_mesh(self.device.type, (dist.get_world_size(),))
+        for layer in self.q_net.layers:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(self.q_net, mesh=mesh)
+        # Adam over the sharded (DTensor) parameters; each rank keeps its shard of the moments.
+        self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=config.learning_rate)
+        self.acting_net = QNetwork(obs_dim, n_actions, config.hidden_sizes).to(self.device)
+        self.acting_net.requires_grad_(False)
+        self._gather_acting_weights()
+        self.sync_target()
+
+    def _gather_acting_weights(self) -> None:
+        full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v
+                for k, v in self.q_net.state_dict().items()}
+        self.acting_net.load_state_dict(full)
+
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            return self.acting_net(x).cpu().numpy()
+
+    def greedy_action(self, obs: np.ndarray) -> int:
+        with torch.inference_mode():
+            x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+            return int(self.acting_net(x).argmax())
+
+    def update(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+               next_obs: torch.Tensor, terminated: torch.Tensor) -> float:
+        """One FSDP gradient step (gradients averaged across ranks); returns this rank's loss."""
+        q = self.q_net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            next_target = self.target_net(next_obs)
+            if self.config.double_dqn:
+                best = self.acting_net(next_obs).argmax(1, keepdim=True)
+                next_q = next_target.gather(1, best).squeeze(1)
+            else:
+                next_q = next_target.max(1).values
+            target = rewards + self.config.gamma * (1.0 - terminated) * next_q
+        loss = F.smooth_l1_loss(q, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.q_net.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.updates += 1
+        self._gather_acting_weights()
+        return loss.item()
+
+    def sync_target(self) -> None:
+        self.target_net.load_state_dict(self.acting_net.state_dict())
+
+    def sharded_state(self) -> dict[str, Any]:
+        model, optim = get_state_dict(self.q_net, self.optimizer)
+        return {"model": model, "target": self.target_net.state_dict(), "optim": optim}
+
+    def load_sharded_state(self, state: Mapping[str, Any]) -> None:
+        set_state_dict(self.q_net, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+        self.target_net.load_state_dict(state["target"])
+        self._gather_acting_weights()
+
+
+class _Counters:
+    """The agent's update count (its tensors live in DCP)."""
+
+    def __init__(self, agent: DQNAgent) -> None:
+        self.agent = agent
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.agent.updates}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.agent.updates = int(state["updates"])
+
+
+def reshard_replay(parts: Sequence[Mapping[str, Any]], rank: int, world_size: int,
+                   capacity: int) -> dict[str, Any]:
+    """Merge the replay shards of an old world and deal rank ``rank``'s share of a new one.
+
+    The old shards are read oldest first and interleaved in time (the ranks stepped in
+    lockstep); the new rank ``r`` takes every ``world_size``-th transition from ``r``, keeping
+    the newest ``capacity``.
+    """
+    fields = ("obs", "next_obs", "actions", "rewards", "terminated")
+    ordered = []
+    for part in parts:
+        n, pos, cap = int(part["size"]), int(part["position"]), int(part["capacity"])
+        order = np.arange(n) if n < cap else np.concatenate([np.arange(pos, n),
+                                                              np.arange(0, pos)])
+        ordered.append({f: np.asarray(part[f])[order] for f in fields})
+    longest = max(len(o["actions"]) for o in ordered)
+    merged: dict[str, list[np.ndarray]] = {f: [] for f in fields}
+    for t in range(longest):
+        for o in ordered:
+            if t < len(o["actions"]):
+                for f in fields:
+                    merged[f].append(o[f][t])
+    mine = {f: np.asarray(merged[f][rank::world_size])[-capacity:] for f in fields}
+    n = len(mine["actions"])
+    obs_dim = int(parts[0]["obs_dim"])
+    if n == 0:
+        mine = {"obs": np.zeros((0, obs_dim), np.float32),
+                "next_obs": np.zeros((0, obs_dim), np.float32),
+                "actions": np.zeros(0, np.int64), "rewards": np.zeros(0, np.float32),
+                "terminated": np.zeros(0, np.float32)}
+    return {"capacity": capacity, "obs_dim": obs_dim, "position": n % capacity, "size": n,
+            **mine}
+
+
+class DistributedTrainer(Trainer):
+    """The :class:`Trainer` loop on one rank of a data-parallel job (call on every rank).
+
+    Args:
+        config: the run's (global) hyperparameters; each rank holds ``buffer_capacity / N``
+            transitions and samples ``batch_size / N`` per update.
+        checkpointer: where checkpoints go (``None``: no saving).
+        save_policy, async_save, log, progress_bar: as for :class:`Trainer`; rank 0 decides
+            when to save and tells the others, and only rank 0 logs.
+    """
+
+    def __init__(self, config: DQNConfig, checkpointer: ShardedCheckpointer | None, *,
+                 save_policy: SavePolicy | None = None, async_save: bool = False,
+                 shard_model: bool = False, progress_bar: bool = False,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        check_world_size(config, self.world_size)
+        local = dataclasses.replace(config, batch_size=config.batch_size // self.world_size,
+                                    buffer_capacity=config.buffer_capacity // self.world_size)
+        super().__init__(local, None, best=None, save_policy=save_policy,
+                         async_save=async_save, progress_bar=progress_bar and self.rank == 0,
+                         log=log if self.rank == 0 else None)
+        self.global_config = config
+        seed_everything(rank_seed(config.seed, self.rank))
+        self.runner.close()
+        self.runner = EnvRunner(config.env_id, rank_seed(config.seed, self.rank))
+        self.rng = RankRNGStates(config.seed, self.rank)
+        self.parallelism = "fsdp2" if shard_model else "ddp"
+        agent_class = FullyShardedAgent if shard_model else DataParallelAgent
+        self.agent = agent_class(self.runner.obs_dim, self.runner.n_actions, local,
+                                 self.device, seed=config.seed)
+        self.checkpointer = checkpointer
+        self.resharded_from: dict[str, Any] | None = None
+
+    def rank_components(self) -> dict[str, Any]:
+        """This rank's own state (saved in its part of the checkpoint)."""
+        return {"replay_buffer": self.buffer, "exploration": self.exploration,
+                "progress": self.progress, "env": self.runner, "rng": self.rng,
+                "metrics": self.metrics, "agent_counters": _Counters(self.agent)}
+
+    def step(self) -> float | None:
+        loss = super().step()
+        rank_fault_point("step", self.progress.step, self.rank)
+        return loss
+
+    # -- saving: rank 0 decides, every rank writes ------------------------------------------
+    def _maybe_save(self, ctx: SaveContext) -> CheckpointInfo | None:
+        if self.checkpointer is None:
+            return None
+        reasons = self.save_policy.reasons(ctx) if self.rank == 0 else []
+        decision = torch.tensor([1 if reasons else 0], dtype=torch.int64)
+        dist.broadcast(decision, src=0)  # ranks may see different events (episode ends)
+        if not decision.item():
+            return None
+        info = self.save(reasons=reasons or ["rank 0 decided"],
+                         blocking=ctx.is_final or not self.async_save)
+        self.save_policy.saved(ctx)
+        return info
+
+    def save(self, reasons: Sequence[str] = ("requested",),
+             blocking: bool = True) -> CheckpointInfo | None:
+        """Write a sharded checkpoint of every rank's state now (collective)."""
+        if self.checkpointer is None:
+            raise IncompatibleCheckpointError("this trainer has no checkpoint directory")
+        t0 = time.perf_counter()
+        in_loop = time.perf_counter() - self._loop_started if self._loop_started else 0.0
+        extra = {"episode": self.progress.episode, "epoch": self.progress.epoch,
+                 "total_steps": self.global_config.total_steps, "save_reasons": list(reasons),
+                 "training_seconds": round(self.training_seconds_before + in_loop, 3),
+                 "resumed_from": self._resume_record, "lineage": self.lineage,
+                 "resharded_from": self.resharded_from,
+                 "save_policy_state": self.save_policy.state_dict(),
+                 "dcp_aliases": DCP_ALIASES, "parallelism": self.parallelism}
+        info = self.checkpointer.save(
+            self.progress.step, dcp_state=self.agent.sharded_state(),
+            rank_states={n: c.state_dict() for n, c in self.rank_components().items()},
+            metrics=self.latest_metrics(), config=self.global_config.to_dict(), extra=extra,
+            blocking=blocking)
+        self.save_seconds += time.perf_counter() - t0
+        self.saves += 1
+        name = checkpoint_dir_name(self.progress.step)
+        self._say(f"saved sharded checkpoint {name} ({self.world_size} ranks; "
+                  f"{'; '.join(reasons)})" if blocking else
+                  f"saving sharded checkpoint {name} in the background")
+        return info
+
+    def train(self, until_step: int | None = None, stop_when: Any = None) -> TrainResult:
+        result = super().train(until_step, stop_when)
+        if self.checkpointer is not None:
+            last = self.checkpointer.wait() or result.last_checkpoint
+            result = dataclasses.replace(result, last_checkpoint=last)
+        return result
+
+    # -- resuming ---------------------------------------------------------------------------
+    def resume_from(self, plan: ResumePlan) -> CheckpointInfo:
+        """Load a sharded checkpoint on every rank: exact at the same world size, resharded
+        (not bit-exact, and logged as such) at another."""
+        info = plan.checkpoint
+        if not is_sharded(info.manifest):
+            raise IncompatibleCheckpointError(
+                f"{info.path} was written by a single process (ckptlab train without --nproc); "
+                "a distributed run resumes sharded checkpoints only. Continue it without "
+                "--nproc, or start a new distributed run in another --run-dir")
+        if self.checkpointer is None:
+            raise IncompatibleCheckpointError("this trainer has no checkpointer to load with")
+        old_world = world_size_of(info.manifest)
+        state = self.agent.sharded_state()
+        self.checkpointer.load_dcp(info, state)
+        self.agent.load_sharded_state(state)
+        if old_world == self.world_size:
+            own = self.checkpointer.read_rank_part(info, self.rank)
+            for name, component in self.rank_components().items():
+                component.load_state_dict(own[name])
+        else:
+            self._reshard(info, old_world)
+        self.save_policy.load_state_dict(info.manifest.get("save_policy_state") or {})
+        self.training_seconds_before = float(info.manifest.get("training_seconds") or 0.0)
+        self._restored_from = info
+        self._policy_metrics = self.latest_metrics()
+        self._resume_record = plan.record
+        self.lineage = plan.lineage
+        return info
+
+    def _reshard(self, info: CheckpointInfo, old_world: int) -> None:
+        parts = [self.checkpointer.read_rank_part(info, r) for r in range(old_world)]
+        mine = parts[self.rank] if self.rank < old_world else None
+        for name in ("progress", "exploration", "agent_counters"):
+            self.rank_components()[name].load_state_dict(parts[0][name])
+        self.metrics.load_state_dict((mine or parts[0])["metrics"])
+        step = self.progress.step
+        if mine is not None:  # this rank existed: its episode and streams continue
+            self.runner.load_state_dict(mine["env"])
+            self.rng.load_state_dict(mine["rng"])
+        else:  # a new rank: nothing saved for it, so a fresh episode on fresh streams
+            self.runner.close()
+            self.runner = EnvRunner(self.global_config.env_id,
+                                    rank_seed(self.global_config.seed, self.rank, step))
+            self.rng = RankRNGStates(self.global_config.seed, self.rank, step)
+        self.buffer.load_state_dict(reshard_replay([p["replay_buffer"] for p in parts],
+                                                   self.rank, self.world_size,
+                                                   self.buffer.capacity))
+        self.resharded_from = {"world_size": old_world, "step": step, "exact": False,
+                               "checkpoint": info.name}
+        dropped = list(range(self.world_size, old_world))
+        if self.rank == 0:
+            warnings.warn(
+            f"RESHARDED: {info.name} was written by {old_world} rank(s), this run has "
+            f"{self.world_size}. Model and optimizer resharded by DCP; replay shards merged and "
+            f"split ({len(self.buffer)} transitions on rank 0)"
+            + (f"; the episodes of rank(s) {', '.join(map(str, dropped))} end here"
+               if dropped else "")
+            + (f"; rank(s) {', '.join(map(str, range(old_world, self.world_size)))} start "
+               "fresh episodes" if self.world_size > old_world else "")
+            + ". This run is NOT bit-identical to an uninterrupted run at either size.",
+            ReshardWarning, stacklevel=2)
+
+    def close(self) -> None:
+        try:
+            if self.checkpointer is not None:
+                self.checkpointer.close()
+        finally:
+            super().close()
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: `ckptlab train --nproc N` (launcher) and the worker it starts
+# --------------------------------------------------------------------------------------------
+
+_LAUNCH_FLAGS = ("--nproc", "--max-restarts", "--nnodes", "--rdzv-endpoint", "--rdzv-id")
+
+
+def worker_argv(argv: Sequence[str]) -> list[str]:
+    """The command line minus the launcher's own options (what each worker runs)."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item in _LAUNCH_FLAGS:
+            skip = True
+            continue
+        if item.startswith(tuple(f + "=" for f in _LAUNCH_FLAGS)):
+            continue
+        out.append(item)
+    return out
+
+
+def cmd_train_distributed(args: argparse.Namespace, argv: Sequence[str],
+                          config_for: Callable[[argparse.Namespace, CheckpointInfo | None],
+                                               DQNConfig],
+                          retention_for: Callable[[argparse.Namespace],
+                                                  list[RetentionPolicy]],
+                          save_policy_for: Callable[[argparse.Namespace, DQNConfig],
+                                                    SavePolicy]) -> int:
+    """``ckptlab train`` with ``--nproc`` (launch) or inside a launched worker (train)."""
+    if in_launched_worker():
+        if args.nproc is not None:
+            raise CkptlabError("--nproc launches workers; inside torchrun give the rank count "
+                               "to torchrun (--nproc-per-node) instead")
+        return _worker(args, config_for, retention_for, save_policy_for)
+    world_size = args.nproc * args.nnodes
+    # Checked here, once, before any worker starts: a refused run starts and changes nothing.
+    info = find_resume_checkpoint(args.run_dir, args.resume)
+    config = config_for(args, info)
+    check_world_size(config, world_size)
+    if info is not None:
+        plan_resume(info, config, allow_config_change=args.allow_config_change,
+                    run_checkpoints=args.run_dir / CHECKPOINTS_SUBDIR)
+        if not is_sharded(info.manifest):
+            raise IncompatibleCheckpointError(
+                f"{info.path} was written by a single process; resume it without --nproc, or "
+                "start the distributed run in another --run-dir")
+        if info.step >= config.total_steps:
+            print(f"The run in {args.run_dir} is already finished: {info.name} is at step "
+                  f"{info.step} of {config.total_steps}. Nothing to do.")
+            return 0
+    print(f"Launching {args.nproc} rank(s) per node on {args.nnodes} node(s) with torch's "
+          f"elastic agent (max restarts {args.max_restarts}).", flush=True)
+    launch(worker_argv(argv), nproc=args.nproc, nnodes=args.nnodes,
+           max_restarts=args.max_restarts, rdzv_endpoint=args.rdzv_endpoint,
+           rdzv_id=args.rdzv_id)
+    return 0
+
+
+def _worker(args: argparse.Namespace, config_for: Any, retention_for: Any,
+            save_policy_for: Any) -> int:
+    rank = int(os.environ["RANK"])
+    use_cuda = torch.cuda.is_available() and args.device != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    init_distributed("nccl" if use_cuda else "gloo")
+    if rank != 0:
+        warnings.simplefilter("ignore")  # rank 0 reports; N copies of each warning help nobody
+    checkpointer = trainer = None
+    try:
+        checkpointer = ShardedCheckpointer(
+            args.run_dir / CHECKPOINTS_SUBDIR, retention=retention_for(args),
+            best=BestBy("eval_return", "max"), disk_budget_bytes=args.disk_budget,
+            extra_versions=_gym_version())
+        info = checkpointer.agree_on_checkpoint(
+            lambda: find_resume_checkpoint(args.run_dir, args.resume))
+        config = config_for(args, info)
+        plan = (plan_resume(info, config, allow_config_change=args.allow_config_change,
+                            run_checkpoints=args.run_dir / CHECKPOINTS_SUBDIR)
+                if info is not None else None)
+        say = None if args.quiet else (lambda line: print(line, flush=True))
+        trainer = DistributedTrainer(config, checkpointer,
+                                     save_policy=save_policy_for(args, config),
+                                     async_save=args.async_save,
+                                     shard_model=args.shard_model, log=say)
+        restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if plan is not None:
+            trainer.resume_from(plan)
+            if rank == 0:
+                print(f"[restart {restarts}] Resuming {trainer.world_size} rank(s) from "
+                      f"{info.name} (step {info.step} of {config.total_steps}, written by "
+                      f"{world_size_of(info.manifest)} rank(s)).", flush=True)
+        elif rank == 0:
+            print(f"[restart {restarts}] Starting a new {trainer.world_size}-rank run: "
+                  f"{config.env_id}, seed {config.seed}, {config.total_steps} steps, {trainer.parallelism}, backend "
+                  f"{dist.get_backend()}.", flush=True)
+        result = trainer.train()
+        if rank == 0:
+            where = f"; final checkpoint {result.last_checkpoint.name}" \
+                if result.last_checkpoint else ""
+            print(f"Finished at step {result.final_step} on {trainer.world_size} rank(s) in "
+                  f"{result.train_seconds:.1f} s{where}.", flush=True)
+        return 0
+    finally:
+        if trainer is not None:
+            trainer.close()
+        elif checkpointer is not None:
+            checkpointer.close()
+        dist.destroy_process_group()
+
+
+def _gym_version() -> dict[str, str]:
+    import gymnasium
+
+    return {"gymnasium": gymnasium.__version__}
+
+
+# --------------------------------------------------------------------------------------------
+# Launching a run from Python (lesson 09, tests)
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class LaunchedRun:
+    """A finished ``ckptlab train --nproc N`` process."""
+
+    run_dir: Path
+    returncode: int
+    output: str
+
+    @property
+    def attempts(self) -> list[str]:
+        """Rank 0's line for each attempt the elastic launcher started."""
+        return [line for line in self.output.splitlines() if line.startswith("[restart")]
+
+    @property
+    def kills(self) -> list[str]:
+        """The injected SIGKILLs, one line each."""
+        return [line for line in self.output.splitlines() if "injected SIGKILL" in line]
+
+    @property
+    def final_checkpoint(self) -> Path:
+        """The checkpoint the ``latest`` pointer names."""
+        import json
+
+        latest = self.run_dir / CHECKPOINTS_SUBDIR / "latest"
+        return self.run_dir / CHECKPOINTS_SUBDIR / json.loads(latest.read_text())["checkpoint"]
+
+
+def run_distributed(config: DQNConfig, run_dir: str | os.PathLike[str], *, nproc: int,
+                    max_restarts: int = 0, resume: str | os.PathLike[str] | None = None,
+                    kill: str | None = None, timeout: float = 600) -> LaunchedRun:
+    """Run ``ckptlab train --nproc nproc`` with ``config`` in a child process and wait.
+
+    Args:
+        kill: ``CKPTLAB_RANK_FAULT`` items (``"RANK:PHASE@STEP[#ATTEMPT]"``) to SIGKILL ranks.
+        resume: a checkpoint or run directory to start from (default: the run's own).
+
+    Raises:
+        CkptlabError: the job failed; the message ends with its output.
+    """
+    import json
+    import subprocess
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "config.json"
+    config_file.write_text(json.dumps(config.to_dict()))
+    cmd = [sys.executable, "-m", "ckptlab", "train", "--run-dir", str(run_dir), "--config",
+           str(config_file), "--nproc", str(nproc), "--max-restarts", str(max_restarts),
+           "--quiet"]
+    if resume is not None:
+        cmd += ["--resume", str(resume)]
+    env = {k: v for k, v in os.environ.items() if k != "CKPTLAB_RANK_FAULT"}
+    if kill:
+        env["CKPTLAB_RANK_FAULT"] = kill
+    env.setdefault("OMP_NUM_THREADS", "1")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    run = LaunchedRun(run_dir, done.returncode, done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise CkptlabError(f"ckptlab train --nproc {nproc} failed ({done.returncode}):\n"
+                           + run.output[-3000:])
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class KillOutcome:
+    """What killing one rank at one point of a run did, against the uninterrupted run."""
+
+    kill: str                       # the CKPTLAB_RANK_FAULT item
+    attempts: tuple[str, ...]       # rank 0's line per attempt of the elastic launcher
+    resumed_from_step: int | None   # where the restarted job resumed (None: started afresh)
+    identical: bool                 # final state equal to the uninterrupted run's, bit for bit
+    differing: tuple[str, ...]      # the components that differ (empty when identical)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """A one-row table for display."""
+        return [{"killed": self.kill, "attempts": len(self.attempts),
+                 "restart resumed from": "fresh start" if self.resumed_from_step is None
+                 else f"step {self.resumed_from_step}",
+                 "final state identical": self.identical,
+                 "differing": ", ".join(self.differing) or "-"}]
+
+
+def kill_outcome(run: LaunchedRun, reference: str | os.PathLike[str], kill: str) -> KillOutcome:
+    """Summarise a finished killed-and-restarted run against ``reference`` (a checkpoint)."""
+    import re
+
+    from ..engine.distributed import compare_sharded_checkpoints
+
+    resumed = None
+    if len(run.attempts) > 1:
+        match = re.search(r"from step_(\d+)", run.attempts[-1])
+        resumed = int(match.group(1)) if match else None
+    differing = tuple(c.name for c in compare_sharded_checkpoints(reference,
+                                                                  run.final_checkpoint)
+                      if not c.identical)
+    return KillOutcome(kill, tuple(run.attempts), resumed, not differing, differing)
+
+
+def kill_and_compare(config: DQNConfig, run_dir: str | os.PathLike[str],
+                     reference: str | os.PathLike[str], *, rank: int, phase: str, step: int,
+                     nproc: int = 2) -> KillOutcome:
+    """Train ``config`` on ``nproc`` ranks, SIGKILL ``rank`` at ``phase`` of step ``step``,
+    let the elastic launcher restart the job once, and compare with ``reference``."""
+    if not 0 <= rank < nproc:
+        raise CkptlabError(f"rank must be between 0 and {nproc - 1} (got {rank})")
+    kill = f"{rank}:{phase}@{step}"
+    run = run_distributed(config, run_dir, nproc=nproc, max_restarts=1, kill=kill)
+    return kill_outcome(run, reference, kill)

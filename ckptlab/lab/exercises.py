@@ -618,7 +618,8 @@ def check_own_loop(fn: Callable[..., Any] | None, total_steps: int = 60,
     resumed (not started over), and the checkpoint must hold every returned component,
     including at least one of the learner's own classes.
     """
-    from ..engine import CheckpointManager, CkptlabError, load_checkpoint_state
+    from ..engine import (CheckpointManager, CkptlabError, RollbackRequiredError,
+                          load_checkpoint_state)
 
     if fn is None:
         return _not_done("define your training loop", "own_loop")
@@ -639,6 +640,12 @@ def check_own_loop(fn: Callable[..., Any] | None, total_steps: int = 60,
             return None, seen, None
         except NotImplementedError:
             return None, seen, _not_done("fill in the parts marked `your code here`", "own_loop")
+        except RollbackRequiredError:
+            # It saved a step below the checkpoints it left before the kill: it never restored.
+            return None, seen, _fail("after the kill your loop started again from step 1 and "
+                                     "tried to save over the newer checkpoints: restore the "
+                                     "latest checkpoint (manager.restore_latest()) and continue "
+                                     "from its step", "own_loop")
         except CkptlabError as exc:
             extra = (" (the killed loop still holds the folder: open the manager with "
                      "`with CheckpointManager(...) as manager:` so it is released)"
@@ -674,20 +681,22 @@ def check_own_loop(fn: Callable[..., Any] | None, total_steps: int = 60,
             return _fail(f"the loop ended before step {kill_after}; run {total_steps} steps "
                          "and call after_step(step) after each", "own_loop")
         resumed, after, failed = run(killed_dir, None)
-        if failed:
-            return failed
         checkpoints = CheckpointManager(killed_dir, create=False).committed() \
             if killed_dir.is_dir() else []
         if not checkpoints:
-            return _fail("nothing was saved in run_dir: no checkpoint for the resume to start "
-                         "from (save with manager.save(step))", "own_loop")
+            return failed or _fail("nothing was saved in run_dir: no checkpoint for the resume "
+                                   "to start from (save with manager.save(step))", "own_loop")
         _, saved = load_checkpoint_state(checkpoints[-1])
         own = [name for name, c in straight.items()
                if not type(c).__module__.startswith(("torch", "numpy", "ckptlab"))]
+        # A missing component is the root cause even when the resumed call then failed (an
+        # unregistered step counter restarts at 1 and its first save is refused).
         unsaved = sorted(set(straight) - set(saved))
         if unsaved:
             return _fail(f"{unsaved} not in your checkpoint (it holds {sorted(saved)}): "
                          "register every component with the manager", "own_loop")
+        if failed:
+            return failed
         if not own:
             return _fail("every component is a library object; write and register your own "
                          "class with state_dict()/load_state_dict() (the step counter)",

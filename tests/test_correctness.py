@@ -822,3 +822,27 @@ def _restore_fresh(checkpoint: Path):
         reader.register("model", module)
         reader.register("optimizer", torch.optim.Adam(module.parameters()))
         return reader.restore(checkpoint)
+
+
+def test_sharded_member_names_stay_inside_the_checkpoint(tmp_path):
+    """A sharded manifest may list ranks' parts and DCP files one level down, nothing else;
+    a rank folder that is a symlink is refused, not followed."""
+    from ckptlab.engine.format import is_member_name, open_member
+
+    for good in ("rank_00001/state.json", "rank_00000/tensors.safetensors",
+                 "rank_00002/shard.json", "dcp/.metadata", "dcp/__1_0.distcp"):
+        assert is_member_name(good, sharded=True)
+        assert not is_member_name(good, sharded=False)
+    for bad in ("../state.json", "rank_00001/../../etc/passwd", "/etc/passwd", "dcp/x.pt",
+                "rank_1/state.json", "rank_00001/sub/state.json", "state.json"):
+        assert not is_member_name(bad, sharded=True), bad
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "state.json").write_bytes(b"{}")
+    checkpoint = tmp_path / "step_00000001"
+    checkpoint.mkdir()
+    (checkpoint / "rank_00000").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(CheckpointCorruptError, match="not followed"):
+        open_member(checkpoint, "rank_00000/state.json", 2)
+    with pytest.raises(CheckpointCorruptError, match="not a checkpoint file"):
+        open_member(checkpoint, "rank_00000/../outside/state.json", 2)

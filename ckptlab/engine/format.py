@@ -66,6 +66,22 @@ _REPLACED_PREFIX = ".replaced-"
 _MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 # The member files a format-1 manifest may list: plain names, never paths.
 MEMBER_FILES = frozenset({TENSORS, STATE})
+# A sharded checkpoint (one written by several ranks, see .sharded) lists instead, one level
+# down: each rank's part (rank_00001/state.json, ...) and the DCP files (dcp/__1_0.distcp,
+# dcp/.metadata). Nothing else, and never a path that leaves the checkpoint directory.
+_SHARDED_MEMBER = re.compile(
+    r"^(?:rank_\d{5}/(?:shard\.json|state\.json|tensors\.safetensors)"
+    r"|dcp/(?:\.metadata|__\d+_\d+\.distcp))$")
+
+
+def is_member_name(name: str, sharded: bool) -> bool:
+    """Whether a manifest may list ``name`` as one of its files."""
+    return name in MEMBER_FILES if not sharded else bool(_SHARDED_MEMBER.match(name))
+
+
+def _member_bound(name: str) -> int:
+    leaf = name.rsplit("/", 1)[-1]
+    return _MAX_MEMBER_BYTES.get(leaf, _MAX_MEMBER_BYTES[TENSORS])
 # Bounds applied before anything is read, so a hostile manifest cannot make a reader allocate
 # without limit: state.json is parsed whole, the tensor file is read whole.
 _MAX_MEMBER_BYTES = {STATE: 4 * 1024**3, TENSORS: 1024**4}
@@ -263,10 +279,19 @@ def open_member(checkpoint: Path, name: str, expected_bytes: int) -> BinaryIO:
         CheckpointCorruptError: the name, the kind of file or its size is wrong, the file is
             missing or cannot be read.
     """
-    if name not in MEMBER_FILES:
+    if not (is_member_name(name, sharded=False) or is_member_name(name, sharded=True)):
         raise CheckpointCorruptError(f"{checkpoint}: the manifest names {name!r}, which is not "
-                                     f"a checkpoint file ({', '.join(sorted(MEMBER_FILES))})")
-    bound = _MAX_MEMBER_BYTES[name]
+                                     f"a checkpoint file ({', '.join(sorted(MEMBER_FILES))}, "
+                                     "or a rank's part or DCP file of a sharded checkpoint)")
+    bound = _member_bound(name)
+    if "/" in name:  # a sharded member: its folder must be a real folder, not a symlink
+        folder = checkpoint / name.split("/", 1)[0]
+        try:
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                raise CheckpointCorruptError(f"{folder} is not a folder (a symbolic link or a "
+                                             "file in its place); it is not followed")
+        except FileNotFoundError:
+            raise CheckpointCorruptError(f"{folder} is missing") from None
     if isinstance(expected_bytes, bool) or not isinstance(expected_bytes, int) \
             or not 0 <= expected_bytes <= bound:
         raise CheckpointCorruptError(f"{checkpoint}: the manifest records an impossible size "
@@ -323,12 +348,18 @@ def validate_manifest(manifest: Any, path: Path) -> None:
     if not _is_int(step) or not 0 <= step < 10**15:
         raise bad(f"step {step!r} is not a non-negative whole number")
     files = manifest.get("files")
-    if not isinstance(files, dict) or set(files) != MEMBER_FILES:
+    sharded = isinstance(manifest.get("sharded"), dict)
+    if sharded:
+        if not isinstance(files, dict) or not files \
+                or not all(isinstance(n, str) and is_member_name(n, True) for n in files):
+            raise bad("its file table must list only ranks' parts (rank_NNNNN/...) and DCP "
+                      f"files (dcp/...) (got {sorted(map(str, files)) if isinstance(files, dict) else type(files).__name__})")
+    elif not isinstance(files, dict) or set(files) != MEMBER_FILES:
         raise bad(f"its file table must list exactly {', '.join(sorted(MEMBER_FILES))} "
                   f"(got {sorted(files) if isinstance(files, dict) else type(files).__name__})")
     for name, entry in files.items():
         if not isinstance(entry, dict) or not _is_int(entry.get("bytes")) \
-                or not 0 <= entry["bytes"] <= _MAX_MEMBER_BYTES[name] \
+                or not 0 <= entry["bytes"] <= _member_bound(name) \
                 or not isinstance(entry.get("sha256"), str) or not _HEX64.match(entry["sha256"]):
             raise bad(f"the entry for {name} needs a size in bytes and a SHA-256")
     components = manifest.get("components")

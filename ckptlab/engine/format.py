@@ -28,13 +28,11 @@ import os
 import re
 import struct
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as safetensors_load
 
 from .. import __version__
 from .errors import CheckpointCorruptError, CkptlabError, ForeignFileError, UnsupportedFormatError
@@ -98,6 +96,15 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+def safetensors_order(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """The order tensors are laid out in a file: largest element size first, then by name.
+
+    Packed back to back in this order from an 8-byte aligned start, every tensor is aligned
+    to its own element size.
+    """
+    return sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+
+
 def safetensors_chunks(tensors: Mapping[str, torch.Tensor],
                        metadata: Mapping[str, str]) -> list[bytes | memoryview]:
     """The bytes of a safetensors file as a list of chunks, without copying tensor data.
@@ -107,7 +114,7 @@ def safetensors_chunks(tensors: Mapping[str, torch.Tensor],
     element size (largest first) so every tensor stays aligned, like the reference writer.
     The result is read back by ``safetensors.torch.load``.
     """
-    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    order = safetensors_order(tensors)
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
     chunks: list[bytes | memoryview] = []
     offset = 0
@@ -232,12 +239,92 @@ def _json_copy(value: Any) -> Any:
 
 
 
-def decode_tensors(data: bytes, source: Path) -> dict[str, torch.Tensor]:
-    """Decode safetensors bytes (already verified against the manifest) into CPU tensors."""
+class TensorSource(Protocol):
+    """A file being read front to back (the reader hashes every byte it passes on)."""
+
+    size: int
+
+    def read(self, n: int) -> bytes: ...
+
+    def readinto(self, buffer: memoryview) -> None: ...
+
+    def skip(self, n: int) -> None: ...
+
+
+_DTYPES_BY_NAME = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}
+
+
+def _tensor_entries(header: Any, data_bytes: int) -> list[tuple[int, int, str, torch.dtype,
+                                                                list[int]]]:
+    """Validate a parsed safetensors header: ``(begin, end, key, dtype, shape)`` by offset.
+
+    The byte ranges must tile the data region exactly (as the safetensors library requires),
+    so no tensor reads outside the file or overlaps another.
+    """
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    entries = []
+    for key, spec in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(spec, dict):
+            raise ValueError(f"tensor {key!r} has no description")
+        dtype = _DTYPES_BY_NAME.get(spec.get("dtype"))  # type: ignore[arg-type]
+        shape, offsets = spec.get("shape"), spec.get("data_offsets")
+        if dtype is None:
+            raise ValueError(f"tensor {key!r} has an unknown dtype {spec.get('dtype')!r}")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise ValueError(f"tensor {key!r} has an invalid shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(type(o) is int for o in offsets)):
+            raise ValueError(f"tensor {key!r} has invalid data_offsets {offsets!r}")
+        begin, end = offsets
+        if end - begin != math.prod(shape) * dtype.itemsize:
+            raise ValueError(f"tensor {key!r}: shape {shape} does not fit {end - begin} bytes")
+        entries.append((begin, end, key, dtype, shape))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    position = 0
+    for begin, end, key, _, _ in entries:
+        if begin != position:
+            raise ValueError(f"tensor {key!r} starts at byte {begin}, expected {position}")
+        position = end
+    if position != data_bytes:
+        raise ValueError(f"the tensors cover {position} of {data_bytes} data bytes")
+    return entries
+
+
+def read_safetensors(source: TensorSource,
+                     wanted: Container[str] | None = None) -> dict[str, torch.Tensor]:
+    """Decode a safetensors file read front to back from ``source``, in one pass.
+
+    Each wanted tensor is read straight into its own freshly allocated CPU tensor (no
+    intermediate copy of the file, so decoding holds one copy of the state); the bytes of
+    tensors not in ``wanted`` are passed over (``source`` still sees them, to hash them).
+    ``wanted=None`` keeps every tensor. The header is validated in full before any data is
+    read.
+
+    Raises:
+        ValueError: the bytes are not a well-formed safetensors file.
+    """
+    if source.size < 8:
+        raise ValueError("shorter than a safetensors header")
+    length = int.from_bytes(source.read(8), "little")
+    if length > source.size - 8:
+        raise ValueError(f"header length {length} exceeds the file")
     try:
-        return safetensors_load(data)
-    except SafetensorError as exc:  # hash matched, so the writer produced it: still report it
-        raise CheckpointCorruptError(f"{source}: unreadable ({exc})") from None
+        header = json.loads(source.read(length))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"the header is not valid JSON ({exc})") from None
+    tensors: dict[str, torch.Tensor] = {}
+    for begin, end, key, dtype, shape in _tensor_entries(header, source.size - 8 - length):
+        if wanted is not None and key not in wanted:
+            source.skip(end - begin)
+            continue
+        tensor = torch.empty(shape, dtype=dtype)
+        if end > begin:
+            source.readinto(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+        tensors[key] = tensor
+    return tensors
 
 
 def read_tensor_table(path: Path) -> dict[str, dict[str, Any]]:

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
 
 from .errors import CkptlabError
@@ -137,6 +138,11 @@ class _ParallelFlush:
             raise self._errors[0]
 
 
+def _bytes_of(tensor: torch.Tensor) -> numpy.ndarray:
+    """The raw bytes of a contiguous CPU tensor, as a flat uint8 array (no copy)."""
+    return tensor.detach().reshape(-1).view(torch.uint8).numpy()
+
+
 def _pieces(views: Sequence[memoryview]) -> Iterator[memoryview]:
     for view in views:
         for start in range(0, len(view), _PIECE):
@@ -187,9 +193,11 @@ class StagingBuffer:
         for key in order:  # largest elements first: every view is aligned for its dtype
             tensor = tensors[key]
             size = tensor.numel() * tensor.element_size()
-            view = self._buffer[offset:offset + size].view(tensor.dtype).view(tensor.shape)
-            view.copy_(tensor)
-            staged[key] = view
+            block = self._buffer[offset:offset + size]
+            # A plain memcpy through numpy: torch's copy_ may wake its thread pool, which on a
+            # busy machine costs more than the copy itself.
+            numpy.copyto(block.numpy(), _bytes_of(tensor))
+            staged[key] = block.view(tensor.dtype).view(tensor.shape)
             offset += size
         return staged
 

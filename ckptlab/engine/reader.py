@@ -3,7 +3,8 @@
 How a load stays safe: JSON and safetensors cannot execute code, and ckptlab never calls
 ``pickle`` or ``torch.load``. Every file's size and SHA-256 are checked against the manifest
 (which checks its own hash) before its contents are used; nothing is loaded into any component
-unless the whole checkpoint verified. A newest checkpoint that fails is skipped, with a warning,
+unless the whole checkpoint verified. A load reads each file once, hashing it as it is read and
+decoding the tensors from the same reads straight into fresh tensors. A newest checkpoint that fails is skipped, with a warning,
 for the newest one that passes.
 
 Introduced in notebook ``01_pipeline_trace``; failure handling in ``07_failure_modes``.

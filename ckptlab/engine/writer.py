@@ -1,10 +1,12 @@
 """The write side: durable files, and the commit protocol that keeps a save invisible until done.
 
-A save writes its files into ``.tmp-step_...`` beside the final name, fsyncs each file and the
-directory, renames the directory into place and fsyncs the parent; only then is ``latest``
-replaced (temporary file + ``os.replace``; no symlinks, so it works on Windows and macOS). A
+A save writes its files into ``.tmp-step_...`` beside the final name, hashing each from the
+same buffers while writing it, fsyncs every file and the directory (all at once, in parallel),
+renames the directory into place, swaps ``latest`` (temporary file + ``os.replace``; no
+symlinks, so it works on Windows and macOS) and fsyncs the parent once for both renames. A
 crash at any moment leaves either the old set of checkpoints or the new one; leftovers are
-ignored by readers and removed by the next writer (:func:`remove_leftovers`).
+ignored by readers and removed by the next writer (:func:`remove_leftovers`). Async saves
+copy the state into a reusable :class:`StagingBuffer` first.
 """
 
 from __future__ import annotations

@@ -224,12 +224,15 @@ def _rss_kib(field: str) -> int:
 def child(method: str, path: Path, nbytes: int) -> None:
     """Restore once with ``method`` into a resident model; print seconds and peak RSS."""
     model = Blob(nbytes).fill(seed=None)
+    # Import only what this method needs (DCP's import alone takes seconds on a busy machine).
     if method == "ckptlab":
         from ckptlab import CheckpointManager
         manager = CheckpointManager(path.parent, create=False)
         manager.register("model", model)
-    import torch.distributed.checkpoint as dcp
-    from safetensors.torch import load_file
+    elif method == "safetensors":
+        from safetensors.torch import load_file
+    elif method == "dcp":
+        import torch.distributed.checkpoint as dcp
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current resident size
     before = _rss_kib("VmRSS:")

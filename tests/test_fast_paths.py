@@ -70,6 +70,7 @@ def test_every_dtype_and_shape_round_trips(tmp_path):
         "u16": torch.tensor([1, 65535], dtype=torch.uint16),
         "u32": torch.tensor([1, 2**32 - 1], dtype=torch.uint32),
         "u64": torch.tensor([1, 2**63], dtype=torch.uint64), "scalar": torch.tensor(2.5),
+        "expanded scalar": torch.tensor(5).expand(1),
         "empty": torch.empty(0, 3), "array": np.arange(6, dtype=np.float32).reshape(2, 3),
     }
     holder = restore_into(saved(tmp_path, state).path)
@@ -213,6 +214,21 @@ def test_everything_is_durable_before_the_rename_and_the_rename_before_returning
 
 
 # --- async saves: the mutation contract -----------------------------------------------------
+
+def test_async_copy_stages_every_dtype_and_odd_strides(tmp_path):
+    state = {"bf16": torch.randn(5).bfloat16(), "bool": torch.tensor([True, False, True]),
+             "expanded": torch.tensor(7).expand(1), "array": np.arange(4, dtype=np.int16),
+             "scalar": torch.tensor(1.5, dtype=torch.float64), "empty": torch.empty(0)}
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("holder", Holder(state))
+    info = manager.save_async(1).result()
+    manager.close()
+    _, states = load_checkpoint_state(info.path)
+    for key, value in state.items():
+        got = states["holder"][key]
+        assert (np.array_equal(got, value) if isinstance(value, np.ndarray)
+                else torch.equal(got, value)), key
+
 
 def test_async_copy_reuses_its_staging_buffer_and_frees_it_on_request(tmp_path):
     weights = torch.zeros(10_000)

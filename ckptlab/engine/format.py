@@ -28,10 +28,11 @@ import os
 import re
 import struct
 import sys
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy
 import torch
 
 from .. import __version__
@@ -74,7 +75,6 @@ def library_versions(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     ``extra`` adds the versions a caller's own components depend on (the DQN run adds
     gymnasium's), so the engine itself names no library beyond its own.
     """
-    import numpy
     import safetensors
 
     return {
@@ -94,6 +94,14 @@ _SAFETENSORS_DTYPES = {
     torch.uint8: "U8", torch.bool: "BOOL", torch.uint16: "U16", torch.uint32: "U32",
     torch.uint64: "U64",
 }
+
+
+def tensor_bytes(tensor: torch.Tensor) -> numpy.ndarray:
+    """The raw bytes of a contiguous CPU tensor as a flat uint8 array, without a copy."""
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() == 1 and flat.stride(0) != 1:  # an expanded scalar counts as contiguous
+        flat = flat.clone(memory_format=torch.contiguous_format)
+    return flat.view(torch.uint8).numpy()
 
 
 def safetensors_order(tensors: Mapping[str, torch.Tensor]) -> list[str]:
@@ -125,18 +133,11 @@ def safetensors_chunks(tensors: Mapping[str, torch.Tensor],
                        "data_offsets": [offset, offset + size]}
         offset += size
         if size:
-            chunks.append(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+            chunks.append(memoryview(tensor_bytes(tensor)))
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # data starts 8-byte aligned
     return [len(text).to_bytes(8, "little"), text, *chunks]
 
-
-
-def _digest(chunks: Sequence[bytes | memoryview]) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    return {"bytes": sum(memoryview(c).nbytes for c in chunks), "sha256": digest.hexdigest()}
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

@@ -32,6 +32,7 @@ from .format import (
     _TRASH_PREFIX,
     _canonical_json,
     safetensors_order,
+    tensor_bytes,
 )
 
 
@@ -140,11 +141,6 @@ class _ParallelFlush:
             raise self._errors[0]
 
 
-def _bytes_of(tensor: torch.Tensor) -> numpy.ndarray:
-    """The raw bytes of a contiguous CPU tensor, as a flat uint8 array (no copy)."""
-    return tensor.detach().reshape(-1).view(torch.uint8).numpy()
-
-
 def _pieces(views: Sequence[memoryview]) -> Iterator[memoryview]:
     for view in views:
         for start in range(0, len(view), _PIECE):
@@ -198,7 +194,7 @@ class StagingBuffer:
             block = self._buffer[offset:offset + size]
             # A plain memcpy through numpy: torch's copy_ may wake its thread pool, which on a
             # busy machine costs more than the copy itself.
-            numpy.copyto(block.numpy(), _bytes_of(tensor))
+            numpy.copyto(block.numpy(), tensor_bytes(tensor))
             staged[key] = block.view(tensor.dtype).view(tensor.shape)
             offset += size
         return staged

@@ -218,7 +218,8 @@ def test_everything_is_durable_before_the_rename_and_the_rename_before_returning
 def test_async_copy_stages_every_dtype_and_odd_strides(tmp_path):
     state = {"bf16": torch.randn(5).bfloat16(), "bool": torch.tensor([True, False, True]),
              "expanded": torch.tensor(7).expand(1), "array": np.arange(4, dtype=np.int16),
-             "scalar": torch.tensor(1.5, dtype=torch.float64), "empty": torch.empty(0)}
+             "scalar": torch.tensor(1.5, dtype=torch.float64), "empty": torch.empty(0),
+             "empty strided": torch.empty(0, dtype=torch.int64).as_strided((0,), (0,))}
     manager = CheckpointManager(tmp_path / "ck")
     manager.register("holder", Holder(state))
     info = manager.save_async(1).result()

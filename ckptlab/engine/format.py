@@ -99,7 +99,7 @@ _SAFETENSORS_DTYPES = {
 def tensor_bytes(tensor: torch.Tensor) -> numpy.ndarray:
     """The raw bytes of a contiguous CPU tensor as a flat uint8 array, without a copy."""
     flat = tensor.detach().reshape(-1)
-    if flat.numel() == 1 and flat.stride(0) != 1:  # an expanded scalar counts as contiguous
+    if flat.numel() <= 1 and flat.stride(0) != 1:  # such strides still count as contiguous
         flat = flat.clone(memory_format=torch.contiguous_format)
     return flat.view(torch.uint8).numpy()
 

@@ -95,6 +95,7 @@ class _ParallelFlush:
         total = sum(len(v) for v in views)
         hasher = hashlib.sha256() if digest else None
         if hasher is not None and total >= _HASH_THREAD_MIN:
+            # Large: a thread hashes each piece while this one writes it.
             pieces: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
             worker = threading.Thread(target=_hash_pieces, args=(hasher, pieces))
             worker.start()
@@ -102,15 +103,21 @@ class _ParallelFlush:
                 for piece in _pieces(views):
                     pieces.put(piece)
                     _write_all(handle, piece)
-            finally:
+            except BaseException:
                 pieces.put(None)
                 worker.join()
+                raise
+            self._start(os.fsync, handle.fileno())
+            pieces.put(None)
+            worker.join()
         else:
+            # Small: the hash costs less than a thread; it runs while the fsync does.
             for piece in _pieces(views):
                 _write_all(handle, piece)
-                if hasher is not None:
-                    hasher.update(piece)
-        self._start(os.fsync, handle.fileno())
+            self._start(os.fsync, handle.fileno())
+            if hasher is not None:
+                for view in views:
+                    hasher.update(view)
         return {"bytes": total, "sha256": hasher.hexdigest()} if hasher is not None else None
 
     def sync_directory(self, path: Path) -> None:

@@ -24,8 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._machine import describe  # noqa: E402
-from ckptlab import DQNConfig, Trainer, load_checkpoint_state  # noqa: E402
-from ckptlab.engine import restore_components  # noqa: E402
+from ckptlab import CheckpointManager, DQNConfig, Trainer  # noqa: E402
 
 
 def _time(fn) -> float:
@@ -57,6 +56,9 @@ def save_and_load(transitions: int, repeats: int) -> None:
         # Retention is off on both sides: deleting old files is not part of writing new ones.
         trainer = Trainer(config, Path(tmp) / "run")
         loader = Trainer(config)  # a fresh run to load into, as a resume would
+        reader = CheckpointManager(Path(tmp) / "run" / "checkpoints", create=False)
+        for name, component in loader.components().items():
+            reader.register(name, component)
         trainer.train(until_step=transitions)
         assert len(trainer.buffer) == transitions
         save_times, load_times, raw_w, raw_r = [], [], [], []
@@ -74,8 +76,7 @@ def save_and_load(transitions: int, repeats: int) -> None:
                 raw_w.append(raw_write(raw_path, os.urandom(size)))
             raw_r.append(raw_read(raw_path))
             t0 = time.perf_counter()
-            _, states = load_checkpoint_state(info.path)
-            restore_components(loader.components(), states, info.path)
+            reader.restore(info.path)  # the path users call: verify, decode, load in one pass
             load_times.append(time.perf_counter() - t0)
         trainer.close()
         loader.close()

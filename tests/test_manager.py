@@ -81,14 +81,14 @@ def test_write_errors_are_clear_and_leave_everything_intact(tmp_path, monkeypatc
     before = tree_digest(tmp_path / "ck")
     import ckptlab.engine.manager as ck
 
-    real = ck._write_durable
+    real = ck._ParallelFlush.write
 
-    def failing(path, data):
+    def failing(self, path, chunks, **kwargs):
         if path.name == "manifest.json":  # mid-save: the data files are already written
             raise OSError(error, os.strerror(error), str(path))
-        return real(path, data)
+        return real(self, path, chunks, **kwargs)
 
-    monkeypatch.setattr(ck, "_write_durable", failing)
+    monkeypatch.setattr(ck._ParallelFlush, "write", failing)
     counter.value = 2
     with pytest.raises(CheckpointWriteError, match=name) as excinfo:
         manager.save(2)
@@ -96,7 +96,7 @@ def test_write_errors_are_clear_and_leave_everything_intact(tmp_path, monkeypatc
     assert tree_digest(tmp_path / "ck") == before
     assert [p.name for p in manager.committed()] == ["step_00000001"]
     assert manager.latest_pointer() == "step_00000001"
-    monkeypatch.setattr(ck, "_write_durable", real)
+    monkeypatch.setattr(ck._ParallelFlush, "write", real)
     manager.save(2)  # and it recovers once the disk is fine again
     manager.close()
 

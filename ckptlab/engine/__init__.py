@@ -84,6 +84,7 @@ from .reader import (
     committed_checkpoints,
     latest_valid_checkpoint,
     load_checkpoint_state,
+    load_newest_valid,
     newest_valid_checkpoint,
     read_decision_log,
     read_pointer,
@@ -109,7 +110,8 @@ __all__ = [
     "KeepTopK", "OnImprovement", "OnStart", "RetentionPolicy", "SaveContext", "SavePolicy",
     "decide_retention", "wall_clock", "FINAL", "START",
     "CheckpointFallbackWarning", "CheckpointInfo", "Stateful", "committed_checkpoints",
-    "latest_valid_checkpoint", "load_checkpoint_state", "newest_valid_checkpoint",
+    "latest_valid_checkpoint", "load_checkpoint_state", "load_newest_valid",
+    "newest_valid_checkpoint",
     "read_decision_log", "read_pointer", "resolve_location", "restore_components",
     "verify_checkpoint", "CheckpointWriteError",
 ]

@@ -30,13 +30,12 @@ import re
 import stat
 import struct
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
+import numpy
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as safetensors_load
 
 from .. import __version__
 from .errors import (
@@ -108,7 +107,6 @@ def library_versions(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     ``extra`` adds the versions a caller's own components depend on (the DQN run adds
     gymnasium's), so the engine itself names no library beyond its own.
     """
-    import numpy
     import safetensors
 
     return {
@@ -136,6 +134,23 @@ def storable_dtype(dtype: torch.dtype) -> bool:
     return dtype in _SAFETENSORS_DTYPES
 
 
+def tensor_bytes(tensor: torch.Tensor) -> numpy.ndarray:
+    """The raw bytes of a contiguous CPU tensor as a flat uint8 array, without a copy."""
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() <= 1 and flat.stride(0) != 1:  # such strides still count as contiguous
+        flat = flat.clone(memory_format=torch.contiguous_format)
+    return flat.view(torch.uint8).numpy()
+
+
+def safetensors_order(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """The order tensors are laid out in a file: largest element size first, then by name.
+
+    Packed back to back in this order from an 8-byte aligned start, every tensor is aligned
+    to its own element size.
+    """
+    return sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+
+
 def safetensors_chunks(tensors: Mapping[str, torch.Tensor],
                        metadata: Mapping[str, str]) -> list[bytes | memoryview]:
     """The bytes of a safetensors file as a list of chunks, without copying tensor data.
@@ -145,7 +160,7 @@ def safetensors_chunks(tensors: Mapping[str, torch.Tensor],
     element size (largest first) so every tensor stays aligned, like the reference writer.
     The result is read back by ``safetensors.torch.load``.
     """
-    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    order = safetensors_order(tensors)
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
     chunks: list[bytes | memoryview] = []
     offset = 0
@@ -156,18 +171,11 @@ def safetensors_chunks(tensors: Mapping[str, torch.Tensor],
                        "data_offsets": [offset, offset + size]}
         offset += size
         if size:
-            chunks.append(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+            chunks.append(memoryview(tensor_bytes(tensor)))
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # data starts 8-byte aligned
     return [len(text).to_bytes(8, "little"), text, *chunks]
 
-
-
-def _digest(chunks: Sequence[bytes | memoryview]) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    return {"bytes": sum(memoryview(c).nbytes for c in chunks), "sha256": digest.hexdigest()}
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
@@ -528,12 +536,126 @@ def _json_copy(value: Any) -> Any:
 
 
 
-def decode_tensors(data: bytes, source: Path) -> dict[str, torch.Tensor]:
-    """Decode safetensors bytes (already verified against the manifest) into CPU tensors."""
+class TensorSource(Protocol):
+    """A file being read front to back (the reader hashes every byte it passes on)."""
+
+    size: int
+
+    def read(self, n: int) -> bytes: ...
+
+    def readinto(self, buffer: memoryview) -> None: ...
+
+    def skip(self, n: int) -> None: ...
+
+
+_DTYPES_BY_NAME = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}
+
+
+def _tensor_entries(header: Any, data_bytes: int) -> list[tuple[int, int, str, torch.dtype,
+                                                                list[int]]]:
+    """Validate a parsed safetensors header: ``(begin, end, key, dtype, shape)`` by offset.
+
+    The byte ranges must tile the data region exactly (as the safetensors library requires),
+    so no tensor reads outside the file or overlaps another.
+    """
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    entries = []
+    for key, spec in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(spec, dict):
+            raise ValueError(f"tensor {key!r} has no description")
+        dtype = _DTYPES_BY_NAME.get(spec.get("dtype"))  # type: ignore[arg-type]
+        shape, offsets = spec.get("shape"), spec.get("data_offsets")
+        if dtype is None:
+            raise ValueError(f"tensor {key!r} has an unknown dtype {spec.get('dtype')!r}")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise ValueError(f"tensor {key!r} has an invalid shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(type(o) is int for o in offsets)):
+            raise ValueError(f"tensor {key!r} has invalid data_offsets {offsets!r}")
+        begin, end = offsets
+        if end - begin != math.prod(shape) * dtype.itemsize:
+            raise ValueError(f"tensor {key!r}: shape {shape} does not fit {end - begin} bytes")
+        entries.append((begin, end, key, dtype, shape))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    position = 0
+    for begin, end, key, _, _ in entries:
+        if begin != position:
+            raise ValueError(f"tensor {key!r} starts at byte {begin}, expected {position}")
+        position = end
+    if position != data_bytes:
+        raise ValueError(f"the tensors cover {position} of {data_bytes} data bytes")
+    return entries
+
+
+class _BytesSource:
+    """A :class:`TensorSource` over bytes already in memory (and already verified)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._view, self._position, self.size = memoryview(data), 0, len(data)
+
+    def read(self, n: int) -> bytes:
+        chunk = self._view[self._position:self._position + n]
+        self._position += len(chunk)
+        return bytes(chunk)
+
+    def readinto(self, buffer: memoryview) -> None:
+        n = len(buffer)
+        if self._position + n > self.size:
+            raise ValueError("the file ends inside a tensor")
+        buffer[:] = self._view[self._position:self._position + n]
+        self._position += n
+
+    def skip(self, n: int) -> None:
+        self._position += n
+
+
+def read_safetensors_bytes(data: bytes, source: Path) -> dict[str, torch.Tensor]:
+    """Decode a whole (already verified) safetensors file held in memory.
+
+    Raises:
+        CheckpointCorruptError: the bytes are not a well-formed safetensors file.
+    """
     try:
-        return safetensors_load(data)
-    except SafetensorError as exc:  # hash matched, so the writer produced it: still report it
+        return read_safetensors(_BytesSource(data))
+    except ValueError as exc:
         raise CheckpointCorruptError(f"{source}: unreadable ({exc})") from None
+
+
+def read_safetensors(source: TensorSource,
+                     wanted: Container[str] | None = None) -> dict[str, torch.Tensor]:
+    """Decode a safetensors file read front to back from ``source``, in one pass.
+
+    Each wanted tensor is read straight into its own freshly allocated CPU tensor (no
+    intermediate copy of the file, so decoding holds one copy of the state); the bytes of
+    tensors not in ``wanted`` are passed over (``source`` still sees them, to hash them).
+    ``wanted=None`` keeps every tensor. The header is validated in full before any data is
+    read.
+
+    Raises:
+        ValueError: the bytes are not a well-formed safetensors file.
+    """
+    if source.size < 8:
+        raise ValueError("shorter than a safetensors header")
+    length = int.from_bytes(source.read(8), "little")
+    if length > source.size - 8:
+        raise ValueError(f"header length {length} exceeds the file")
+    try:
+        header = json.loads(source.read(length))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"the header is not valid JSON ({exc})") from None
+    tensors: dict[str, torch.Tensor] = {}
+    for begin, end, key, dtype, shape in _tensor_entries(header, source.size - 8 - length):
+        if wanted is not None and key not in wanted:
+            source.skip(end - begin)
+            continue
+        tensor = torch.empty(shape, dtype=dtype)
+        if end > begin:
+            source.readinto(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+        tensors[key] = tensor
+    return tensors
 
 
 def read_tensor_table(path: Path) -> dict[str, dict[str, Any]]:

@@ -14,11 +14,12 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,6 @@ from .format import (
     TENSORS,
     _TEMP_PREFIX,
     _canonical_json,
-    _digest,
     _json_copy,
     _manifest_self_hash,
     _nbytes,
@@ -65,6 +65,7 @@ from .reader import (
     Stateful,
     committed_checkpoints,
     load_checkpoint_state,
+    load_newest_valid,
     newest_valid_checkpoint,
     read_decision_log,
     read_pointer,
@@ -78,7 +79,7 @@ from .writer import (
     _describe_os_error,
     _fsync_dir,
     _ParallelFlush,
-    _write_durable,
+    StagingBuffer,
     commit_directory,
     delete_checkpoints,
     remove_leftovers,
@@ -109,6 +110,9 @@ class _Snapshot:
     config: dict[str, Any] | None
     extra: dict[str, Any]
     snapshot_seconds: float
+    # set once every tensor byte has been written to the page cache and hashed: from then on
+    # the save no longer reads the tensors it was given
+    staged: threading.Event = field(default_factory=threading.Event)
 
 
 class CheckpointManager:
@@ -165,6 +169,8 @@ class CheckpointManager:
         self._history: list[tuple[int, dict[str, Any]]] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future[CheckpointInfo] | None = None
+        self._staged: threading.Event | None = None  # of the save in flight
+        self._staging = StagingBuffer()  # reused by every async save that copies
         self._lock = RunLock(self.directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise CkptlabError(f"{self.directory} exists and is not a directory")
@@ -239,10 +245,14 @@ class CheckpointManager:
         """Load every registered component from ``checkpoint`` (default: newest valid here).
 
         Nothing is loaded into any component unless the whole checkpoint verified and holds
-        a state for every registered component.
+        a state for every registered component. Each file is read once: hashed as it is read
+        and decoded from the same reads, the tensors straight into fresh tensors, so a
+        restore holds one decoded copy of the state (plus the components themselves) at most.
         """
-        info = verify_checkpoint(checkpoint) if checkpoint is not None else self.latest_valid()
-        _, states = load_checkpoint_state(info.path, keys=None)
+        if checkpoint is None:
+            info, states = load_newest_valid(self.directory)
+        else:
+            info, states = load_checkpoint_state(checkpoint, keys=None)
         restore_components(self.components, states, info.path)
         return info
 
@@ -271,30 +281,70 @@ class CheckpointManager:
         self.wait()  # an earlier async save must land (or report its error) first
         t0 = time.perf_counter()
         self._refuse_branch(step)
-        snapshot = self._snapshot(step, metrics, config, extra, copy=False)
+        snapshot = self._snapshot(step, metrics, config, extra, staging=None)
         info = self._write(snapshot)
         self.last_blocking_seconds = time.perf_counter() - t0
         return info
 
     def save_async(self, step: int, *, metrics: Mapping[str, Any] | None = None,
                    config: Mapping[str, Any] | None = None,
-                   extra: Mapping[str, Any] | None = None) -> Future[CheckpointInfo]:
-        """Like :meth:`save`, but only the snapshot happens on the calling thread.
+                   extra: Mapping[str, Any] | None = None,
+                   copy: bool = True) -> Future[CheckpointInfo]:
+        """Like :meth:`save`, but the files are written, hashed, fsynced and committed by a
+        background thread; the calling thread only takes the snapshot.
 
-        The state is copied now (so training may continue and change it) and written by a
-        background thread. One save is in flight at a time: a new one first waits for the
+        What the caller may do while the save is in flight (the mutation contract):
+
+        * ``copy=True`` (default): the tensors are copied, on the calling thread, into a
+          staging buffer that the manager keeps and reuses for every later async save (one
+          copy of the tensors, freed by :meth:`release_staging_buffer` or :meth:`close`).
+          When this call returns, the state may be changed freely.
+        * ``copy=False``: nothing is copied and the file is written from the components' own
+          tensors. The caller must not modify any registered tensor (or numpy array) in
+          place until :meth:`wait_staged` returns, which happens once every byte has been
+          written to the operating system and hashed (before the fsync, which continues in
+          the background). A change made earlier can end up in the checkpoint or make it
+          fail verification. Use it when the next change is far off (an evaluation, a data
+          loader wait) or the state is too large to copy.
+
+        Everything else (``state_dict()`` structure, numbers, strings) is encoded before this
+        returns, in both modes. One save is in flight at a time: a new one first waits for the
         previous. A failure is raised by the next :meth:`save`, :meth:`save_async`,
         :meth:`wait` or :meth:`close` - never swallowed.
         """
         t0 = time.perf_counter()
         self.wait()
         self._refuse_branch(step)
-        snapshot = self._snapshot(step, metrics, config, extra, copy=True)
+        snapshot = self._snapshot(step, metrics, config, extra,
+                                  staging=self._staging if copy else None)
+        if copy:
+            snapshot.staged.set()  # the copies are the snapshot; the caller's tensors are free
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ckptlab-save")
-        self._pending = self._executor.submit(self._write, snapshot)
+        self._staged = snapshot.staged
+        self._pending = self._executor.submit(self._write_in_background, snapshot)
         self.last_blocking_seconds = time.perf_counter() - t0
         return self._pending
+
+    def wait_staged(self) -> None:
+        """Block until the in-flight async save no longer reads the registered tensors.
+
+        After ``save_async(copy=False)``, call this before changing any tensor in place; it
+        returns when every byte has been written and hashed (the fsync and the commit may
+        still be running). Returns at once when no save is in flight or it copied its state.
+        Errors are not raised here but by :meth:`wait` and the next save.
+        """
+        staged = self._staged
+        if staged is not None:
+            staged.wait()
+
+    def release_staging_buffer(self) -> None:
+        """Free the staging buffer async saves copy into (it is allocated again when needed).
+
+        Waits for the in-flight save first, since it may still be writing from the buffer.
+        """
+        self.wait()
+        self._staging.release()
 
     def wait(self) -> CheckpointInfo | None:
         """Block until the in-flight async save (if any) is committed; raise its error."""
@@ -321,6 +371,7 @@ class CheckpointManager:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+            self._staging.release()
             self._lock.release()
 
     def __enter__(self) -> CheckpointManager:
@@ -331,7 +382,7 @@ class CheckpointManager:
 
     def _snapshot(self, step: int, metrics: Mapping[str, Any] | None,
                   config: Mapping[str, Any] | None, extra: Mapping[str, Any] | None,
-                  copy: bool) -> _Snapshot:
+                  staging: StagingBuffer | None) -> _Snapshot:
         if not self.create:
             raise CkptlabError(f"{self.directory} was opened read-only")
         if not self.components:
@@ -346,15 +397,21 @@ class CheckpointManager:
             subtree, part = split_state(component.state_dict(), name)
             # Encoded now: bytes cannot change if the component changes after this call.
             json_parts[name] = state_json(subtree)
-            if copy:
-                part = {k: t.clone() for k, t in part.items()}
             tensor_keys[name] = list(part)
             tensors.update(part)
+        if staging is not None:
+            tensors = staging.stage(tensors)
         # Private copies of the caller's dicts; NaN and infinity (a diverged loss) become None,
         # because the manifest is strict JSON.
         return _Snapshot(step, json_parts, tensors, tensor_keys, _json_copy(metrics or {}),
                          _json_copy(config) if config is not None else None,
                          _json_copy(extra or {}), time.perf_counter() - t0)
+
+    def _write_in_background(self, snap: _Snapshot) -> CheckpointInfo:
+        # Hand the GIL straight back: otherwise the caller of save_async() can wait a whole
+        # switch interval (5 ms) for it while this thread runs the Python parts of the save.
+        time.sleep(0)
+        return self._write(snap)
 
     def _write(self, snap: _Snapshot) -> CheckpointInfo:
         step = snap.step
@@ -373,12 +430,26 @@ class CheckpointManager:
                 json.dumps(name).encode() + b": " + part
                 for name, part in snap.json_parts.items()) + b"\n}"]
             pointer = _canonical_json({"checkpoint": final.name, "step": step}, readable=True)
-            # Data files and the next `latest` pointer flush together; the manifest needs the
-            # hashes, so it is written while those fsyncs run, and flushed alongside them.
-            flush = _ParallelFlush({temp / TENSORS: tensor_chunks, temp / STATE: state_chunks,
-                                    pointer_temp: [pointer]})
-            try:
-                files = {TENSORS: _digest(tensor_chunks), STATE: _digest(state_chunks)}
+            # Crash consistency, with two rounds of flushes where there were three:
+            #  1. data files, the manifest, the next `latest` (a temporary file) and the entries
+            #     of the temporary directory are fsynced together, in parallel threads;
+            #  2. only after all of them succeeded is the directory renamed into place (and the
+            #     pointer swapped); one fsync of the parent makes both renames durable.
+            # The temporary directory's fsync used to wait for the file fsyncs; it need not:
+            # it only has to make the names durable, and its result is only used (by the
+            # rename) after every file's own fsync has also returned. So a power loss before
+            # round 2 leaves an invisible temporary directory (removed by the next writer);
+            # after the rename, every byte and name below it is already durable; retention
+            # deletes nothing before both rounds end. SIGKILL at any phase never loses what
+            # the kernel already has; the files are hashed from the very buffers written, so
+            # a file torn by a crash fails its hash instead of loading.
+            with _ParallelFlush() as flush:
+                try:
+                    files = {TENSORS: flush.write(temp / TENSORS, tensor_chunks),
+                             STATE: flush.write(temp / STATE, state_chunks)}
+                finally:  # every tensor byte written and hashed (or the save failed)
+                    snap.staged.set()
+                flush.write(pointer_temp, [pointer], digest=False)
                 components = {
                     name: {"tensors": len(keys),
                            "tensor_bytes": sum(_nbytes(snap.tensors[k]) for k in keys),
@@ -386,14 +457,14 @@ class CheckpointManager:
                     for name, keys in snap.tensor_keys.items()}
                 manifest = self._manifest(step, components, files, snap.metrics, snap.config,
                                           snap.extra)
-                _write_durable(temp / MANIFEST, _canonical_json(manifest, readable=True))
-            finally:
-                flush.join()
-            _fsync_dir(temp)
+                flush.write(temp / MANIFEST, [_canonical_json(manifest, readable=True)],
+                            digest=False)
+                flush.sync_directory(temp)
             t2 = time.perf_counter()
             fault_point("save:files-written", step)
             self._commit(temp, final, sync=False)
         except OSError as exc:
+            snap.staged.set()  # nothing reads the tensors any more
             shutil.rmtree(temp, ignore_errors=True)
             pointer_temp.unlink(missing_ok=True)
             raise CheckpointWriteError(
@@ -401,6 +472,7 @@ class CheckpointManager:
                 f"{_describe_os_error(exc)}. Earlier checkpoints and pointers are unchanged; "
                 "free disk space or fix permissions, then save again") from exc
         except BaseException:
+            snap.staged.set()
             shutil.rmtree(temp, ignore_errors=True)
             pointer_temp.unlink(missing_ok=True)
             raise

@@ -3,7 +3,8 @@
 How a load stays safe: JSON and safetensors cannot execute code, and ckptlab never calls
 ``pickle`` or ``torch.load``. Every file's size and SHA-256 are checked against the manifest
 (which checks its own hash) before its contents are used; nothing is loaded into any component
-unless the whole checkpoint verified. A newest checkpoint that fails is skipped, with a warning,
+unless the whole checkpoint verified. A load reads each file once, hashing it as it is read and
+decoding the tensors from the same reads straight into fresh tensors. A newest checkpoint that fails is skipped, with a warning,
 for the newest one that passes.
 
 Introduced in notebook ``01_pipeline_trace``; failure handling in ``07_failure_modes``.
@@ -11,13 +12,16 @@ Introduced in notebook ``01_pipeline_trace``; failure handling in ``07_failure_m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, TypeVar, runtime_checkable
+
+import torch
 
 from .errors import (
     CheckpointCorruptError,
@@ -35,15 +39,14 @@ from .format import (
     TENSORS,
     _STEP_DIR,
     _foreign_error,
-    _sha256,
     checkpoint_step,
-    decode_tensors,
     describe_foreign_file,
     open_member,
     parse_state_json,
     read_manifest,
+    read_safetensors,
 )
-from .serialization import join_state
+from .serialization import join_state, referenced_tensor_keys
 from .sharded import check_shard_layout, is_sharded, sharded_load_error
 
 
@@ -61,24 +64,138 @@ class Stateful(Protocol):
 
 
 
+# Bytes read and hashed per system call: large enough that the per-call cost vanishes, small
+# enough that the hash reads them back from the CPU cache right after the read wrote them.
+_CHUNK = 4 * 1024 * 1024
+
+
+def _open_member(checkpoint: Path, name: str, entry: Mapping[str, Any]) -> BinaryIO:
+    """Open the manifest-listed file ``name`` of ``checkpoint`` for reading.
+
+    Every data file of a checkpoint is opened here and nowhere else, so the rules for what
+    may be opened (a regular file inside the checkpoint, of the recorded size) live in one
+    place.
+    """
+    # format.open_member: a name the format allows, a regular file (no symlink, FIFO or
+    # device) of the recorded size, within a bound; otherwise a CheckpointCorruptError.
+    return open_member(checkpoint, name, entry.get("bytes"))  # type: ignore[arg-type]
+
+
+class _VerifiedFile:
+    """One manifest-listed file, read front to back exactly once and hashed as it is read.
+
+    Whatever consumes the bytes (a JSON parse, the tensor decoder) sees them before the hash
+    is known, so nothing read here may reach a component before :meth:`finish` has compared
+    the SHA-256 with the manifest.
+    """
+
+    def __init__(self, checkpoint: Path, manifest: Mapping[str, Any], name: str) -> None:
+        entry = manifest.get("files", {}).get(name)
+        self.path = checkpoint / name
+        if not isinstance(entry, Mapping):
+            raise CheckpointCorruptError(f"{checkpoint}: manifest does not list {name}")
+        self.expected_sha256 = entry.get("sha256")
+        self.size = entry.get("bytes")
+        if type(self.size) is not int or self.size < 0:
+            raise CheckpointCorruptError(f"{checkpoint}: manifest records no valid size "
+                                         f"for {name}")
+        self._file = _open_member(checkpoint, name, entry)
+        self._hash = hashlib.sha256()
+        self._position = 0
+        try:
+            actual = os.fstat(self._file.fileno()).st_size
+        except OSError as exc:
+            self.close()
+            raise CheckpointCorruptError(f"{self.path} cannot be read ({exc})") from None
+        if actual != self.size:
+            self.close()
+            raise CheckpointCorruptError(
+                f"{self.path} has {actual} bytes but the manifest records {self.size} "
+                "(truncated or overwritten)")
+
+    def __enter__(self) -> _VerifiedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def readinto(self, buffer: memoryview) -> None:
+        """Fill ``buffer`` with the next bytes of the file, hashing them."""
+        buffer = buffer.cast("B")
+        if self._position + len(buffer) > self.size:
+            raise ValueError("read past the recorded size")
+        done = 0
+        while done < len(buffer):
+            piece = buffer[done:done + _CHUNK]
+            try:
+                got = self._file.readinto(piece)
+            except OSError as exc:
+                raise CheckpointCorruptError(f"{self.path} cannot be read ({exc})") from None
+            if not got:  # shrank since it was opened
+                raise CheckpointCorruptError(f"{self.path} ended early (truncated while "
+                                             "being read)")
+            self._hash.update(piece[:got])
+            done += got
+        self._position += done
+
+    def read(self, n: int) -> bytes:
+        """The next ``n`` bytes of the file, hashed."""
+        buffer = bytearray(n)
+        self.readinto(memoryview(buffer))
+        return bytes(buffer)
+
+    def skip(self, n: int) -> None:
+        """Pass over the next ``n`` bytes: hashed, not kept."""
+        scratch = memoryview(bytearray(min(n, _CHUNK)))
+        while n:
+            step = min(n, len(scratch))
+            self.readinto(scratch[:step])
+            n -= step
+
+    def finish(self) -> None:
+        """Hash whatever was not read, then compare with the manifest.
+
+        Raises:
+            CheckpointCorruptError: the SHA-256 differs from the manifest's.
+        """
+        self.skip(self.size - self._position)
+        if self._hash.hexdigest() != self.expected_sha256:
+            raise CheckpointCorruptError(f"{self.path}: SHA-256 does not match the manifest "
+                                         "(the file is corrupted)")
+
+
 def _read_verified(checkpoint: Path, manifest: Mapping[str, Any], name: str) -> bytes:
-    entry = manifest.get("files", {}).get(name)
-    if entry is None:
-        raise CheckpointCorruptError(f"{checkpoint}: manifest does not list {name}")
-    path = checkpoint / name
-    try:
-        with open_member(checkpoint, name, entry["bytes"]) as handle:
-            data = handle.read(entry["bytes"] + 1)
-    except OSError as exc:  # unreadable media while reading
-        raise CheckpointCorruptError(f"{path} cannot be read ({exc})") from None
-    if len(data) != entry["bytes"]:
-        raise CheckpointCorruptError(
-            f"{path} has {len(data)} bytes but the manifest records {entry['bytes']} "
-            "(truncated or overwritten)")
-    if _sha256(data) != entry["sha256"]:
-        raise CheckpointCorruptError(f"{path}: SHA-256 does not match the manifest "
-                                     "(the file is corrupted)")
+    """The whole content of a (small) manifest-listed file, verified."""
+    with _VerifiedFile(checkpoint, manifest, name) as file:
+        data = file.read(file.size)
+        file.finish()
     return data
+
+
+def _verify_file(checkpoint: Path, manifest: Mapping[str, Any], name: str) -> None:
+    with _VerifiedFile(checkpoint, manifest, name) as file:
+        file.finish()
+
+
+def _read_verified_tensors(checkpoint: Path, manifest: Mapping[str, Any],
+                           wanted: Container[str] | None) -> dict[str, torch.Tensor]:
+    """Decode the tensor file while hashing it: one read of every byte, one copy in memory.
+
+    A file that fails its hash is reported as corrupted even when the damage also broke its
+    structure (the rest is hashed before a decoding error is reported), so every kind of
+    damage reads the same.
+    """
+    with _VerifiedFile(checkpoint, manifest, TENSORS) as file:
+        try:
+            tensors = read_safetensors(file, wanted)
+        except ValueError as exc:
+            file.finish()  # a hash mismatch wins over the decoding error
+            raise CheckpointCorruptError(f"{file.path}: unreadable ({exc})") from None
+        file.finish()
+    return tensors
 
 
 @dataclass(frozen=True)
@@ -126,30 +243,47 @@ def verify_checkpoint(checkpoint: str | os.PathLike[str]) -> CheckpointInfo:
     if is_sharded(manifest):  # [sharded] name a missing rank or a mixed-in part precisely
         check_shard_layout(path, manifest)
     for name in manifest.get("files", {}):
-        _read_verified(path, manifest, name)
+        _verify_file(path, manifest, name)
     return CheckpointInfo(path, manifest)
 
 
 def load_checkpoint_state(checkpoint: str | os.PathLike[str],
                           keys: Iterable[str] | None = None) -> tuple[CheckpointInfo,
                                                                       dict[str, Any]]:
-    """Read, verify and decode a checkpoint into ``{component: state}``.
+    """Verify and decode a checkpoint into ``{component: state}``, in one pass per file.
 
-    Each file is read once and its hash is checked before it is parsed.
+    Every file listed in the manifest is read exactly once and hashed as it is read; the
+    tensors are decoded from the same reads. Nothing is returned unless every file matched
+    its manifest entry, so a caller never sees a byte that failed verification.
 
     Args:
         checkpoint: a checkpoint directory.
-        keys: component names to decode; ``None`` decodes all of them.
+        keys: component names to decode; ``None`` decodes all of them. The tensors of other
+            components are hashed but not kept in memory.
+
+    Raises:
+        CheckpointCorruptError, ForeignFileError, UnsupportedFormatError: the checkpoint is
+            damaged or not one ckptlab can read.
+        CheckpointNotFoundError: a requested component is not in the checkpoint.
     """
     path = Path(checkpoint)
     _require_exists(path)
     manifest = read_manifest(path)
     if is_sharded(manifest):  # [sharded] loaded across ranks by engine.distributed instead
         raise sharded_load_error(path, manifest)
+    listed = manifest.get("files", {})
+    for name in (STATE, TENSORS):
+        if name not in listed:
+            raise CheckpointCorruptError(f"{path}: manifest does not list {name}")
+    for name in listed:
+        if name not in (STATE, TENSORS):
+            _verify_file(path, manifest, name)
     tree = parse_state_json(_read_verified(path, manifest, STATE), path / STATE)
-    tensors = decode_tensors(_read_verified(path, manifest, TENSORS), path / TENSORS)
     wanted = list(tree) if keys is None else list(keys)
     missing = [k for k in wanted if k not in tree]
+    wanted_tensors = None if keys is None else {
+        key for name in wanted if name in tree for key in referenced_tensor_keys(tree[name])}
+    tensors = _read_verified_tensors(path, manifest, wanted_tensors)
     if missing:
         raise CheckpointNotFoundError(
             f"{path} has no component(s) {', '.join(missing)}; it contains "
@@ -304,6 +438,35 @@ def committed_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+_T = TypeVar("_T")
+
+
+def _newest_that_passes(directory: str | os.PathLike[str],
+                        attempt: Callable[[Path], _T]) -> _T:
+    """``attempt`` on the committed checkpoints newest first; the first success is returned.
+
+    Each newer one that fails is reported with a :class:`CheckpointFallbackWarning`.
+    """
+    candidates = committed_checkpoints(directory)
+    if not candidates:
+        raise CheckpointNotFoundError(f"{directory} contains no ckptlab checkpoints")
+    problems = []
+    for path in reversed(candidates):
+        try:
+            result = attempt(path)
+        except (CheckpointCorruptError, ForeignFileError) as exc:
+            problems.append(str(exc))
+            continue
+        for problem in problems:
+            warnings.warn(f"skipping unusable checkpoint: {problem}; falling back to "
+                          f"{path.name}", CheckpointFallbackWarning, stacklevel=4)
+        return result
+    raise CheckpointCorruptError(
+        f"none of the {len(candidates)} checkpoints in {directory} is valid "
+        f"(newest problem: {problems[0]}); run 'python -m ckptlab verify "
+        f"{directory}' for the full list")
+
+
 def newest_valid_checkpoint(directory: str | os.PathLike[str]) -> CheckpointInfo:
     """Verify the checkpoints in ``directory`` newest first and return the first valid one.
 
@@ -313,24 +476,15 @@ def newest_valid_checkpoint(directory: str | os.PathLike[str]) -> CheckpointInfo
         CheckpointNotFoundError: there are no checkpoints.
         CheckpointCorruptError: there are checkpoints but none is valid.
     """
-    candidates = committed_checkpoints(directory)
-    if not candidates:
-        raise CheckpointNotFoundError(f"{directory} contains no ckptlab checkpoints")
-    problems = []
-    for path in reversed(candidates):
-        try:
-            info = verify_checkpoint(path)
-        except (CheckpointCorruptError, ForeignFileError) as exc:
-            problems.append(str(exc))
-            continue
-        for problem in problems:
-            warnings.warn(f"skipping unusable checkpoint: {problem}; falling back to "
-                          f"{info.name}", CheckpointFallbackWarning, stacklevel=3)
-        return info
-    raise CheckpointCorruptError(
-        f"none of the {len(candidates)} checkpoints in {directory} is valid "
-        f"(newest problem: {problems[0]}); run 'python -m ckptlab verify "
-        f"{directory}' for the full list")
+    return _newest_that_passes(directory, verify_checkpoint)
+
+
+def load_newest_valid(directory: str | os.PathLike[str]) -> tuple[CheckpointInfo,
+                                                                    dict[str, Any]]:
+    """Like :func:`newest_valid_checkpoint`, but verifies and decodes in the same single pass
+    (:func:`load_checkpoint_state`): ``(info, {component: state})`` of the newest valid one.
+    """
+    return _newest_that_passes(directory, load_checkpoint_state)
 
 
 def read_pointer(directory: str | os.PathLike[str], name: str) -> str | None:

@@ -38,9 +38,11 @@ from .format import (
     STATE,
     TENSORS,
     _canonical_json,
-    decode_tensors,
+    parse_state_json,
+    read_safetensors_bytes,
     read_tensor_table,
     safetensors_chunks,
+    state_json,
 )
 from .serialization import join_state, split_state
 
@@ -99,7 +101,7 @@ def encode_rank_part(states: Mapping[str, Any], *, rank: int, world_size: int, s
     info = {"rank": rank, "world_size": world_size, "step": step, "save_id": save_id}
     return {
         SHARD_INFO: _canonical_json(info, readable=True),
-        STATE: _canonical_json(tree),
+        STATE: state_json(tree),
         TENSORS: b"".join(bytes(c) for c in safetensors_chunks(
             tensors, {"format": FORMAT_NAME, "rank": str(rank), "step": str(step)})),
     }, components
@@ -107,8 +109,8 @@ def encode_rank_part(states: Mapping[str, Any], *, rank: int, world_size: int, s
 
 def decode_rank_part(files: Mapping[str, bytes], source: Path) -> dict[str, Any]:
     """Decode the (already verified) files of one rank's part into ``{component: state}``."""
-    tree = json.loads(files[STATE].decode("utf-8"))
-    tensors = decode_tensors(files[TENSORS], source / TENSORS)
+    tree = parse_state_json(files[STATE], source / STATE)
+    tensors = read_safetensors_bytes(files[TENSORS], source / TENSORS)
     try:
         return {name: join_state(sub, tensors) for name, sub in tree.items()}
     except (KeyError, ValueError) as exc:

@@ -1,25 +1,39 @@
 """The write side: durable files, and the commit protocol that keeps a save invisible until done.
 
-A save writes its files into ``.tmp-step_...`` beside the final name, fsyncs each file and the
-directory, renames the directory into place and fsyncs the parent; only then is ``latest``
-replaced (temporary file + ``os.replace``; no symlinks, so it works on Windows and macOS). A
+A save writes its files into ``.tmp-step_...`` beside the final name, hashing each from the
+same buffers while writing it, fsyncs every file and the directory (all at once, in parallel),
+renames the directory into place, swaps ``latest`` (temporary file + ``os.replace``; no
+symlinks, so it works on Windows and macOS) and fsyncs the parent once for both renames. A
 crash at any moment leaves either the old set of checkpoints or the new one; leftovers are
-ignored by readers and removed by the next writer (:func:`remove_leftovers`).
+ignored by readers and removed by the next writer (:func:`remove_leftovers`). Async saves
+copy the state into a reusable :class:`StagingBuffer` first.
 """
 
 from __future__ import annotations
 
 import errno as errno_module
+import hashlib
 import os
+import queue
 import shutil
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy
+import torch
+
 from .errors import CkptlabError
-from .format import _REPLACED_PREFIX, _TEMP_PREFIX, _TRASH_PREFIX, _canonical_json
+from .format import (
+    _REPLACED_PREFIX,
+    _TEMP_PREFIX,
+    _TRASH_PREFIX,
+    _canonical_json,
+    safetensors_order,
+    tensor_bytes,
+)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -41,46 +55,160 @@ def _write_durable(path: Path, data: bytes) -> None:
 
 
 
+# Bytes per write() call; the hashing thread reads each piece while (or right after) the kernel
+# copies it, so both find it in the CPU cache.
+_PIECE = 4 * 1024 * 1024
+# Below this, hashing inline costs less than handing pieces to a thread.
+_HASH_THREAD_MIN = 8 * 1024 * 1024
+
+
 class _ParallelFlush:
-    """Write files now and fsync them in background threads, so several files share one disk
-    flush instead of queueing for one each (fsync releases the GIL)."""
+    """Write files, hashing each from the same buffers while it is written, and fsync them in
+    background threads, so that several files (and directories) share one disk flush instead
+    of queueing for one each. fsync, write() and SHA-256 all release the GIL.
 
-    def __init__(self, files: Mapping[Path, Sequence[bytes | memoryview]]) -> None:
-        self._handles = []
+    Use as a context manager: leaving it waits for every fsync (:meth:`join`), and on an
+    error still waits for the threads and closes the files before the error propagates.
+    """
+
+    def __init__(self) -> None:
+        self._handles: list[Any] = []
         self._errors: list[BaseException] = []
-        self._threads = []
-        try:
-            for path, chunks in files.items():
-                handle = open(path, "xb")
-                self._handles.append(handle)
-                for chunk in chunks:
-                    handle.write(chunk)
-                handle.flush()
-        except BaseException:
-            self._close()
-            raise
-        for handle in self._handles:
-            thread = threading.Thread(target=self._sync, args=(handle.fileno(),))
-            thread.start()
-            self._threads.append(thread)
+        self._threads: list[threading.Thread] = []
 
-    def _sync(self, fd: int) -> None:
+    def __enter__(self) -> _ParallelFlush:
+        return self
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if kind is None:
+            self.join()
+        else:  # the original error wins; the threads must still finish before cleanup
+            self._wait()
+
+    def write(self, path: Path, chunks: Sequence[bytes | memoryview], *,
+              digest: bool = True) -> dict[str, Any] | None:
+        """Create ``path`` with ``chunks``, start its fsync, and return ``{bytes, sha256}`` of
+        exactly the bytes handed to the kernel (``None`` when ``digest`` is false)."""
+        handle = open(path, "xb", buffering=0)
+        self._handles.append(handle)
+        views = [memoryview(c).cast("B") for c in chunks]
+        total = sum(len(v) for v in views)
+        hasher = hashlib.sha256() if digest else None
+        if hasher is not None and total >= _HASH_THREAD_MIN:
+            # Large: a thread hashes each piece while this one writes it.
+            pieces: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+            worker = threading.Thread(target=_hash_pieces, args=(hasher, pieces))
+            worker.start()
+            try:
+                for piece in _pieces(views):
+                    pieces.put(piece)
+                    _write_all(handle, piece)
+            except BaseException:
+                pieces.put(None)
+                worker.join()
+                raise
+            self._start(os.fsync, handle.fileno())
+            pieces.put(None)
+            worker.join()
+        else:
+            # Small: the hash costs less than a thread; it runs while the fsync does.
+            for piece in _pieces(views):
+                _write_all(handle, piece)
+            self._start(os.fsync, handle.fileno())
+            if hasher is not None:
+                for view in views:
+                    hasher.update(view)
+        return {"bytes": total, "sha256": hasher.hexdigest()} if hasher is not None else None
+
+    def sync_directory(self, path: Path) -> None:
+        """Start an fsync of directory ``path`` (its entries created so far become durable)."""
+        self._start(_fsync_dir, path)
+
+    def _start(self, function: Any, argument: Any) -> None:
+        thread = threading.Thread(target=self._run, args=(function, argument))
+        thread.start()
+        self._threads.append(thread)
+
+    def _run(self, function: Any, argument: Any) -> None:
         try:
-            os.fsync(fd)
+            function(argument)
         except BaseException as exc:  # re-raised by join(), in the saving thread
             self._errors.append(exc)
 
-    def join(self) -> None:
+    def _wait(self) -> None:
         for thread in self._threads:
             thread.join()
-        self._close()
-        if self._errors:
-            raise self._errors[0]
-
-    def _close(self) -> None:
         for handle in self._handles:
             handle.close()
 
+    def join(self) -> None:
+        """Wait for every fsync started; raise the first one's error."""
+        self._wait()
+        if self._errors:
+            raise self._errors[0]
+
+
+def _pieces(views: Sequence[memoryview]) -> Iterator[memoryview]:
+    for view in views:
+        for start in range(0, len(view), _PIECE):
+            yield view[start:start + _PIECE]
+
+
+def _write_all(handle: Any, data: memoryview) -> None:
+    while data:  # an unbuffered write may take only part of a large buffer
+        written = handle.write(data)
+        data = data[written:]
+
+
+def _hash_pieces(hasher: Any, pieces: queue.SimpleQueue[memoryview | None]) -> None:
+    while (piece := pieces.get()) is not None:
+        hasher.update(piece)
+
+
+class StagingBuffer:
+    """One block of memory, reused from save to save, that async saves copy the state into.
+
+    The tensors are packed in the order the safetensors file lays them out, so the copy is
+    one pass of ``memcpy`` into pages that are already mapped (after the first save, no page
+    faults and no allocation), and the file is later written from it without further copies.
+    The buffer grows (with 25% headroom, for a state that grows between saves, like a
+    filling replay buffer) but never shrinks until :meth:`release`.
+    """
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes currently held (0 when released)."""
+        return 0 if self._buffer is None else self._buffer.numel()
+
+    def stage(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Copy ``tensors`` into the buffer; returns same-named views of the copies.
+
+        The views stay valid until the next :meth:`stage` or :meth:`release`.
+        """
+        order = safetensors_order(tensors)
+        total = sum(tensors[k].numel() * tensors[k].element_size() for k in order)
+        if self._buffer is None or self._buffer.numel() < total:
+            self._buffer = None  # let the old block go before the larger one is allocated
+            self._buffer = torch.empty(total + total // 4, dtype=torch.uint8)
+        staged = {}
+        offset = 0
+        for key in order:  # largest elements first: every view is aligned for its dtype
+            tensor = tensors[key]
+            size = tensor.numel() * tensor.element_size()
+            block = self._buffer[offset:offset + size]
+            # A plain memcpy through numpy: torch's copy_ may wake its thread pool, which on a
+            # busy machine costs more than the copy itself.
+            numpy.copyto(block.numpy(), tensor_bytes(tensor))
+            staged[key] = block.view(tensor.dtype).view(tensor.shape)
+            offset += size
+        return staged
+
+    def release(self) -> None:
+        """Free the memory (the next :meth:`stage` allocates it again)."""
+        self._buffer = None
 
 
 class CheckpointWriteError(CkptlabError):

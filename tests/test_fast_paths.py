@@ -1,0 +1,284 @@
+"""The fast paths keep the guarantees: restore reads each file once and still refuses any damaged
+byte before touching a component; saves hash exactly the bytes written and order their fsyncs
+so a power loss never exposes a torn checkpoint; async saves honour their mutation contract."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ckptlab.engine.reader as reader_module
+import ckptlab.engine.writer as writer_module
+from ckptlab import CheckpointCorruptError, CheckpointManager, load_checkpoint_state
+from ckptlab.engine import MANIFEST, STATE, TENSORS
+from ckptlab.engine.format import _canonical_json, _manifest_self_hash
+
+
+class Holder:
+    """A component whose state is a given dict of values (tensors, arrays, numbers)."""
+
+    def __init__(self, state=None) -> None:
+        self.state = state or {}
+
+    def state_dict(self):
+        return self.state
+
+    def load_state_dict(self, state) -> None:
+        self.state = dict(state)
+
+
+def saved(tmp_path: Path, state: dict, name: str = "ck"):
+    manager = CheckpointManager(tmp_path / name)
+    manager.register("holder", Holder(state))
+    info = manager.save(1)
+    manager.close()
+    return info
+
+
+def restore_into(path: Path) -> Holder:
+    reader = CheckpointManager(path.parent, create=False)
+    holder = Holder({"untouched": True})
+    reader.register("holder", holder)
+    reader.restore(path)
+    return holder
+
+
+def rewrite_with_recomputed_hashes(checkpoint: Path, name: str, data: bytes) -> None:
+    """Replace a file and make the manifest agree: damage that hashes cannot catch."""
+    (checkpoint / name).write_bytes(data)
+    manifest = json.loads((checkpoint / MANIFEST).read_text())
+    manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest["manifest_sha256"] = _manifest_self_hash(manifest)
+    (checkpoint / MANIFEST).write_bytes(_canonical_json(manifest, readable=True))
+
+
+# --- restore: one pass, same guarantees -----------------------------------------------------
+
+def test_every_dtype_and_shape_round_trips(tmp_path):
+    state = {
+        "f64": torch.randn(3, 2, dtype=torch.float64), "f32": torch.randn(5),
+        "f16": torch.randn(4).half(), "bf16": torch.randn(4).bfloat16(),
+        "i64": torch.arange(7), "i32": torch.arange(3, dtype=torch.int32),
+        "i16": torch.arange(3, dtype=torch.int16), "i8": torch.arange(-3, 3, dtype=torch.int8),
+        "u8": torch.arange(250, 256, dtype=torch.uint8), "bool": torch.tensor([True, False]),
+        "u16": torch.tensor([1, 65535], dtype=torch.uint16),
+        "u32": torch.tensor([1, 2**32 - 1], dtype=torch.uint32),
+        "u64": torch.tensor([1, 2**63], dtype=torch.uint64), "scalar": torch.tensor(2.5),
+        "expanded scalar": torch.tensor(5).expand(1),
+        "empty": torch.empty(0, 3), "array": np.arange(6, dtype=np.float32).reshape(2, 3),
+    }
+    holder = restore_into(saved(tmp_path, state).path)
+    assert set(holder.state) == set(state)
+    for key, value in state.items():
+        got = holder.state[key]
+        if isinstance(value, np.ndarray):
+            assert isinstance(got, np.ndarray) and got.dtype == value.dtype
+            assert np.array_equal(got, value)
+        else:
+            assert got.dtype == value.dtype and got.shape == value.shape
+            assert torch.equal(got, value), key
+
+
+def test_restore_reads_each_file_once(tmp_path, monkeypatch):
+    info = saved(tmp_path, {"w": torch.randn(300_000), "b": torch.randn(7)})
+    opened: list[str] = []
+    bytes_read: dict[str, int] = {}
+    real_open = reader_module._open_member
+
+    class Counting:
+        def __init__(self, handle, name):
+            self.handle, self.name = handle, name
+
+        def readinto(self, buffer):
+            got = self.handle.readinto(buffer)
+            bytes_read[self.name] = bytes_read.get(self.name, 0) + got
+            return got
+
+        def __getattr__(self, attribute):
+            return getattr(self.handle, attribute)
+
+    def counting_open(checkpoint, name, entry):
+        opened.append(name)
+        return Counting(real_open(checkpoint, name, entry), name)
+
+    monkeypatch.setattr(reader_module, "_open_member", counting_open)
+    restore_into(info.path)
+    assert sorted(opened) == [STATE, TENSORS], "each data file is opened exactly once"
+    for name in (STATE, TENSORS):
+        assert bytes_read[name] == (info.path / name).stat().st_size, name
+
+
+@pytest.mark.parametrize("where", ["header", "middle", "last byte"])
+def test_a_damaged_byte_anywhere_is_refused_before_any_component_is_touched(tmp_path, where):
+    info = saved(tmp_path, {"w": torch.randn(100_000), "b": torch.randn(7)})
+    path = info.path / TENSORS
+    data = bytearray(path.read_bytes())
+    index = {"header": 20, "middle": len(data) // 2, "last byte": len(data) - 1}[where]
+    data[index] ^= 0x01
+    path.write_bytes(bytes(data))
+    reader = CheckpointManager(info.path.parent, create=False)
+    holder = Holder({"untouched": True})
+    reader.register("holder", holder)
+    with pytest.raises(CheckpointCorruptError, match="SHA-256 does not match"):
+        reader.restore(info.path)
+    assert holder.state == {"untouched": True}
+
+
+@pytest.mark.parametrize("header", [
+    {"holder/w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 64]}},
+    {"holder/w": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}},
+    {"holder/w": {"dtype": "X99", "shape": [2], "data_offsets": [0, 16]}},
+    {"holder/w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}},
+    {"holder/w": "not a tensor"},
+    ["not", "a", "header"],
+])
+def test_a_malformed_tensor_file_with_matching_hashes_is_a_clean_error(tmp_path, header):
+    info = saved(tmp_path, {"w": torch.randn(4)})
+    text = json.dumps(header).encode()
+    rewrite_with_recomputed_hashes(info.path, TENSORS,
+                                   len(text).to_bytes(8, "little") + text + bytes(16))
+    with pytest.raises(CheckpointCorruptError, match="unreadable"):
+        restore_into(info.path)
+
+
+def test_an_absurd_header_length_is_a_clean_error(tmp_path):
+    info = saved(tmp_path, {"w": torch.randn(4)})
+    rewrite_with_recomputed_hashes(info.path, TENSORS, (2**63).to_bytes(8, "little") + b"{}")
+    with pytest.raises(CheckpointCorruptError, match="exceeds the file"):
+        restore_into(info.path)
+
+
+def test_a_partial_load_hashes_everything_but_keeps_only_what_was_asked(tmp_path):
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("small", Holder({"x": torch.ones(3)}))
+    manager.register("big", Holder({"y": torch.randn(200_000)}))
+    info = manager.save(1)
+    manager.close()
+    _, states = load_checkpoint_state(info.path, keys=["small"])
+    assert list(states) == ["small"] and torch.equal(states["small"]["x"], torch.ones(3))
+    data = bytearray((info.path / TENSORS).read_bytes())
+    data[-1] ^= 0x01  # inside the tensor that is not asked for
+    (info.path / TENSORS).write_bytes(bytes(data))
+    with pytest.raises(CheckpointCorruptError, match="SHA-256"):
+        load_checkpoint_state(info.path, keys=["small"])
+
+
+# --- save: hashes of the written bytes, fsync order -----------------------------------------
+
+def test_pipelined_hash_matches_the_bytes_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "_HASH_THREAD_MIN", 1024)  # use the hashing thread
+    monkeypatch.setattr(writer_module, "_PIECE", 4096)  # and many pieces
+    info = saved(tmp_path, {"w": torch.randn(50_000), "b": torch.randn(3)})
+    for name, entry in info.manifest["files"].items():
+        data = (info.path / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
+def test_everything_is_durable_before_the_rename_and_the_rename_before_returning(
+        tmp_path, monkeypatch):
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        real_fsync(fd)
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        events.append(("rename", f"{src} -> {dst}"))
+
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("holder", Holder({"w": torch.randn(1000)}))
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    manager.save(1)
+    monkeypatch.undo()
+    manager.close()
+    directory = str((tmp_path / "ck").resolve())
+    commit = next(i for i, (kind, what) in enumerate(events)
+                  if kind == "rename" and what.endswith("step_00000001"))
+    before = [what for kind, what in events[:commit] if kind == "fsync"]
+    temp = next(p for p in before if os.path.basename(p).startswith(".tmp-step_"))
+    for name in (TENSORS, STATE, MANIFEST):
+        assert f"{temp}/{name}" in before, f"{name} is not durable before the commit"
+    assert any(os.path.basename(p).startswith(".tmp-latest") for p in before)
+    assert events[-1] == ("fsync", directory), "the renames are made durable last"
+    assert sum(kind == "fsync" for kind, _ in events) == 6
+
+
+# --- async saves: the mutation contract -----------------------------------------------------
+
+def test_async_copy_stages_every_dtype_and_odd_strides(tmp_path):
+    state = {"bf16": torch.randn(5).bfloat16(), "bool": torch.tensor([True, False, True]),
+             "expanded": torch.tensor(7).expand(1), "array": np.arange(4, dtype=np.int16),
+             "scalar": torch.tensor(1.5, dtype=torch.float64), "empty": torch.empty(0),
+             "empty strided": torch.empty(0, dtype=torch.int64).as_strided((0,), (0,))}
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("holder", Holder(state))
+    info = manager.save_async(1).result()
+    manager.close()
+    _, states = load_checkpoint_state(info.path)
+    for key, value in state.items():
+        got = states["holder"][key]
+        assert (np.array_equal(got, value) if isinstance(value, np.ndarray)
+                else torch.equal(got, value)), key
+
+
+def test_async_copy_reuses_its_staging_buffer_and_frees_it_on_request(tmp_path):
+    weights = torch.zeros(10_000)
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("holder", Holder({"w": weights}))
+    expected = []
+    for step in (1, 2, 3):
+        weights.fill_(step)
+        expected.append(weights.clone())
+        manager.save_async(step)
+        weights.fill_(-1.0)  # allowed at once: the state was copied
+        if step == 1:
+            held = manager._staging.nbytes
+            assert held >= weights.numel() * 4
+        else:
+            assert manager._staging.nbytes == held, "the staging buffer is reused"
+    manager.wait()
+    for step, value in zip((1, 2, 3), expected):
+        _, states = load_checkpoint_state(tmp_path / "ck" / f"step_{step:08d}")
+        assert torch.equal(states["holder"]["w"], value)
+    manager.release_staging_buffer()
+    assert manager._staging.nbytes == 0
+    manager.close()
+
+
+def test_async_without_copy_writes_the_state_as_of_the_call_once_staged(tmp_path):
+    weights = torch.full((300_000,), 7.0)
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("holder", Holder({"w": weights}))
+    future = manager.save_async(1, copy=False)
+    manager.wait_staged()
+    weights.fill_(-1.0)  # after wait_staged() the save no longer reads the tensors
+    info = future.result()
+    assert manager._staging.nbytes == 0, "nothing was copied"
+    manager.close()
+    _, states = load_checkpoint_state(info.path)
+    assert torch.all(states["holder"]["w"] == 7.0)
+
+
+def test_wait_staged_returns_when_a_save_fails(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("holder", Holder({"w": torch.ones(3)}))
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer_module._ParallelFlush, "write", broken)
+    manager.save_async(1, copy=False)
+    manager.wait_staged()  # must not hang
+    with pytest.raises(Exception, match="No space left"):
+        manager.wait()
+    manager.close()

@@ -566,7 +566,8 @@ def _tensor_entries(header: Any, data_bytes: int) -> list[tuple[int, int, str, t
             continue
         if not isinstance(spec, dict):
             raise ValueError(f"tensor {key!r} has no description")
-        dtype = _DTYPES_BY_NAME.get(spec.get("dtype"))  # type: ignore[arg-type]
+        name = spec.get("dtype")
+        dtype = _DTYPES_BY_NAME.get(name) if isinstance(name, str) else None
         shape, offsets = spec.get("shape"), spec.get("data_offsets")
         if dtype is None:
             raise ValueError(f"tensor {key!r} has an unknown dtype {spec.get('dtype')!r}")

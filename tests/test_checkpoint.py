@@ -17,9 +17,18 @@ from ckptlab import (
     ForeignFileError,
     UnsupportedFormatError,
     latest_valid_checkpoint,
+    load_checkpoint_state,
     verify_checkpoint,
 )
-from ckptlab.engine import DECISIONS, LATEST, MANIFEST, STATE, TENSORS, resolve_location
+from ckptlab.engine import (
+    DECISIONS,
+    FORMAT_VERSION,
+    LATEST,
+    MANIFEST,
+    STATE,
+    TENSORS,
+    resolve_location,
+)
 
 from conftest import Counter
 
@@ -77,7 +86,7 @@ def test_layout_manifest_and_pointer(tmp_path):
         "step_00000002"]
     assert sorted(p.name for p in info.path.iterdir()) == [MANIFEST, STATE, TENSORS]
     manifest = json.loads((info.path / MANIFEST).read_text())
-    assert manifest["format"] == "ckptlab-checkpoint" and manifest["format_version"] == 1
+    assert manifest["format"] == "ckptlab-checkpoint" and manifest["format_version"] == FORMAT_VERSION
     assert manifest["step"] == 2 and manifest["metrics"] == {"loss": 0.5}
     assert set(manifest["components"]) == {"model", "optimizer", "counter"}
     assert {"torch", "numpy", "python", "safetensors"} <= set(manifest["versions"])
@@ -181,6 +190,20 @@ def test_newer_format_version_is_refused_clearly(tmp_path):
     (info.path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(UnsupportedFormatError, match="upgrade ckptlab"):
         verify_checkpoint(info.path)
+
+
+def test_version_1_checkpoints_are_still_read(tmp_path):
+    """Format 2 only added markers and layouts; a checkpoint written as version 1 loads."""
+    from ckptlab.engine.format import _canonical_json, _manifest_self_hash
+
+    manager, *objs = make_manager(tmp_path / "ck")
+    info = save_n(manager, *objs, 1)[0]
+    manifest = json.loads((info.path / MANIFEST).read_text())
+    manifest["format_version"] = 1
+    manifest["manifest_sha256"] = _manifest_self_hash(manifest)
+    (info.path / MANIFEST).write_bytes(_canonical_json(manifest, readable=True))
+    assert verify_checkpoint(info.path).manifest["format_version"] == 1
+    assert load_checkpoint_state(info.path)[1]
 
 
 def test_no_valid_checkpoint_is_a_clear_error(tmp_path):

@@ -1,4 +1,10 @@
-"""The on-disk format (version 1): names, the manifest, and the files' encodings, read and write.
+"""The on-disk format (version 2): names, the manifest, and the files' encodings, read and write.
+
+Versions: 1 (ckptlab 0.1) and 2 (ckptlab 0.2) share the layout below. Version 2 adds state-tree
+markers that version-1 readers do not know (``OrderedDict`` kept as such, big-endian arrays,
+float8 and complex tensors), keeps each component's key order in ``state.json``, and allows
+sharded checkpoints (several ranks, see :mod:`.sharded`). Every version-1 checkpoint is read
+unchanged; a reader meeting a newer version says to upgrade instead of calling it corrupt.
 
 One directory per checkpoint::
 
@@ -47,7 +53,7 @@ from .errors import (
 )
 
 FORMAT_NAME = "ckptlab-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"

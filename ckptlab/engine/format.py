@@ -36,7 +36,7 @@ import re
 import stat
 import struct
 import sys
-from collections.abc import Container, Mapping
+from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -190,6 +190,14 @@ def _nbytes(tensor: torch.Tensor) -> int:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _digest(chunks: Sequence[bytes | memoryview]) -> dict[str, Any]:
+    """A manifest file entry (size and SHA-256) for bytes held in memory."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return {"bytes": sum(memoryview(c).nbytes for c in chunks), "sha256": digest.hexdigest()}
 
 
 def _canonical_json(obj: Any, readable: bool = False) -> bytes:

@@ -21,7 +21,9 @@ def test_site_builds_from_committed_outputs(tmp_path):
     notebooks = sorted(p.stem for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     index = (out / "index.html").read_text()
     links = re.findall(r'href="([^"]+)\.html"', index)
-    assert links == notebooks, "the index must list every lesson, in learning order"
+    assert links == [*notebooks, "solutions"], \
+        "the index must list every lesson, in learning order, then the solutions"
+    assert "Lesson 1" in (out / "solutions.html").read_text()
     for stem in notebooks:
         page = (out / f"{stem}.html").read_text()
         assert ".ipynb\"" not in page, f"{stem}: a link still points at a notebook"

@@ -50,7 +50,8 @@ def build(out: Path, execute: bool) -> list[tuple[str, str, float]]:
         # nbconvert embeds only images below the notebook's folder: give it the README's
         # pictures there, and point the markdown at that copy.
         shutil.copytree(NOTEBOOKS.parent / "docs", work / "docs")
-        for path in sorted(work.glob("[0-9][0-9]_*.ipynb")):
+        # The lessons in order, then the solutions to their exercises (markdown only).
+        for path in [*sorted(work.glob("[0-9][0-9]_*.ipynb")), work / "solutions.ipynb"]:
             nb = nbformat.read(path, as_version=4)
             started = time.perf_counter()
             if execute:
@@ -63,7 +64,8 @@ def build(out: Path, execute: bool) -> list[tuple[str, str, float]]:
                     cell.source = cell.source.replace("](../docs/", "](docs/")
             body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"path": str(work)}})
             # Links between lessons point at the exported pages.
-            body = re.sub(r'href="(\d\d_[A-Za-z0-9_]+)\.ipynb"', r'href="\1.html"', body)
+            body = re.sub(r'href="(\d\d_[A-Za-z0-9_]+|solutions)\.ipynb"', r'href="\1.html"',
+                          body)
             (out / f"{path.stem}.html").write_text(body, "utf-8")
             pages.append((path.stem, title_of(nb), elapsed))
             print(f"{path.stem}.html" + (f" (executed in {elapsed:.1f} s)" if execute else ""),
@@ -77,9 +79,10 @@ def build(out: Path, execute: bool) -> list[tuple[str, str, float]]:
 <style>body{{font-family:system-ui,sans-serif;max-width:760px;margin:3em auto;
 line-height:1.5;padding:0 1em}} li{{margin:.4em 0}}</style></head>
 <body><h1>ckptlab: checkpointing an agent's training progress</h1>
-<p>The lessons in learning order, executed, with every plot embedded. Quizzes show their
-answers and explanations in a collapsed block under each quiz; to answer them interactively,
-open the notebooks in JupyterLab (<code>make lab</code>).</p>
+<p>The lessons in learning order, executed, with every plot embedded, then the solutions to
+the exercises. Each quiz question shows its choices, with its answer in its own collapsed block;
+to answer them interactively and move the live controls, open the notebooks in JupyterLab
+(<code>make lab</code>) or present them with <code>make present</code>.</p>
 <ol start="0">
 {items}
 </ol>

@@ -132,12 +132,12 @@ def _as_number(answer: Any) -> float | None:
     return None
 
 
-def keep_until_exit(path: str | Path) -> Path:
+def keep_until_exit(path: str | Path) -> None:
     """Remove ``path`` when the kernel stops, not now: a lesson's last cell calls this instead
-    of deleting its folder, so "Run all, then do the exercises" still finds the lesson's runs."""
-    path = Path(path)
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
+    of deleting its folder, so "Run all, then do the exercises" still finds the lesson's runs.
+
+    Returns nothing, so a cell ending with it shows no (machine-specific) path."""
+    atexit.register(shutil.rmtree, Path(path), ignore_errors=True)
 
 
 def _scratch(prefix: str) -> tempfile.TemporaryDirectory[str]:

@@ -134,3 +134,14 @@ def assert_no_errors(page) -> None:
     assert errors.count() == 0, errors.first.inner_text()
     boxes = page.locator(".ckptlab-error")
     assert boxes.count() == 0, boxes.first.inner_text()
+
+
+def stop_kernels(lab) -> None:
+    """Shut down every kernel of the test JupyterLab (through its REST API)."""
+    url, token, _ = lab
+    with urllib.request.urlopen(f"{url}/api/kernels?token={token}", timeout=10) as response:
+        kernels = json.loads(response.read())
+    for kernel in kernels:
+        request = urllib.request.Request(f"{url}/api/kernels/{kernel['id']}?token={token}",
+                                         method="DELETE")
+        urllib.request.urlopen(request, timeout=30).close()

@@ -23,6 +23,16 @@ def jupyter_lab(tmp_path_factory):
 
     yield from start_lab(tmp_path_factory)
 
+
+@pytest.fixture(autouse=True)
+def _stop_lab_kernels(request):
+    """After each browser test, shut down the kernels it started (they would idle on)."""
+    yield
+    if "jupyter_lab" in request.fixturenames:
+        from browser_support import stop_kernels
+
+        stop_kernels(request.getfixturevalue("jupyter_lab"))
+
 # A run that learns something but takes about a second: episodes end mid-epoch, updates start
 # early, the target syncs and several checkpoints are written.
 FAST = dict(hidden_sizes=[64, 64], total_steps=2_400, steps_per_epoch=400, learning_starts=300, buffer_capacity=3_000,

@@ -41,6 +41,7 @@ from ckptlab.engine import (  # noqa: E402
     verify_checkpoint,
 )
 from ckptlab.engine.distributed import (  # noqa: E402
+    RANK_FAULT_PHASES,
     compare_sharded_checkpoints,
     parse_rank_faults,
     read_sharded_state,
@@ -125,6 +126,29 @@ def test_killing_ranks_anywhere_in_the_save_protocol_then_restarting_is_exact(ru
     checkpoints = run / "checkpoints"
     assert not [p.name for p in checkpoints.iterdir() if p.name.startswith(".tmp-")]
     assert json.loads((checkpoints / "latest").read_text())["checkpoint"] == "step_00000600"
+    assert main(["verify", str(run)]) == 0
+
+
+def test_either_rank_killed_at_random_moments_then_restarting_is_exact(runs):
+    """Two SIGKILLs at moments drawn by a seed (printed, so a failure can be replayed with
+    CKPTLAB_KILL_SEED): a random rank between two saves, then a random rank at a random phase
+    of a random save. Each restart resumes from the last commit; the end is bit-identical."""
+    import random
+
+    seed = int(os.environ.get("CKPTLAB_KILL_SEED", random.randrange(10**6)))
+    print(f"CKPTLAB_KILL_SEED={seed}")
+    rng = random.Random(seed)
+    between = rng.choice([s for s in range(1, STEPS) if s % 200])
+    # the restarted attempt resumes from the last save before `between`: kill it in a later one
+    save_step = rng.choice([s for s in (200, 400, STEPS) if s > between // 200 * 200])
+    phase = rng.choice([p for p in RANK_FAULT_PHASES if p != "step"])
+    faults = f"{rng.randrange(2)}:step@{between},{rng.randrange(2)}:{phase}@{save_step}#1"
+    run = runs / f"random-kills-{seed}"
+    done = _train(run, "--nproc", "2", "--max-restarts", "2",
+                  env=_env(CKPTLAB_RANK_FAULT=faults))
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, f"seed {seed}, faults {faults}:\n" + out[-4000:]
+    _assert_identical(_final(runs / "uninterrupted"), _final(run))
     assert main(["verify", str(run)]) == 0
 
 

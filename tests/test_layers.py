@@ -51,15 +51,48 @@ def test_the_boundary_check_would_catch_a_forbidden_import(tmp_path):
     assert "ckptlab.dqn" in names and "gymnasium" in names
 
 
-@pytest.mark.skipif(os.environ.get("CKPTLAB_SKIP_WHEEL_TEST") == "1",
-                    reason="CKPTLAB_SKIP_WHEEL_TEST=1")
-def test_engine_works_from_a_wheel_with_only_its_own_dependencies(tmp_path):
-    """Build the wheel, install it into a fresh venv that has torch, numpy and safetensors
-    only, and checkpoint a plain torch module + optimizer from outside the source tree."""
-    wheels = tmp_path / "wheels"
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """ckptlab built as a wheel (not an editable install)."""
+    wheels = tmp_path_factory.mktemp("wheels")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                     "-q", "-w", str(wheels), str(REPO)], check=True)
-    wheel = next(wheels.glob("ckptlab-*.whl"))
+    return next(wheels.glob("ckptlab-*.whl"))
+
+
+def test_lessons_quizzes_and_exercise_checks_work_from_an_installed_wheel(wheel, tmp_path):
+    """Installed from the wheel, outside the source tree (the quiz banks are package data)."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(target), str(wheel)], check=True)
+    script = textwrap.dedent("""
+        import ckptlab, pathlib
+        assert "site" in pathlib.Path(ckptlab.__file__).parts, ckptlab.__file__
+        from ckptlab.lab import exercises, quiz
+        banks = sorted(p.stem for p in quiz.QUIZ_DIR.glob("[0-9][0-9]_*.json"))
+        assert len(banks) >= 10, banks
+        for name in banks:
+            bank = quiz.load_quiz(name)
+            assert quiz.quiz_static_html(bank) and quiz.show_quiz(name, seed=0)
+        assert exercises.check_rank_counts(None, 50_000, 96).passed is None
+        assert exercises.check_rank_counts({1, 2, 4, 8}, 50_000, 96).passed is True
+        assert exercises.check_rank_counts({3}, 50_000, 96).passed is False
+        print("wheel install ok:", len(banks), "quiz banks")
+    """)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=work, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "wheel install ok" in result.stdout
+
+
+@pytest.mark.skipif(os.environ.get("CKPTLAB_SKIP_WHEEL_TEST") == "1",
+                    reason="CKPTLAB_SKIP_WHEEL_TEST=1")
+def test_engine_works_from_a_wheel_with_only_its_own_dependencies(wheel, tmp_path):
+    """Install the wheel into a fresh venv that has torch, numpy and safetensors only, and
+    checkpoint a plain torch module + optimizer from outside the source tree."""
     venv = tmp_path / "venv"
     # The engine's dependencies come from this environment (same versions, no download), and
     # nothing else does: a fresh venv whose .pth names a folder of links to just those.

@@ -144,13 +144,13 @@ class DQNAgent:
         """Q-values of one observation (or a batch) as a numpy array."""
         with torch.inference_mode():
             x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-            return self.q_net(x).cpu().numpy()
+            return self._acting_network()(x).cpu().numpy()
 
     def greedy_action(self, obs: np.ndarray) -> int:
         """The action with the highest Q-value."""
         with torch.inference_mode():
             x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
-            return int(self.q_net(x).argmax())
+            return int(self._acting_network()(x).argmax())
 
     def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> int:
         """Epsilon-greedy: a random action with probability ``epsilon``, else the greedy one."""
@@ -162,11 +162,11 @@ class DQNAgent:
     def update(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
                next_obs: torch.Tensor, terminated: torch.Tensor) -> float:
         """One gradient step on a batch of transitions; returns the Huber TD loss."""
-        q = self.q_net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
+        q = self._trained_forward(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
         with torch.no_grad():
             next_target = self.target_net(next_obs)
             if self.config.double_dqn:
-                best = self.q_net(next_obs).argmax(1, keepdim=True)
+                best = self._acting_network()(next_obs).argmax(1, keepdim=True)
                 next_q = next_target.gather(1, best).squeeze(1)
             else:
                 next_q = next_target.max(1).values
@@ -177,7 +177,22 @@ class DQNAgent:
         nn.utils.clip_grad_norm_(self.q_net.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         self.updates += 1
+        self._after_update()
         return loss.item()
+
+    # -- hooks for data-parallel subclasses (ckptlab.dqn.distributed) --------------------------
+    # The update is written once; DDP trains through a wrapper and FSDP acts with a gathered
+    # full copy of its sharded network, so each overrides only what differs.
+    def _trained_forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The forward pass whose gradients train the online network."""
+        return self.q_net(obs)
+
+    def _acting_network(self) -> nn.Module:
+        """The full online network used to act and to pick double-DQN's next action."""
+        return self.q_net
+
+    def _after_update(self) -> None:
+        """Called after every optimizer step."""
 
     def sync_target(self) -> None:
         """Copy the online network's weights into the target network."""

@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.nn.parallel import DistributedDataParallel
@@ -128,25 +127,8 @@ class DataParallelAgent(DQNAgent):
                                            else [self.device])
         self.sync_target()
 
-    def update(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
-               next_obs: torch.Tensor, terminated: torch.Tensor) -> float:
-        """One data-parallel gradient step; returns this rank's Huber TD loss."""
-        q = self.ddp(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
-        with torch.no_grad():
-            next_target = self.target_net(next_obs)
-            if self.config.double_dqn:
-                best = self.q_net(next_obs).argmax(1, keepdim=True)
-                next_q = next_target.gather(1, best).squeeze(1)
-            else:
-                next_q = next_target.max(1).values
-            target = rewards + self.config.gamma * (1.0 - terminated) * next_q
-        loss = F.smooth_l1_loss(q, target)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # DDP averages the gradients across ranks here
-        nn.utils.clip_grad_norm_(self.q_net.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
-        self.updates += 1
-        return loss.item()
+    def _trained_forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.ddp(obs)  # DDP averages the gradients across ranks in backward()
 
     def sharded_state(self) -> dict[str, Any]:
         """What DCP saves and loads: online net, target net, optimizer (FQN keys)."""
@@ -194,36 +176,11 @@ class FullyShardedAgent(DQNAgent):
                 for k, v in self.q_net.state_dict().items()}
         self.acting_net.load_state_dict(full)
 
-    def q_values(self, obs: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-            return self.acting_net(x).cpu().numpy()
+    def _acting_network(self) -> nn.Module:
+        return self.acting_net  # a full copy: acting needs no collective
 
-    def greedy_action(self, obs: np.ndarray) -> int:
-        with torch.inference_mode():
-            x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
-            return int(self.acting_net(x).argmax())
-
-    def update(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
-               next_obs: torch.Tensor, terminated: torch.Tensor) -> float:
-        """One FSDP gradient step (gradients averaged across ranks); returns this rank's loss."""
-        q = self.q_net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
-        with torch.no_grad():
-            next_target = self.target_net(next_obs)
-            if self.config.double_dqn:
-                best = self.acting_net(next_obs).argmax(1, keepdim=True)
-                next_q = next_target.gather(1, best).squeeze(1)
-            else:
-                next_q = next_target.max(1).values
-            target = rewards + self.config.gamma * (1.0 - terminated) * next_q
-        loss = F.smooth_l1_loss(q, target)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.q_net.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
-        self.updates += 1
+    def _after_update(self) -> None:
         self._gather_acting_weights()
-        return loss.item()
 
     def sync_target(self) -> None:
         self.target_net.load_state_dict(self.acting_net.state_dict())

@@ -619,7 +619,7 @@ def check_own_loop(fn: Callable[..., Any] | None, total_steps: int = 60,
     including at least one of the learner's own classes.
     """
     from ..engine import (CheckpointManager, CkptlabError, RollbackRequiredError,
-                          load_checkpoint_state)
+                          RunLockedError, load_checkpoint_state)
 
     if fn is None:
         return _not_done("define your training loop", "own_loop")
@@ -646,11 +646,15 @@ def check_own_loop(fn: Callable[..., Any] | None, total_steps: int = 60,
                                      "tried to save over the newer checkpoints: restore the "
                                      "latest checkpoint (manager.restore_latest()) and continue "
                                      "from its step", "own_loop")
+        except RunLockedError:
+            # Its message names the holder's command line (a path of this machine): say what
+            # it means instead.
+            return None, seen, _fail(
+                "your loop raised RunLockedError: the stopped loop still holds the run "
+                "directory's writer lock (open the manager with `with CheckpointManager(...) "
+                "as manager:` so it is released)", "own_loop")
         except CkptlabError as exc:
-            extra = (" (the killed loop still holds the folder: open the manager with "
-                     "`with CheckpointManager(...) as manager:` so it is released)"
-                     if "lock" in str(exc).lower() else "")
-            return None, seen, _fail(f"your loop raised {type(exc).__name__}: {exc}{extra}",
+            return None, seen, _fail(f"your loop raised {type(exc).__name__}: {exc}",
                                      "own_loop")
         except Exception as exc:
             return None, seen, _fail(f"your loop raised {type(exc).__name__}: {exc}",

@@ -308,13 +308,8 @@ class DistributedTrainer(Trainer):
         if self.checkpointer is None:
             raise IncompatibleCheckpointError("this trainer has no checkpoint directory")
         t0 = time.perf_counter()
-        in_loop = time.perf_counter() - self._loop_started if self._loop_started else 0.0
-        extra = {"episode": self.progress.episode, "epoch": self.progress.epoch,
-                 "total_steps": self.global_config.total_steps, "save_reasons": list(reasons),
-                 "training_seconds": round(self.training_seconds_before + in_loop, 3),
-                 "resumed_from": self._resume_record, "lineage": self.lineage,
+        extra = {**self._manifest_extra(reasons, self.global_config),
                  "resharded_from": self.resharded_from,
-                 "save_policy_state": self.save_policy.state_dict(),
                  "dcp_aliases": DCP_ALIASES, "parallelism": self.parallelism}
         info = self.checkpointer.save(
             self.progress.step, dcp_state=self.agent.sharded_state(),

@@ -359,12 +359,7 @@ class Trainer:
         if self.checkpoints is None:
             raise IncompatibleCheckpointError("this Trainer has no run_dir to save into")
         t0 = time.perf_counter()
-        in_loop = time.perf_counter() - self._loop_started if self._loop_started else 0.0
-        extra = {"episode": self.progress.episode, "epoch": self.progress.epoch,
-                 "total_steps": self.config.total_steps, "save_reasons": list(reasons),
-                 "training_seconds": round(self.training_seconds_before + in_loop, 3),
-                 "resumed_from": self._resume_record, "lineage": self.lineage,
-                 "save_policy_state": self.save_policy.state_dict()}
+        extra = self._manifest_extra(reasons, self.config)
         kwargs = dict(metrics=self.latest_metrics(), config=self.config.to_dict(), extra=extra)
         name = checkpoint_dir_name(self.progress.step)
         if blocking:
@@ -377,6 +372,16 @@ class Trainer:
         self._say(f"saved checkpoint {name} ({'; '.join(reasons)})" if blocking else
                   f"saving checkpoint {name} in the background ({'; '.join(reasons)})")
         return info
+
+    def _manifest_extra(self, reasons: Sequence[str], config: DQNConfig) -> dict[str, Any]:
+        """The run's own manifest fields: counters, why it saved, time trained, where it came
+        from, and the save policy's state (so a resume continues the policy too)."""
+        in_loop = time.perf_counter() - self._loop_started if self._loop_started else 0.0
+        return {"episode": self.progress.episode, "epoch": self.progress.epoch,
+                "total_steps": config.total_steps, "save_reasons": list(reasons),
+                "training_seconds": round(self.training_seconds_before + in_loop, 3),
+                "resumed_from": self._resume_record, "lineage": self.lineage,
+                "save_policy_state": self.save_policy.state_dict()}
 
     def restore(self, checkpoint: str | Path | None = None, *,
                 allow_config_change: bool = False,

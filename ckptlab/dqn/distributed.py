@@ -551,17 +551,18 @@ class LaunchedRun:
         return self.run_dir / CHECKPOINTS_SUBDIR / json.loads(latest.read_text())["checkpoint"]
 
 
-def run_distributed(config: DQNConfig, run_dir: str | os.PathLike[str], *, nproc: int,
-                    max_restarts: int = 0, resume: str | os.PathLike[str] | None = None,
-                    kill: str | None = None, timeout: float = 600) -> LaunchedRun:
-    """Run ``ckptlab train --nproc nproc`` with ``config`` in a child process and wait.
+def start_distributed(config: DQNConfig, run_dir: str | os.PathLike[str], *, nproc: int,
+                      max_restarts: int = 0, resume: str | os.PathLike[str] | None = None,
+                      kill: str | None = None) -> DistributedJob:
+    """Start ``ckptlab train --nproc nproc`` with ``config`` in a child process; returns at
+    once. :meth:`DistributedJob.wait` collects it.
+
+    Two independent jobs started one after the other share the machine: their start-up
+    (mostly imports) and their training overlap instead of queueing.
 
     Args:
         kill: ``CKPTLAB_RANK_FAULT`` items (``"RANK:PHASE@STEP[#ATTEMPT]"``) to SIGKILL ranks.
         resume: a checkpoint or run directory to start from (default: the run's own).
-
-    Raises:
-        CkptlabError: the job failed; the message ends with its output.
     """
     import json
     import subprocess
@@ -579,12 +580,55 @@ def run_distributed(config: DQNConfig, run_dir: str | os.PathLike[str], *, nproc
     if kill:
         env["CKPTLAB_RANK_FAULT"] = kill
     env.setdefault("OMP_NUM_THREADS", "1")
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    run = LaunchedRun(run_dir, done.returncode, done.stdout + done.stderr)
-    if done.returncode != 0:
-        raise CkptlabError(f"ckptlab train --nproc {nproc} failed ({done.returncode}):\n"
-                           + run.output[-3000:])
-    return run
+    # One pipe for both streams: the job's output is read in one go by wait(), and two pipes
+    # read one after the other could deadlock once the unread one filled up.
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    return DistributedJob(run_dir, nproc, process)
+
+
+@dataclasses.dataclass
+class DistributedJob:
+    """A ``ckptlab train --nproc N`` child process started by :func:`start_distributed`."""
+
+    run_dir: Path
+    nproc: int
+    process: Any  # subprocess.Popen[str]
+
+    def wait(self, timeout: float = 600) -> LaunchedRun:
+        """Wait for the job to end and return it.
+
+        Raises:
+            CkptlabError: the job failed (the message ends with its output) or ran past
+                ``timeout`` seconds (it is then stopped).
+        """
+        import subprocess
+
+        try:
+            output, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            output, _ = self.process.communicate()
+            raise CkptlabError(f"ckptlab train --nproc {self.nproc} ran past {timeout} s and "
+                               f"was stopped:\n{output[-3000:]}") from None
+        run = LaunchedRun(self.run_dir, self.process.returncode, output)
+        if run.returncode != 0:
+            raise CkptlabError(f"ckptlab train --nproc {self.nproc} failed ({run.returncode}):"
+                               f"\n{run.output[-3000:]}")
+        return run
+
+
+def run_distributed(config: DQNConfig, run_dir: str | os.PathLike[str], *, nproc: int,
+                    max_restarts: int = 0, resume: str | os.PathLike[str] | None = None,
+                    kill: str | None = None, timeout: float = 600) -> LaunchedRun:
+    """Run ``ckptlab train --nproc nproc`` with ``config`` in a child process and wait
+    (:func:`start_distributed`, then :meth:`DistributedJob.wait`).
+
+    Raises:
+        CkptlabError: the job failed; the message ends with its output.
+    """
+    return start_distributed(config, run_dir, nproc=nproc, max_restarts=max_restarts,
+                             resume=resume, kill=kill).wait(timeout)
 
 
 @dataclasses.dataclass(frozen=True)

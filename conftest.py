@@ -59,7 +59,9 @@ if IPyNbCell is not None:
             super().runtest()  # raises on any error in the cell
             shown = " ".join(str(o.get("data", {}).get("text/html", "")) + o.get("text", "")
                              for o in self.test_outputs)
-            assert "PASS" in shown, f"the solution did not pass the exercise's check: {shown}"
+            if "PASS" not in shown:
+                pytest.fail(f"the solution did not pass the exercise's check: {shown}",
+                            pytrace=False)
 
     class NothingLeftBehind(pytest.Item):
         """Shut the lesson's kernel down gracefully; its TMPDIR must hold nothing of ours."""
@@ -79,10 +81,13 @@ if IPyNbCell is not None:
             deadline = time.monotonic() + 60
             while kernel.km.is_alive() and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert not kernel.km.is_alive(), "the kernel did not shut down within 60 s"
+            if kernel.km.is_alive():
+                pytest.fail("the kernel did not shut down within 60 s", pytrace=False)
             kernel.kc.stop_channels()
             left = sorted(p.name for p in self.tmpdir.iterdir() if p.name.startswith("ckptlab"))
-            assert not left, f"left behind in the kernel's temporary folder: {left}"
+            if left:
+                pytest.fail(f"left behind in the kernel's temporary folder: {left}",
+                            pytrace=False)
 
         def reportinfo(self):
             return self.path, None, f"{self.parent.name}::nothing left behind"

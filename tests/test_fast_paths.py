@@ -7,12 +7,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+import ckptlab.engine.hashing as hashing_module
 import ckptlab.engine.reader as reader_module
 import ckptlab.engine.writer as writer_module
 from ckptlab import CheckpointCorruptError, CheckpointManager, load_checkpoint_state
@@ -130,6 +133,127 @@ def test_a_damaged_byte_anywhere_is_refused_before_any_component_is_touched(tmp_
     assert holder.state == {"untouched": True}
 
 
+# --- restore through the threaded hash (large files) ---------------------------------------
+
+def _sha256_threads() -> list:
+    return [t for t in threading.enumerate() if t.name == "ckptlab-sha256"]
+
+
+@pytest.fixture
+def threaded_reads(monkeypatch):
+    """Every file takes the large-file path: hashed by a thread, in many small pieces."""
+    monkeypatch.setattr(hashing_module, "HASH_THREAD_MIN", 1024)
+    monkeypatch.setattr(reader_module, "_CHUNK", 4096)
+
+
+def test_a_threaded_restore_gives_back_exactly_what_was_saved(tmp_path, threaded_reads):
+    state = {"w": torch.randn(100_000), "b": torch.randn(7), "i": torch.arange(5)}
+    holder = restore_into(saved(tmp_path, state).path)
+    for key, value in state.items():
+        assert torch.equal(holder.state[key], value), key
+    assert not _sha256_threads(), "the hashing thread was joined"
+
+
+@pytest.mark.parametrize("where", ["header", "first piece", "middle", "last byte"])
+def test_a_damaged_byte_in_a_threaded_restore_is_refused_before_any_component_is_touched(
+        tmp_path, threaded_reads, where):
+    info = saved(tmp_path, {"w": torch.randn(100_000), "b": torch.randn(7)})
+    path = info.path / TENSORS
+    data = bytearray(path.read_bytes())
+    index = {"header": 20, "first piece": 4000, "middle": len(data) // 2,
+             "last byte": len(data) - 1}[where]
+    data[index] ^= 0x01
+    path.write_bytes(bytes(data))
+    reader = CheckpointManager(info.path.parent, create=False)
+    holder = Holder({"untouched": True})
+    reader.register("holder", holder)
+    with pytest.raises(CheckpointCorruptError, match="SHA-256 does not match"):
+        reader.restore(info.path)
+    assert holder.state == {"untouched": True}
+    assert not _sha256_threads()
+
+
+def test_a_file_that_shrinks_during_a_threaded_restore_is_refused(tmp_path, threaded_reads,
+                                                                  monkeypatch):
+    info = saved(tmp_path, {"w": torch.randn(100_000)})
+    real_open = reader_module._open_member
+
+    class Shrinking:  # the file ends early, as if truncated after it was opened
+        def __init__(self, handle):
+            self.handle, self.left = handle, 100_000
+
+        def readinto(self, buffer):
+            got = self.handle.readinto(buffer[:max(0, min(len(buffer), self.left))])
+            self.left -= got
+            return got
+
+        def __getattr__(self, attribute):
+            return getattr(self.handle, attribute)
+
+    monkeypatch.setattr(reader_module, "_open_member",
+                        lambda *args: Shrinking(real_open(*args)))
+    holder = Holder({"untouched": True})
+    with pytest.raises(CheckpointCorruptError, match="ended early"):
+        reader = CheckpointManager(info.path.parent, create=False)
+        reader.register("holder", holder)
+        reader.restore(info.path)
+    assert holder.state == {"untouched": True}
+    assert not _sha256_threads()
+
+
+def test_an_error_in_the_hashing_thread_propagates_and_nothing_is_loaded(tmp_path,
+                                                                       threaded_reads,
+                                                                       monkeypatch):
+    info = saved(tmp_path, {"w": torch.randn(100_000)})
+
+    class HashFailure(Exception):
+        pass
+
+    class FailingSha256:
+        """Fails on its third piece, in the hashing thread."""
+
+        def __init__(self):
+            self.real, self.pieces = hashlib.sha256(), 0
+
+        def update(self, piece):
+            self.pieces += 1
+            if self.pieces == 3:
+                raise HashFailure("the hash failed")
+            self.real.update(piece)
+
+        def hexdigest(self):
+            return self.real.hexdigest()
+
+    monkeypatch.setattr(hashing_module, "hashlib", SimpleNamespace(sha256=FailingSha256))
+    holder = Holder({"untouched": True})
+    reader = CheckpointManager(info.path.parent, create=False)
+    reader.register("holder", holder)
+    with pytest.raises(HashFailure):
+        reader.restore(info.path)
+    assert holder.state == {"untouched": True}
+    assert not _sha256_threads()
+
+
+@pytest.mark.parametrize("max_pending", [None, 1])
+def test_the_piece_hasher_equals_one_sha256_pass(max_pending):
+    pieces = [os.urandom(n) for n in (0, 1, 4096, 70_000, 3)]
+    with hashing_module.PieceHasher(threaded=True, max_pending=max_pending) as hasher:
+        for piece in pieces:
+            hasher.update(piece)
+        assert hasher.hexdigest() == hashlib.sha256(b"".join(pieces)).hexdigest()
+    assert not _sha256_threads()
+
+
+def test_a_closed_piece_hasher_refuses_to_give_a_partial_digest():
+    hasher = hashing_module.PieceHasher(threaded=True, max_pending=1)
+    for _ in range(5):
+        hasher.update(bytes(100_000))
+    hasher.close()
+    assert not _sha256_threads()
+    with pytest.raises(RuntimeError, match="after close"):
+        hasher.hexdigest()
+
+
 @pytest.mark.parametrize("header", [
     {"holder/w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 64]}},
     {"holder/w": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}},
@@ -172,7 +296,7 @@ def test_a_partial_load_hashes_everything_but_keeps_only_what_was_asked(tmp_path
 # --- save: hashes of the written bytes, fsync order -----------------------------------------
 
 def test_pipelined_hash_matches_the_bytes_on_disk(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer_module, "_HASH_THREAD_MIN", 1024)  # use the hashing thread
+    monkeypatch.setattr(hashing_module, "HASH_THREAD_MIN", 1024)  # use the hashing thread
     monkeypatch.setattr(writer_module, "_PIECE", 4096)  # and many pieces
     info = saved(tmp_path, {"w": torch.randn(50_000), "b": torch.randn(3)})
     for name, entry in info.manifest["files"].items():

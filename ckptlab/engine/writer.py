@@ -12,9 +12,7 @@ copy the state into a reusable :class:`StagingBuffer` first.
 from __future__ import annotations
 
 import errno as errno_module
-import hashlib
 import os
-import queue
 import shutil
 import threading
 import uuid
@@ -34,6 +32,7 @@ from .format import (
     safetensors_order,
     tensor_bytes,
 )
+from .hashing import PieceHasher
 
 
 def _fsync_dir(path: Path) -> None:
@@ -58,8 +57,6 @@ def _write_durable(path: Path, data: bytes) -> None:
 # Bytes per write() call; the hashing thread reads each piece while (or right after) the kernel
 # copies it, so both find it in the CPU cache.
 _PIECE = 4 * 1024 * 1024
-# Below this, hashing inline costs less than handing pieces to a thread.
-_HASH_THREAD_MIN = 8 * 1024 * 1024
 
 
 class _ParallelFlush:
@@ -93,32 +90,23 @@ class _ParallelFlush:
         self._handles.append(handle)
         views = [memoryview(c).cast("B") for c in chunks]
         total = sum(len(v) for v in views)
-        hasher = hashlib.sha256() if digest else None
-        if hasher is not None and total >= _HASH_THREAD_MIN:
-            # Large: a thread hashes each piece while this one writes it.
-            pieces: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
-            worker = threading.Thread(target=_hash_pieces, args=(hasher, pieces))
-            worker.start()
-            try:
-                for piece in _pieces(views):
-                    pieces.put(piece)
-                    _write_all(handle, piece)
-            except BaseException:
-                pieces.put(None)
-                worker.join()
-                raise
-            self._start(os.fsync, handle.fileno())
-            pieces.put(None)
-            worker.join()
-        else:
-            # Small: the hash costs less than a thread; it runs while the fsync does.
+        if not digest:
             for piece in _pieces(views):
                 _write_all(handle, piece)
             self._start(os.fsync, handle.fileno())
-            if hasher is not None:
+            return None
+        # No bound on the thread's queue: the pieces are views of memory that exists anyway,
+        # and the writes (then the fsync) should not wait for the slower hash.
+        with PieceHasher.for_size(total) as hasher:
+            for piece in _pieces(views):
+                if hasher.threaded:  # large: the thread hashes this piece while it is written
+                    hasher.update(piece)
+                _write_all(handle, piece)
+            self._start(os.fsync, handle.fileno())
+            if not hasher.threaded:  # small: hashed inline, while the fsync runs
                 for view in views:
                     hasher.update(view)
-        return {"bytes": total, "sha256": hasher.hexdigest()} if hasher is not None else None
+            return {"bytes": total, "sha256": hasher.hexdigest()}
 
     def sync_directory(self, path: Path) -> None:
         """Start an fsync of directory ``path`` (its entries created so far become durable)."""
@@ -158,11 +146,6 @@ def _write_all(handle: Any, data: memoryview) -> None:
     while data:  # an unbuffered write may take only part of a large buffer
         written = handle.write(data)
         data = data[written:]
-
-
-def _hash_pieces(hasher: Any, pieces: queue.SimpleQueue[memoryview | None]) -> None:
-    while (piece := pieces.get()) is not None:
-        hasher.update(piece)
 
 
 class StagingBuffer:

@@ -339,7 +339,10 @@ def test_everything_is_durable_before_the_rename_and_the_rename_before_returning
 
 # --- async saves: the mutation contract -----------------------------------------------------
 
-def test_async_copy_stages_every_dtype_and_odd_strides(tmp_path):
+@pytest.mark.parametrize("split", [False, True], ids=["one thread", "two threads"])
+def test_async_copy_stages_every_dtype_and_odd_strides(tmp_path, monkeypatch, split):
+    if split:  # the copy is shared with a helper thread, cut inside a tensor
+        monkeypatch.setattr(writer_module, "_PARALLEL_COPY_MIN", 16)
     state = {"bf16": torch.randn(5).bfloat16(), "bool": torch.tensor([True, False, True]),
              "expanded": torch.tensor(7).expand(1), "array": np.arange(4, dtype=np.int16),
              "scalar": torch.tensor(1.5, dtype=torch.float64), "empty": torch.empty(0),
@@ -353,6 +356,32 @@ def test_async_copy_stages_every_dtype_and_odd_strides(tmp_path):
         got = states["holder"][key]
         assert (np.array_equal(got, value) if isinstance(value, np.ndarray)
                 else torch.equal(got, value)), key
+
+
+@pytest.mark.parametrize("sizes", [[1000], [3, 997], [500, 500], [1, 1, 998], [0, 1000, 0]])
+def test_a_two_thread_staging_copy_is_exact_wherever_the_cut_falls(monkeypatch, sizes):
+    monkeypatch.setattr(writer_module, "_PARALLEL_COPY_MIN", 1)
+    tensors = {f"t{i}": torch.randint(0, 255, (n,), dtype=torch.uint8)
+               for i, n in enumerate(sizes)}
+    staged = writer_module.StagingBuffer().stage(tensors)
+    for key, value in tensors.items():
+        assert torch.equal(staged[key], value), key
+        assert staged[key].data_ptr() != value.data_ptr() or value.numel() == 0
+
+
+def test_an_error_in_the_staging_helper_thread_propagates(monkeypatch):
+    monkeypatch.setattr(writer_module, "_PARALLEL_COPY_MIN", 1)
+    real_copyto = np.copyto
+
+    def copyto(destination, source):
+        if threading.current_thread().name == "ckptlab-stage":
+            raise MemoryError("the helper failed")
+        real_copyto(destination, source)
+
+    monkeypatch.setattr(writer_module.numpy, "copyto", copyto)
+    with pytest.raises(MemoryError, match="helper failed"):
+        writer_module.StagingBuffer().stage({"w": torch.ones(1000)})
+    assert not [t for t in threading.enumerate() if t.name == "ckptlab-stage"]
 
 
 def test_async_copy_reuses_its_staging_buffer_and_frees_it_on_request(tmp_path):

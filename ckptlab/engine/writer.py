@@ -148,6 +148,54 @@ def _write_all(handle: Any, data: memoryview) -> None:
         data = data[written:]
 
 
+# From this many bytes on, a staging copy is split between the calling thread and a helper
+# thread: starting one costs ~0.1 ms, a 4 MiB memcpy about 0.7 ms.
+_PARALLEL_COPY_MIN = 4 * 1024 * 1024
+
+
+def _copy_all(copies: Sequence[tuple[numpy.ndarray, numpy.ndarray]]) -> None:
+    """Copy each flat uint8 ``(destination, source)`` pair; large totals in two threads.
+
+    A plain memcpy through numpy: torch's ``copy_`` may wake its thread pool, which on a busy
+    machine costs more than the copy itself. ``numpy.copyto`` releases the GIL, so a helper
+    thread copying the second half of the bytes (split mid-array if need be) really runs in
+    parallel; one core's memcpy does not saturate memory bandwidth.
+    """
+    total = sum(source.nbytes for _, source in copies)
+    if total < _PARALLEL_COPY_MIN:
+        for destination, source in copies:
+            numpy.copyto(destination, source)
+        return
+    mine: list[tuple[numpy.ndarray, numpy.ndarray]] = []
+    theirs: list[tuple[numpy.ndarray, numpy.ndarray]] = []
+    left = total // 2  # bytes still to give to this thread
+    for destination, source in copies:
+        cut = min(left, source.nbytes)
+        if cut:
+            mine.append((destination[:cut], source[:cut]))
+        if cut < source.nbytes:
+            theirs.append((destination[cut:], source[cut:]))
+        left -= cut
+    errors: list[BaseException] = []
+
+    def helper() -> None:
+        try:
+            for destination, source in theirs:
+                numpy.copyto(destination, source)
+        except BaseException as exc:  # re-raised below, in the calling thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=helper, name="ckptlab-stage")
+    thread.start()
+    try:
+        for destination, source in mine:
+            numpy.copyto(destination, source)
+    finally:
+        thread.join()  # the helper writes into the buffer: never return before it is done
+    if errors:
+        raise errors[0]
+
+
 class StagingBuffer:
     """One block of memory, reused from save to save, that async saves copy the state into.
 
@@ -177,16 +225,16 @@ class StagingBuffer:
             self._buffer = None  # let the old block go before the larger one is allocated
             self._buffer = torch.empty(total + total // 4, dtype=torch.uint8)
         staged = {}
+        copies = []
         offset = 0
         for key in order:  # largest elements first: every view is aligned for its dtype
             tensor = tensors[key]
             size = tensor.numel() * tensor.element_size()
             block = self._buffer[offset:offset + size]
-            # A plain memcpy through numpy: torch's copy_ may wake its thread pool, which on a
-            # busy machine costs more than the copy itself.
-            numpy.copyto(block.numpy(), tensor_bytes(tensor))
+            copies.append((block.numpy(), tensor_bytes(tensor)))
             staged[key] = block.view(tensor.dtype).view(tensor.shape)
             offset += size
+        _copy_all(copies)
         return staged
 
     def release(self) -> None:

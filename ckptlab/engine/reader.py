@@ -39,7 +39,6 @@ from .format import (
     TENSORS,
     _STEP_DIR,
     _foreign_error,
-    checkpoint_step,
     describe_foreign_file,
     open_member,
     parse_state_json,
@@ -440,16 +439,23 @@ def committed_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
         CheckpointNotFoundError: ``directory`` exists but cannot be listed (permissions).
     """
     directory = Path(directory)
+    return [directory / name for _, name in committed_steps(directory)]
+
+
+def committed_steps(directory: Path) -> list[tuple[int, str]]:
+    """``(step, name)`` of each committed checkpoint in ``directory``, oldest first: what
+    :func:`committed_checkpoints` lists, without building a path per checkpoint (every save
+    scans the directory, and a run may keep hundreds)."""
     try:
         if not directory.is_dir():
             return []
-        found = [(checkpoint_step(entry.path), Path(entry.path))
-                 for entry in os.scandir(directory)
-                 if _STEP_DIR.match(entry.name) and entry.is_dir(follow_symlinks=False)]
+        found = [(int(match.group(1)), entry.name) for entry in os.scandir(directory)
+                 if (match := _STEP_DIR.match(entry.name))
+                 and entry.is_dir(follow_symlinks=False)]
     except OSError as exc:
         raise CheckpointNotFoundError(f"{directory} cannot be listed ({exc}); check its "
                                       "permissions") from None
-    return [p for _, p in sorted(found)]
+    return sorted(found)
 
 
 _T = TypeVar("_T")

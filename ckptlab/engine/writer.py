@@ -196,6 +196,36 @@ def _copy_all(copies: Sequence[tuple[numpy.ndarray, numpy.ndarray]]) -> None:
         raise errors[0]
 
 
+class StagedTensors(Mapping[str, torch.Tensor]):
+    """What :meth:`StagingBuffer.stage` copied, as a read-only mapping of tensors.
+
+    The tensors are views of the staging buffer, built on first access: for a state of
+    many small tensors, building them costs more than copying their bytes, and the thread
+    that writes the file can do it instead of the caller of ``save_async``.
+    """
+
+    def __init__(self, buffer: torch.Tensor,
+                 layout: Sequence[tuple[str, int, int, torch.dtype, torch.Size]]) -> None:
+        self._buffer = buffer
+        self._layout = layout
+        self._tensors: dict[str, torch.Tensor] | None = None
+
+    def _views(self) -> dict[str, torch.Tensor]:
+        if self._tensors is None:
+            self._tensors = {key: self._buffer[offset:offset + size].view(dtype).view(shape)
+                             for key, offset, size, dtype, shape in self._layout}
+        return self._tensors
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._views()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._views())
+
+    def __len__(self) -> int:
+        return len(self._layout)
+
+
 class StagingBuffer:
     """One block of memory, reused from save to save, that async saves copy the state into.
 
@@ -214,28 +244,31 @@ class StagingBuffer:
         """Bytes currently held (0 when released)."""
         return 0 if self._buffer is None else self._buffer.numel()
 
-    def stage(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def stage(self, tensors: Mapping[str, torch.Tensor]) -> StagedTensors:
         """Copy ``tensors`` into the buffer; returns same-named views of the copies.
 
-        The views stay valid until the next :meth:`stage` or :meth:`release`.
+        The views stay valid until the next :meth:`stage` or :meth:`release`. Only the copy
+        runs here (on the caller's thread); the views are built when first used, by the
+        thread that writes them.
         """
         order = safetensors_order(tensors)
-        total = sum(tensors[k].numel() * tensors[k].element_size() for k in order)
+        sources = [tensor_bytes(tensors[key]) for key in order]
+        total = sum(source.nbytes for source in sources)
         if self._buffer is None or self._buffer.numel() < total:
             self._buffer = None  # let the old block go before the larger one is allocated
             self._buffer = torch.empty(total + total // 4, dtype=torch.uint8)
-        staged = {}
+        flat = self._buffer.numpy()  # sliced by numpy: a torch slice costs ~10x more
         copies = []
+        layout = []
         offset = 0
-        for key in order:  # largest elements first: every view is aligned for its dtype
+        for key, source in zip(order, sources):  # largest elements first: views stay aligned
             tensor = tensors[key]
-            size = tensor.numel() * tensor.element_size()
-            block = self._buffer[offset:offset + size]
-            copies.append((block.numpy(), tensor_bytes(tensor)))
-            staged[key] = block.view(tensor.dtype).view(tensor.shape)
-            offset += size
+            copies.append((flat[offset:offset + source.nbytes], source))
+            # dtype and shape as of now: the caller may resize its tensor after this returns
+            layout.append((key, offset, source.nbytes, tensor.dtype, tensor.shape))
+            offset += source.nbytes
         _copy_all(copies)
-        return staged
+        return StagedTensors(self._buffer, layout)
 
     def release(self) -> None:
         """Free the memory (the next :meth:`stage` allocates it again)."""

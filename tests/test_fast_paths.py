@@ -304,6 +304,30 @@ def test_pipelined_hash_matches_the_bytes_on_disk(tmp_path, monkeypatch):
         assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+@pytest.mark.skipif(not hasattr(os, "writev"), reason="writev is POSIX")
+def test_vectored_writes_survive_partial_writes(tmp_path, monkeypatch):
+    real_writev = os.writev
+    calls = []
+
+    def stingy_writev(fd, buffers):  # the kernel may take less than it was given
+        calls.append(len(buffers))
+        data = b"".join(bytes(b) for b in buffers)[:1000]
+        return real_writev(fd, [data])
+
+    monkeypatch.setattr(os, "writev", stingy_writev)
+    monkeypatch.setattr(writer_module, "_IOV_MAX", 3)  # and few buffers per call
+    state = {f"t{i}": torch.randn(i * 37) for i in range(12)}
+    info = saved(tmp_path, state)
+    monkeypatch.setattr(os, "writev", real_writev)
+    assert max(calls) <= 3 and len(calls) > 12
+    for name, entry in info.manifest["files"].items():
+        data = (info.path / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    holder = restore_into(info.path)
+    for key, value in state.items():
+        assert torch.equal(holder.state[key], value), key
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
 def test_everything_is_durable_before_the_rename_and_the_rename_before_returning(
         tmp_path, monkeypatch):

@@ -296,7 +296,7 @@ def test_a_partial_load_hashes_everything_but_keeps_only_what_was_asked(tmp_path
 # --- save: hashes of the written bytes, fsync order -----------------------------------------
 
 def test_pipelined_hash_matches_the_bytes_on_disk(tmp_path, monkeypatch):
-    monkeypatch.setattr(hashing_module, "HASH_THREAD_MIN", 1024)  # use the hashing thread
+    monkeypatch.setattr(writer_module, "_HASH_THREAD_MIN", 1024)  # use the hashing thread
     monkeypatch.setattr(writer_module, "_PIECE", 4096)  # and many pieces
     info = saved(tmp_path, {"w": torch.randn(50_000), "b": torch.randn(3)})
     for name, entry in info.manifest["files"].items():

@@ -15,7 +15,8 @@ import queue
 import threading
 from typing import Any
 
-# Below this many bytes, hashing inline costs less than handing pieces to a thread.
+# Below this many bytes, a load hashes inline: handing pieces to a thread costs more than it
+# saves (a save has its own, lower, threshold: writer._HASH_THREAD_MIN).
 HASH_THREAD_MIN = 8 * 1024 * 1024
 
 

@@ -59,6 +59,11 @@ def _write_durable(path: Path, data: bytes) -> None:
 # Bytes per write() call; the hashing thread reads each piece while (or right after) the kernel
 # copies it, so both find it in the CPU cache.
 _PIECE = 4 * 1024 * 1024
+# From this size on, a file is hashed by a second thread while it is written. Lower than a
+# load's threshold (:data:`.hashing.HASH_THREAD_MIN`): the manifest waits for the hash, so
+# hashing while the tensors are still being written (measured on a 2.6 MB DQN state: 6.1 ms
+# instead of 9.7 ms from the first write to the last fsync) is worth a thread much sooner.
+_HASH_THREAD_MIN = 1024 * 1024
 
 
 class _ParallelFlush:
@@ -98,7 +103,7 @@ class _ParallelFlush:
             return None
         # No bound on the thread's queue: the pieces are views of memory that exists anyway,
         # and the writes (then the fsync) should not wait for the slower hash.
-        with PieceHasher.for_size(total) as hasher:
+        with PieceHasher(threaded=total >= _HASH_THREAD_MIN) as hasher:
             if hasher.threaded:  # large: the thread hashes each piece while it is written
                 for piece in _pieces(views):
                     hasher.update(piece)

@@ -118,7 +118,11 @@ class _VerifiedFile:
                 f"{self.path} has {actual} bytes but the manifest records {self.size} "
                 "(truncated or overwritten)")
         # Started last: nothing above can leave its thread running.
-        self._hash = PieceHasher.for_size(self.size, max_pending=_READ_AHEAD)
+        try:
+            self._hash = PieceHasher.for_size(self.size, max_pending=_READ_AHEAD)
+        except BaseException:  # no thread could be started: the file must not stay open
+            self._file.close()
+            raise
 
     def __enter__(self) -> _VerifiedFile:
         return self

@@ -7,12 +7,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+import ckptlab.engine.hashing as hashing_module
 import ckptlab.engine.reader as reader_module
 import ckptlab.engine.writer as writer_module
 from ckptlab import CheckpointCorruptError, CheckpointManager, load_checkpoint_state
@@ -130,6 +133,127 @@ def test_a_damaged_byte_anywhere_is_refused_before_any_component_is_touched(tmp_
     assert holder.state == {"untouched": True}
 
 
+# --- restore through the threaded hash (large files) ---------------------------------------
+
+def _sha256_threads() -> list:
+    return [t for t in threading.enumerate() if t.name == "ckptlab-sha256"]
+
+
+@pytest.fixture
+def threaded_reads(monkeypatch):
+    """Every file takes the large-file path: hashed by a thread, in many small pieces."""
+    monkeypatch.setattr(hashing_module, "HASH_THREAD_MIN", 1024)
+    monkeypatch.setattr(reader_module, "_CHUNK", 4096)
+
+
+def test_a_threaded_restore_gives_back_exactly_what_was_saved(tmp_path, threaded_reads):
+    state = {"w": torch.randn(100_000), "b": torch.randn(7), "i": torch.arange(5)}
+    holder = restore_into(saved(tmp_path, state).path)
+    for key, value in state.items():
+        assert torch.equal(holder.state[key], value), key
+    assert not _sha256_threads(), "the hashing thread was joined"
+
+
+@pytest.mark.parametrize("where", ["header", "first piece", "middle", "last byte"])
+def test_a_damaged_byte_in_a_threaded_restore_is_refused_before_any_component_is_touched(
+        tmp_path, threaded_reads, where):
+    info = saved(tmp_path, {"w": torch.randn(100_000), "b": torch.randn(7)})
+    path = info.path / TENSORS
+    data = bytearray(path.read_bytes())
+    index = {"header": 20, "first piece": 4000, "middle": len(data) // 2,
+             "last byte": len(data) - 1}[where]
+    data[index] ^= 0x01
+    path.write_bytes(bytes(data))
+    reader = CheckpointManager(info.path.parent, create=False)
+    holder = Holder({"untouched": True})
+    reader.register("holder", holder)
+    with pytest.raises(CheckpointCorruptError, match="SHA-256 does not match"):
+        reader.restore(info.path)
+    assert holder.state == {"untouched": True}
+    assert not _sha256_threads()
+
+
+def test_a_file_that_shrinks_during_a_threaded_restore_is_refused(tmp_path, threaded_reads,
+                                                                  monkeypatch):
+    info = saved(tmp_path, {"w": torch.randn(100_000)})
+    real_open = reader_module._open_member
+
+    class Shrinking:  # the file ends early, as if truncated after it was opened
+        def __init__(self, handle):
+            self.handle, self.left = handle, 100_000
+
+        def readinto(self, buffer):
+            got = self.handle.readinto(buffer[:max(0, min(len(buffer), self.left))])
+            self.left -= got
+            return got
+
+        def __getattr__(self, attribute):
+            return getattr(self.handle, attribute)
+
+    monkeypatch.setattr(reader_module, "_open_member",
+                        lambda *args: Shrinking(real_open(*args)))
+    holder = Holder({"untouched": True})
+    with pytest.raises(CheckpointCorruptError, match="ended early"):
+        reader = CheckpointManager(info.path.parent, create=False)
+        reader.register("holder", holder)
+        reader.restore(info.path)
+    assert holder.state == {"untouched": True}
+    assert not _sha256_threads()
+
+
+def test_an_error_in_the_hashing_thread_propagates_and_nothing_is_loaded(tmp_path,
+                                                                       threaded_reads,
+                                                                       monkeypatch):
+    info = saved(tmp_path, {"w": torch.randn(100_000)})
+
+    class HashFailure(Exception):
+        pass
+
+    class FailingSha256:
+        """Fails on its third piece, in the hashing thread."""
+
+        def __init__(self):
+            self.real, self.pieces = hashlib.sha256(), 0
+
+        def update(self, piece):
+            self.pieces += 1
+            if self.pieces == 3:
+                raise HashFailure("the hash failed")
+            self.real.update(piece)
+
+        def hexdigest(self):
+            return self.real.hexdigest()
+
+    monkeypatch.setattr(hashing_module, "hashlib", SimpleNamespace(sha256=FailingSha256))
+    holder = Holder({"untouched": True})
+    reader = CheckpointManager(info.path.parent, create=False)
+    reader.register("holder", holder)
+    with pytest.raises(HashFailure):
+        reader.restore(info.path)
+    assert holder.state == {"untouched": True}
+    assert not _sha256_threads()
+
+
+@pytest.mark.parametrize("max_pending", [None, 1])
+def test_the_piece_hasher_equals_one_sha256_pass(max_pending):
+    pieces = [os.urandom(n) for n in (0, 1, 4096, 70_000, 3)]
+    with hashing_module.PieceHasher(threaded=True, max_pending=max_pending) as hasher:
+        for piece in pieces:
+            hasher.update(piece)
+        assert hasher.hexdigest() == hashlib.sha256(b"".join(pieces)).hexdigest()
+    assert not _sha256_threads()
+
+
+def test_a_closed_piece_hasher_refuses_to_give_a_partial_digest():
+    hasher = hashing_module.PieceHasher(threaded=True, max_pending=1)
+    for _ in range(5):
+        hasher.update(bytes(100_000))
+    hasher.close()
+    assert not _sha256_threads()
+    with pytest.raises(RuntimeError, match="after close"):
+        hasher.hexdigest()
+
+
 @pytest.mark.parametrize("header", [
     {"holder/w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 64]}},
     {"holder/w": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}},
@@ -180,6 +304,30 @@ def test_pipelined_hash_matches_the_bytes_on_disk(tmp_path, monkeypatch):
         assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+@pytest.mark.skipif(not hasattr(os, "writev"), reason="writev is POSIX")
+def test_vectored_writes_survive_partial_writes(tmp_path, monkeypatch):
+    real_writev = os.writev
+    calls = []
+
+    def stingy_writev(fd, buffers):  # the kernel may take less than it was given
+        calls.append(len(buffers))
+        data = b"".join(bytes(b) for b in buffers)[:1000]
+        return real_writev(fd, [data])
+
+    monkeypatch.setattr(os, "writev", stingy_writev)
+    monkeypatch.setattr(writer_module, "_IOV_MAX", 3)  # and few buffers per call
+    state = {f"t{i}": torch.randn(i * 37) for i in range(12)}
+    info = saved(tmp_path, state)
+    monkeypatch.setattr(os, "writev", real_writev)
+    assert max(calls) <= 3 and len(calls) > 12
+    for name, entry in info.manifest["files"].items():
+        data = (info.path / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    holder = restore_into(info.path)
+    for key, value in state.items():
+        assert torch.equal(holder.state[key], value), key
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
 def test_everything_is_durable_before_the_rename_and_the_rename_before_returning(
         tmp_path, monkeypatch):
@@ -215,7 +363,10 @@ def test_everything_is_durable_before_the_rename_and_the_rename_before_returning
 
 # --- async saves: the mutation contract -----------------------------------------------------
 
-def test_async_copy_stages_every_dtype_and_odd_strides(tmp_path):
+@pytest.mark.parametrize("split", [False, True], ids=["one thread", "two threads"])
+def test_async_copy_stages_every_dtype_and_odd_strides(tmp_path, monkeypatch, split):
+    if split:  # the copy is shared with a helper thread, cut inside a tensor
+        monkeypatch.setattr(writer_module, "_PARALLEL_COPY_MIN", 16)
     state = {"bf16": torch.randn(5).bfloat16(), "bool": torch.tensor([True, False, True]),
              "expanded": torch.tensor(7).expand(1), "array": np.arange(4, dtype=np.int16),
              "scalar": torch.tensor(1.5, dtype=torch.float64), "empty": torch.empty(0),
@@ -229,6 +380,32 @@ def test_async_copy_stages_every_dtype_and_odd_strides(tmp_path):
         got = states["holder"][key]
         assert (np.array_equal(got, value) if isinstance(value, np.ndarray)
                 else torch.equal(got, value)), key
+
+
+@pytest.mark.parametrize("sizes", [[1000], [3, 997], [500, 500], [1, 1, 998], [0, 1000, 0]])
+def test_a_two_thread_staging_copy_is_exact_wherever_the_cut_falls(monkeypatch, sizes):
+    monkeypatch.setattr(writer_module, "_PARALLEL_COPY_MIN", 1)
+    tensors = {f"t{i}": torch.randint(0, 255, (n,), dtype=torch.uint8)
+               for i, n in enumerate(sizes)}
+    staged = writer_module.StagingBuffer().stage(tensors)
+    for key, value in tensors.items():
+        assert torch.equal(staged[key], value), key
+        assert staged[key].data_ptr() != value.data_ptr() or value.numel() == 0
+
+
+def test_an_error_in_the_staging_helper_thread_propagates(monkeypatch):
+    monkeypatch.setattr(writer_module, "_PARALLEL_COPY_MIN", 1)
+    real_copyto = np.copyto
+
+    def copyto(destination, source):
+        if threading.current_thread().name == "ckptlab-stage":
+            raise MemoryError("the helper failed")
+        real_copyto(destination, source)
+
+    monkeypatch.setattr(writer_module.numpy, "copyto", copyto)
+    with pytest.raises(MemoryError, match="helper failed"):
+        writer_module.StagingBuffer().stage({"w": torch.ones(1000)})
+    assert not [t for t in threading.enumerate() if t.name == "ckptlab-stage"]
 
 
 def test_async_copy_reuses_its_staging_buffer_and_frees_it_on_request(tmp_path):

@@ -64,6 +64,7 @@ from .reader import (
     CheckpointInfo,
     Stateful,
     committed_checkpoints,
+    committed_steps,
     load_checkpoint_state,
     load_newest_valid,
     newest_valid_checkpoint,
@@ -104,7 +105,7 @@ class _Snapshot:
 
     step: int
     json_parts: dict[str, bytes]
-    tensors: dict[str, torch.Tensor]
+    tensors: Mapping[str, torch.Tensor]
     tensor_keys: dict[str, list[str]]
     metrics: dict[str, Any]
     config: dict[str, Any] | None
@@ -399,11 +400,10 @@ class CheckpointManager:
             json_parts[name] = state_json(subtree)
             tensor_keys[name] = list(part)
             tensors.update(part)
-        if staging is not None:
-            tensors = staging.stage(tensors)
+        kept: Mapping[str, torch.Tensor] = tensors if staging is None else staging.stage(tensors)
         # Private copies of the caller's dicts; NaN and infinity (a diverged loss) become None,
         # because the manifest is strict JSON.
-        return _Snapshot(step, json_parts, tensors, tensor_keys, _json_copy(metrics or {}),
+        return _Snapshot(step, json_parts, kept, tensor_keys, _json_copy(metrics or {}),
                          _json_copy(config) if config is not None else None,
                          _json_copy(extra or {}), time.perf_counter() - t0)
 
@@ -572,9 +572,10 @@ class CheckpointManager:
         Newer checkpoints that fail verification (the fallback case: the run resumed from
         an older one because the newest was damaged) do not block the save.
         """
-        for path in self.committed():
-            if checkpoint_step(path) <= step or path.name in self._unusable:
+        for newer, name in committed_steps(self.directory):
+            if newer <= step or name in self._unusable:
                 continue
+            path = self.directory / name
             try:
                 verify_checkpoint(path)
             except CkptlabError:

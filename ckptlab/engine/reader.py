@@ -4,15 +4,15 @@ How a load stays safe: JSON and safetensors cannot execute code, and ckptlab nev
 ``pickle`` or ``torch.load``. Every file's size and SHA-256 are checked against the manifest
 (which checks its own hash) before its contents are used; nothing is loaded into any component
 unless the whole checkpoint verified. A load reads each file once, hashing it as it is read and
-decoding the tensors from the same reads straight into fresh tensors. A newest checkpoint that fails is skipped, with a warning,
-for the newest one that passes.
+decoding the tensors from the same reads straight into fresh tensors; a large file is hashed
+by a second thread while the next piece is read. A newest checkpoint that fails is skipped,
+with a warning, for the newest one that passes.
 
 Introduced in notebook ``01_pipeline_trace``; failure handling in ``07_failure_modes``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -39,13 +39,13 @@ from .format import (
     TENSORS,
     _STEP_DIR,
     _foreign_error,
-    checkpoint_step,
     describe_foreign_file,
     open_member,
     parse_state_json,
     read_manifest,
     read_safetensors,
 )
+from .hashing import PieceHasher
 from .serialization import join_state, referenced_tensor_keys
 from .sharded import check_shard_layout, is_sharded, sharded_load_error
 
@@ -65,8 +65,11 @@ class Stateful(Protocol):
 
 
 # Bytes read and hashed per system call: large enough that the per-call cost vanishes, small
-# enough that the hash reads them back from the CPU cache right after the read wrote them.
+# enough that the hash reads them back from the CPU cache soon after the read wrote them.
 _CHUNK = 4 * 1024 * 1024
+# Pieces read ahead of the hashing thread before a read waits for it: keeps the pieces hot in
+# the cache and bounds the scratch memory of skip(), which hands the thread fresh buffers.
+_READ_AHEAD = 4
 
 
 def _open_member(checkpoint: Path, name: str, entry: Mapping[str, Any]) -> BinaryIO:
@@ -86,7 +89,10 @@ class _VerifiedFile:
 
     Whatever consumes the bytes (a JSON parse, the tensor decoder) sees them before the hash
     is known, so nothing read here may reach a component before :meth:`finish` has compared
-    the SHA-256 with the manifest.
+    the SHA-256 with the manifest. A large file is hashed by a second thread while the next
+    piece is read (:class:`.hashing.PieceHasher`): a buffer given to :meth:`readinto` must
+    not be changed before :meth:`finish` (the thread may not have hashed it yet), and
+    :meth:`close` always joins the thread.
     """
 
     def __init__(self, checkpoint: Path, manifest: Mapping[str, Any], name: str) -> None:
@@ -100,18 +106,23 @@ class _VerifiedFile:
             raise CheckpointCorruptError(f"{checkpoint}: manifest records no valid size "
                                          f"for {name}")
         self._file = _open_member(checkpoint, name, entry)
-        self._hash = hashlib.sha256()
         self._position = 0
         try:
             actual = os.fstat(self._file.fileno()).st_size
         except OSError as exc:
-            self.close()
+            self._file.close()
             raise CheckpointCorruptError(f"{self.path} cannot be read ({exc})") from None
         if actual != self.size:
-            self.close()
+            self._file.close()
             raise CheckpointCorruptError(
                 f"{self.path} has {actual} bytes but the manifest records {self.size} "
                 "(truncated or overwritten)")
+        # Started last: nothing above can leave its thread running.
+        try:
+            self._hash = PieceHasher.for_size(self.size, max_pending=_READ_AHEAD)
+        except BaseException:  # no thread could be started: the file must not stay open
+            self._file.close()
+            raise
 
     def __enter__(self) -> _VerifiedFile:
         return self
@@ -120,7 +131,10 @@ class _VerifiedFile:
         self.close()
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._hash.close()
+        finally:
+            self._file.close()
 
     def readinto(self, buffer: memoryview) -> None:
         """Fill ``buffer`` with the next bytes of the file, hashing them."""
@@ -149,9 +163,12 @@ class _VerifiedFile:
 
     def skip(self, n: int) -> None:
         """Pass over the next ``n`` bytes: hashed, not kept."""
-        scratch = memoryview(bytearray(min(n, _CHUNK)))
+        scratch = None
         while n:
-            step = min(n, len(scratch))
+            step = min(n, _CHUNK)
+            # The hashing thread may still be reading the previous piece: never overwrite it.
+            if scratch is None or self._hash.threaded:
+                scratch = memoryview(bytearray(step))
             self.readinto(scratch[:step])
             n -= step
 
@@ -426,16 +443,23 @@ def committed_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
         CheckpointNotFoundError: ``directory`` exists but cannot be listed (permissions).
     """
     directory = Path(directory)
+    return [directory / name for _, name in committed_steps(directory)]
+
+
+def committed_steps(directory: Path) -> list[tuple[int, str]]:
+    """``(step, name)`` of each committed checkpoint in ``directory``, oldest first: what
+    :func:`committed_checkpoints` lists, without building a path per checkpoint (every save
+    scans the directory, and a run may keep hundreds)."""
     try:
         if not directory.is_dir():
             return []
-        found = [(checkpoint_step(entry.path), Path(entry.path))
-                 for entry in os.scandir(directory)
-                 if _STEP_DIR.match(entry.name) and entry.is_dir(follow_symlinks=False)]
+        found = [(int(match.group(1)), entry.name) for entry in os.scandir(directory)
+                 if (match := _STEP_DIR.match(entry.name))
+                 and entry.is_dir(follow_symlinks=False)]
     except OSError as exc:
         raise CheckpointNotFoundError(f"{directory} cannot be listed ({exc}); check its "
                                       "permissions") from None
-    return [p for _, p in sorted(found)]
+    return sorted(found)
 
 
 _T = TypeVar("_T")

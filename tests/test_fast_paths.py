@@ -117,22 +117,6 @@ def test_restore_reads_each_file_once(tmp_path, monkeypatch):
         assert bytes_read[name] == (info.path / name).stat().st_size, name
 
 
-@pytest.mark.parametrize("where", ["header", "middle", "last byte"])
-def test_a_damaged_byte_anywhere_is_refused_before_any_component_is_touched(tmp_path, where):
-    info = saved(tmp_path, {"w": torch.randn(100_000), "b": torch.randn(7)})
-    path = info.path / TENSORS
-    data = bytearray(path.read_bytes())
-    index = {"header": 20, "middle": len(data) // 2, "last byte": len(data) - 1}[where]
-    data[index] ^= 0x01
-    path.write_bytes(bytes(data))
-    reader = CheckpointManager(info.path.parent, create=False)
-    holder = Holder({"untouched": True})
-    reader.register("holder", holder)
-    with pytest.raises(CheckpointCorruptError, match="SHA-256 does not match"):
-        reader.restore(info.path)
-    assert holder.state == {"untouched": True}
-
-
 # --- restore through the threaded hash (large files) ---------------------------------------
 
 def _sha256_threads() -> list:
@@ -154,9 +138,12 @@ def test_a_threaded_restore_gives_back_exactly_what_was_saved(tmp_path, threaded
     assert not _sha256_threads(), "the hashing thread was joined"
 
 
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline hash", "threaded hash"])
 @pytest.mark.parametrize("where", ["header", "first piece", "middle", "last byte"])
-def test_a_damaged_byte_in_a_threaded_restore_is_refused_before_any_component_is_touched(
-        tmp_path, threaded_reads, where):
+def test_a_damaged_byte_anywhere_is_refused_before_any_component_is_touched(
+        tmp_path, request, threaded, where):
+    if threaded:
+        request.getfixturevalue("threaded_reads")
     info = saved(tmp_path, {"w": torch.randn(100_000), "b": torch.randn(7)})
     path = info.path / TENSORS
     data = bytearray(path.read_bytes())

@@ -446,3 +446,28 @@ def test_wait_staged_returns_when_a_save_fails(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="No space left"):
         manager.wait()
     manager.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+def test_a_child_forked_while_the_fsync_pool_lock_is_held_can_still_save(tmp_path):
+    import time
+
+    saved(tmp_path, {"w": torch.randn(10)}, name="parent")  # the parent's pool exists
+    with writer_module._sync_pool_lock:  # as if another thread were creating the pool
+        pid = os.fork()
+        if pid == 0:  # the child: a save needs the pool, hence the lock
+            try:
+                saved(tmp_path, {"w": torch.randn(10)}, name="child")
+                code = 0
+            except BaseException:
+                code = 1
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the fsync pool's lock")
+    assert os.waitstatus_to_exitcode(done[1]) == 0, "the child's save failed"
+    assert (tmp_path / "child").is_dir()

@@ -139,19 +139,30 @@ class _ParallelFlush:
 
 # The threads that run every save's fsyncs in this process, started once: Thread.start() waits
 # for the new thread to run, 0.1-0.4 ms on a busy machine, and a save starts five. A pool
-# inherited through fork() has no threads in the child, so each process makes its own.
+# inherited through fork() has no threads in the child, and its lock may have been held by
+# another thread at the fork, so a child forgets both and makes its own.
 _SYNC_WORKERS = 8
-_sync_pool_state: tuple[int, ThreadPoolExecutor] | None = None
+_sync_pool_state: ThreadPoolExecutor | None = None
 _sync_pool_lock = threading.Lock()
 
 
 def _sync_pool() -> ThreadPoolExecutor:
     global _sync_pool_state
     with _sync_pool_lock:
-        if _sync_pool_state is None or _sync_pool_state[0] != os.getpid():
-            _sync_pool_state = (os.getpid(), ThreadPoolExecutor(
-                _SYNC_WORKERS, thread_name_prefix="ckptlab-fsync"))
-        return _sync_pool_state[1]
+        if _sync_pool_state is None:
+            _sync_pool_state = ThreadPoolExecutor(_SYNC_WORKERS,
+                                                  thread_name_prefix="ckptlab-fsync")
+        return _sync_pool_state
+
+
+def _forget_sync_pool_after_fork() -> None:
+    global _sync_pool_state, _sync_pool_lock
+    _sync_pool_state = None
+    _sync_pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork()
+    os.register_at_fork(after_in_child=_forget_sync_pool_after_fork)
 
 
 # At most this many buffers per writev() call (POSIX guarantees 16; Linux and macOS allow

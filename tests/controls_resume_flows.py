@@ -103,13 +103,17 @@ def exercise_lesson5(page) -> None:
     before = _output_html(view)
     view.get_by_role("checkbox", name="optimizer", exact=True).check()   # default: all but the optimizer
     view.get_by_role("checkbox", name="env", exact=True).uncheck()
+    output = view.locator(".widget-output").first
     view.get_by_role("button", name="Resume", exact=True).click()
+    # Wait for this run's own summary: the output can change (a redraw) before the run starts.
+    expect(output).to_contain_text(
+        "restored: weights, optimizer, replay_buffer, counters, rng, metrics",
+        timeout=TRAINING_TIMEOUT_MS)
     after = wait_for_change(view, before)
-    text = view.locator(".widget-output").first.inner_text()
-    assert "restored: weights, optimizer, replay_buffer, counters, rng, metrics" in text, text
     view.get_by_role("button", name="mystery").click()
     expect(view.get_by_role("checkbox", name="env", exact=True)).to_be_hidden(timeout=10_000)
     view.get_by_role("button", name="Resume", exact=True).click()
+    expect(output).to_contain_text("restored: (hidden)", timeout=TRAINING_TIMEOUT_MS)
     wait_for_change(view, after)
-    text = view.locator(".widget-output").first.inner_text()
-    assert "restored: (hidden)" in text and "env" not in text, text
+    text = output.inner_text()
+    assert "env" not in text, text

@@ -7,6 +7,10 @@ executed once per test run instead of once for nbval and once more for these:
 * **Nothing left behind.** The kernel runs with a ``TMPDIR`` of its own; once the lesson (and the
   exercise) ran, the kernel is shut down gracefully (so its exit handlers run, as when a
   learner closes the notebook) and nothing named ``ckptlab*`` may remain there.
+
+Quizzes shuffle their choices, and lesson 5 draws its mystery, from the learner's session seed;
+under pytest that seed is fixed so every run sees the same lessons (override with
+CKPTLAB_QUIZ_SEED=N).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import nbformat
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+
+os.environ.setdefault("CKPTLAB_QUIZ_SEED", "0")  # inherited by every kernel
 
 try:
     from nbval.plugin import IPyNbCell, IPyNbFile

@@ -30,6 +30,29 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _global_module_hooks() -> bool:
+    """Whether hooks registered for every module (``register_module_forward_hook`` and kin)
+    exist; a direct call of the layers' functions would skip them."""
+    from torch.nn.modules import module as module_internals
+    return bool(module_internals._global_forward_pre_hooks
+                or module_internals._global_forward_hooks
+                or module_internals._global_backward_hooks
+                or module_internals._global_backward_pre_hooks)
+
+
+def clip_grad_norm(parameters: Sequence[torch.Tensor], max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_`` (2-norm) for plain tensors on one device, without its
+    per-call grouping by device and dtype: the same operations in the same order, so the
+    clipped gradients are bit-for-bit those of the torch function, at a third of its cost for
+    a few small tensors."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    clip_coef = float(max_norm) / (total_norm + 1e-6)
+    torch._foreach_mul_(grads, torch.clamp(clip_coef, max=1.0))
+
+
 class QNetwork(nn.Module):
     """An MLP from an observation vector to one Q-value per action (ReLU between layers)."""
 
@@ -53,7 +76,25 @@ class QNetwork(nn.Module):
                     layer.bias.uniform_(-bound, bound, generator=generator)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.layers(obs)
+        if self._layers_are_hooked():  # FSDP2's per-layer unshard, a profiler's hooks, ...
+            return self.layers(obs)
+        # The layers' own functions, called directly: in a network this small, calling each
+        # submodule costs more than its arithmetic (~8 us per call on a CPU). Same operations
+        # in the same order as the module path, so the numbers are bit-for-bit the same.
+        x = obs
+        for layer in self.layers:
+            if isinstance(layer, nn.Linear):
+                x = F.linear(x, layer.weight, layer.bias)
+            else:
+                x = F.relu(x)
+        return x
+
+    def _layers_are_hooked(self) -> bool:
+        """Whether calling a layer as a module would run hooks that the direct path skips."""
+        if _global_module_hooks():
+            return True
+        return any(layer._forward_pre_hooks or layer._forward_hooks or layer._backward_hooks
+                   or layer._backward_pre_hooks for layer in self.layers)
 
     def forward_trace(self, obs: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
         """Every layer's output for ``obs``, named — used to visualise a forward pass."""
@@ -172,9 +213,11 @@ class DQNAgent:
                 next_q = next_target.max(1).values
             target = rewards + self.config.gamma * (1.0 - terminated) * next_q
         loss = F.smooth_l1_loss(q, target)
-        self.optimizer.zero_grad(set_to_none=True)
+        for group in self.optimizer.param_groups:  # zero_grad(set_to_none=True), minus its hooks
+            for parameter in group["params"]:
+                parameter.grad = None
         loss.backward()
-        nn.utils.clip_grad_norm_(self.q_net.parameters(), self.config.max_grad_norm)
+        self._clip_gradients()
         self.optimizer.step()
         self.updates += 1
         self._after_update()
@@ -190,6 +233,10 @@ class DQNAgent:
     def _acting_network(self) -> nn.Module:
         """The full online network used to act and to pick double-DQN's next action."""
         return self.q_net
+
+    def _clip_gradients(self) -> None:
+        """Scale the online network's gradients to a total 2-norm of at most max_grad_norm."""
+        clip_grad_norm(list(self.q_net.parameters()), self.config.max_grad_norm)
 
     def _after_update(self) -> None:
         """Called after every optimizer step."""

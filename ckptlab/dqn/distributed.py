@@ -179,6 +179,10 @@ class FullyShardedAgent(DQNAgent):
     def _acting_network(self) -> nn.Module:
         return self.acting_net  # a full copy: acting needs no collective
 
+    def _clip_gradients(self) -> None:
+        # The parameters are DTensors: torch's own function knows how to reduce their norms.
+        nn.utils.clip_grad_norm_(self.q_net.parameters(), self.config.max_grad_norm)
+
     def _after_update(self) -> None:
         self._gather_acting_weights()
 

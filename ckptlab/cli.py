@@ -41,6 +41,7 @@ from .engine import (
     OnStart,
     RetentionPolicy,
     SavePolicy,
+    describe_digest,
     export_checkpoint,
     read_manifest,
     read_pointer_record,
@@ -439,7 +440,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                   f"{_human(t['bytes']):>9s}")
     print("\nfiles")
     for name, f in d["files"].items():
-        print(f"  {name:20s} {_human(f['bytes']):>9s}  sha256 {f['sha256'][:16]}...")
+        print(f"  {name:20s} {_human(f['bytes']):>9s}  sha256 {describe_digest(f)}...")
     return EXIT_OK
 
 

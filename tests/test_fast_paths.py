@@ -18,7 +18,8 @@ import torch
 import ckptlab.engine.hashing as hashing_module
 import ckptlab.engine.reader as reader_module
 import ckptlab.engine.writer as writer_module
-from ckptlab import CheckpointCorruptError, CheckpointManager, load_checkpoint_state
+from ckptlab import (CheckpointCorruptError, CheckpointManager, CkptlabError,
+                     load_checkpoint_state)
 from ckptlab.engine import MANIFEST, STATE, TENSORS
 from ckptlab.engine.format import _canonical_json, _manifest_self_hash
 
@@ -280,6 +281,119 @@ def test_a_partial_load_hashes_everything_but_keeps_only_what_was_asked(tmp_path
         load_checkpoint_state(info.path, keys=["small"])
 
 
+# --- per-piece digests (format 3): large files hashed by several threads ---------------------
+
+@pytest.mark.parametrize("max_pending", [None, 1])
+def test_piece_digests_are_the_sha256_of_each_piece_whatever_the_views(max_pending):
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, size=1_000_003, dtype=np.uint8).tobytes()
+    cuts = sorted(set(rng.integers(0, len(data), size=40).tolist()) | {0, len(data)})
+    with hashing_module.PieceDigests(65_536, max_pending=max_pending) as pieces:
+        for start, end in zip(cuts[:-1], cuts[1:]):  # views that straddle piece boundaries
+            pieces.update(memoryview(data)[start:end])
+        digests = pieces.digests()
+    assert digests == [hashlib.sha256(data[i:i + 65_536]).hexdigest()
+                       for i in range(0, len(data), 65_536)]
+
+
+@pytest.fixture
+def piecewise(monkeypatch):
+    """Saves record per-piece digests from 1 KiB on, in pieces of 64 KiB (the smallest the
+    format allows), so a ~1 MB file has many pieces."""
+    monkeypatch.setattr(writer_module, "PIECEWISE_MIN", 1024)
+    monkeypatch.setattr(writer_module, "PIECE_BYTES", 65_536)
+
+
+def test_a_large_file_records_one_digest_per_piece_and_round_trips(tmp_path, piecewise):
+    state = {"w": torch.randn(250_000), "b": torch.randn(3)}
+    info = saved(tmp_path, state)
+    data = (info.path / TENSORS).read_bytes()
+    entry = info.manifest["files"][TENSORS]
+    assert info.manifest["format_version"] == 3
+    assert entry == {"bytes": len(data), "sha256_pieces": {
+        "piece_bytes": 65_536,
+        "digests": [hashlib.sha256(data[i:i + 65_536]).hexdigest()
+                    for i in range(0, len(data), 65_536)]}}
+    holder = restore_into(info.path)
+    assert torch.equal(holder.state["w"], state["w"]) and torch.equal(holder.state["b"],
+                                                                      state["b"])
+
+
+@pytest.mark.parametrize("where", ["header", "first piece", "middle", "last byte"])
+def test_a_flipped_byte_in_any_piece_is_caught_and_named(tmp_path, piecewise, where):
+    info = saved(tmp_path, {"w": torch.randn(250_000)})
+    path = info.path / TENSORS
+    data = bytearray(path.read_bytes())
+    offset = {"header": 10, "first piece": 70_000, "middle": len(data) // 2,
+              "last byte": len(data) - 1}[where]
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))
+    piece = offset // 65_536
+    with pytest.raises(CheckpointCorruptError, match=rf"\(piece {piece}\)"):
+        restore_into(info.path)
+    with pytest.raises(CheckpointCorruptError, match="does not match"):
+        load_checkpoint_state(info.path)
+    holder = Holder({"untouched": True})
+    reader = CheckpointManager(info.path.parent, create=False)
+    reader.register("holder", holder)
+    with pytest.raises(CheckpointCorruptError):
+        reader.restore(info.path)
+    assert holder.state == {"untouched": True}, "nothing reached the component"
+
+
+def _edit_manifest(checkpoint: Path, change) -> None:
+    manifest = json.loads((checkpoint / MANIFEST).read_text())
+    change(manifest)
+    manifest["manifest_sha256"] = _manifest_self_hash(manifest)
+    (checkpoint / MANIFEST).write_bytes(_canonical_json(manifest, readable=True))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda e: e["sha256_pieces"]["digests"].pop(),  # one digest short
+    lambda e: e["sha256_pieces"].update(piece_bytes=1024),  # pieces below the format's minimum
+    lambda e: e["sha256_pieces"].update(piece_bytes="65536"),
+    lambda e: e["sha256_pieces"]["digests"].__setitem__(0, "not hex"),
+    lambda e: e.update(sha256="0" * 64),  # both kinds of digest
+    lambda e: e.update(sha256_pieces=[]),
+])
+def test_a_malformed_piece_list_is_refused_with_a_clear_error(tmp_path, piecewise, damage):
+    info = saved(tmp_path, {"w": torch.randn(250_000)})
+    _edit_manifest(info.path, lambda m: damage(m["files"][TENSORS]))
+    with pytest.raises(CheckpointCorruptError, match="per-piece SHA-256s"):
+        load_checkpoint_state(info.path)
+
+
+def test_per_piece_digests_in_a_format_2_manifest_are_refused(tmp_path, piecewise):
+    info = saved(tmp_path, {"w": torch.randn(250_000)})
+    _edit_manifest(info.path, lambda m: m.update(format_version=2))
+    with pytest.raises(CheckpointCorruptError, match="needs a size in bytes and a SHA-256"):
+        load_checkpoint_state(info.path)
+
+
+def test_a_format_2_checkpoint_with_whole_file_digests_still_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "PIECEWISE_MIN", 1 << 40)  # what format 2 wrote
+    state = {"w": torch.randn(250_000)}
+    info = saved(tmp_path, state)
+    assert "sha256" in info.manifest["files"][TENSORS]
+    _edit_manifest(info.path, lambda m: m.update(format_version=2))
+    assert torch.equal(restore_into(info.path).state["w"], state["w"])
+
+
+def test_a_failing_piece_hash_fails_the_save_and_leaves_nothing(tmp_path, piecewise,
+                                                                 monkeypatch):
+    def failing(segments):
+        raise MemoryError("hash exploded")
+
+    monkeypatch.setattr(hashing_module, "_hash_segments", failing)
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("holder", Holder({"w": torch.randn(250_000)}))
+    with pytest.raises(MemoryError, match="hash exploded"):
+        manager.save(1)
+    assert not manager.committed()
+    assert not [p for p in (tmp_path / "ck").iterdir() if p.name.startswith(".tmp")]
+    manager.close()
+
+
 # --- save: hashes of the written bytes, fsync order -----------------------------------------
 
 def test_pipelined_hash_matches_the_bytes_on_disk(tmp_path, monkeypatch):
@@ -433,6 +547,62 @@ def test_async_without_copy_writes_the_state_as_of_the_call_once_staged(tmp_path
     assert torch.all(states["holder"]["w"] == 7.0)
 
 
+def test_async_copy_in_background_is_staged_before_the_write_ends(tmp_path, monkeypatch):
+    """The writer thread copies first and says so; the caller may then change its tensors
+    while the file is still being written, and the checkpoint holds the state as of the call."""
+    weights = torch.full((300_000,), 7.0)
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("holder", Holder({"w": weights}))
+    writing, release = threading.Event(), threading.Event()
+    real_write = writer_module._ParallelFlush.write
+
+    def held_write(self, *args, **kwargs):
+        writing.set()
+        assert release.wait(10), "the test never released the write"
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(writer_module._ParallelFlush, "write", held_write)
+    future = manager.save_async(1, copy_in_background=True)
+    assert writing.wait(10)
+    waiter = threading.Thread(target=manager.wait_staged)
+    waiter.start()
+    waiter.join(10)
+    assert not waiter.is_alive(), "wait_staged() should return before any byte is written"
+    assert not future.done()
+    weights.fill_(-1.0)
+    release.set()
+    info = future.result()
+    assert manager._staging.nbytes >= weights.numel() * 4, "the copy went to the staging buffer"
+    manager.close()
+    _, states = load_checkpoint_state(info.path)
+    assert torch.all(states["holder"]["w"] == 7.0)
+
+
+def test_copy_in_background_needs_a_copy(tmp_path):
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("holder", Holder({"w": torch.ones(3)}))
+    with pytest.raises(CkptlabError, match="needs copy=True"):
+        manager.save_async(1, copy=False, copy_in_background=True)
+    assert not manager.committed()
+    manager.close()
+
+
+def test_a_failed_background_copy_releases_wait_staged_and_is_reported(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("holder", Holder({"w": torch.ones(3)}))
+
+    def broken(self, tensors):
+        raise MemoryError("cannot allocate the staging buffer")
+
+    monkeypatch.setattr(writer_module.StagingBuffer, "stage", broken)
+    manager.save_async(1, copy_in_background=True)
+    manager.wait_staged()  # must not hang
+    with pytest.raises(Exception, match="staging buffer"):
+        manager.wait()
+    assert not manager.committed()
+    manager.close()
+
+
 def test_wait_staged_returns_when_a_save_fails(tmp_path, monkeypatch):
     manager = CheckpointManager(tmp_path / "ck")
     manager.register("holder", Holder({"w": torch.ones(3)}))
@@ -449,11 +619,13 @@ def test_wait_staged_returns_when_a_save_fails(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
-def test_a_child_forked_while_the_fsync_pool_lock_is_held_can_still_save(tmp_path):
+def test_a_child_forked_while_the_pools_locks_are_held_can_still_save(tmp_path, monkeypatch):
     import time
 
-    saved(tmp_path, {"w": torch.randn(10)}, name="parent")  # the parent's pool exists
-    with writer_module._sync_pool_lock:  # as if another thread were creating the pool
+    monkeypatch.setattr(writer_module, "PIECEWISE_MIN", 1024)  # the save uses the hash pool too
+    saved(tmp_path, {"w": torch.randn(1000)}, name="parent")  # the parent's pools exist
+    # as if other threads were creating the pools at the moment of the fork
+    with writer_module.SYNC_POOL._lock, hashing_module.HASH_POOL._lock:
         pid = os.fork()
         if pid == 0:  # the child: a save needs the pool, hence the lock
             try:
@@ -468,6 +640,6 @@ def test_a_child_forked_while_the_fsync_pool_lock_is_held_can_still_save(tmp_pat
     if done[0] == 0:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
-        pytest.fail("the forked child hung on the fsync pool's lock")
+        pytest.fail("the forked child hung on a pool's lock")
     assert os.waitstatus_to_exitcode(done[1]) == 0, "the child's save failed"
     assert (tmp_path / "child").is_dir()

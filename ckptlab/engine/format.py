@@ -1,10 +1,14 @@
-"""The on-disk format (version 2): names, the manifest, and the files' encodings, read and write.
+"""The on-disk format (version 3): names, the manifest, and the files' encodings, read and write.
 
-Versions: 1 (ckptlab 0.1) and 2 (ckptlab 0.2) share the layout below. Version 2 adds state-tree
-markers that version-1 readers do not know (``OrderedDict`` kept as such, big-endian arrays,
-float8 and complex tensors), keeps each component's key order in ``state.json``, and allows
-sharded checkpoints (several ranks, see :mod:`.sharded`). Every version-1 checkpoint is read
-unchanged; a reader meeting a newer version says to upgrade instead of calling it corrupt.
+Versions: 1 (ckptlab 0.1), 2 (ckptlab 0.2) and 3 (ckptlab 0.3) share the layout below. Version 2
+adds state-tree markers that version-1 readers do not know (``OrderedDict`` kept as such,
+big-endian arrays, float8 and complex tensors), keeps each component's key order in
+``state.json``, and allows sharded checkpoints (several ranks, see :mod:`.sharded`). Version 3
+lets a file entry carry ``sha256_pieces`` - ``{"piece_bytes": P, "digests": [...]}``, the
+SHA-256 of each consecutive P bytes - instead of one ``sha256``; the writer uses it from
+:data:`.hashing.PIECEWISE_MIN` bytes on, so large files are hashed on every core. Every older
+checkpoint is read unchanged; a reader meeting a newer version says to upgrade instead of
+calling it corrupt.
 
 One directory per checkpoint::
 
@@ -14,8 +18,8 @@ One directory per checkpoint::
         decisions.jsonl          why each checkpoint was saved, kept or deleted
         step_00003000/
             manifest.json        format, step, times, metrics, config and its hash,
-                                 library versions, components, SHA-256 and size of every file,
-                                 and the SHA-256 of the manifest itself
+                                 library versions, components, SHA-256 (or per-piece SHA-256s)
+                                 and size of every file, and the SHA-256 of the manifest itself
             tensors.safetensors  every tensor and array, keyed "component/path/to/leaf"
             state.json           everything else, per component
 
@@ -53,7 +57,7 @@ from .errors import (
 )
 
 FORMAT_NAME = "ckptlab-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
@@ -192,6 +196,32 @@ def safetensors_chunks(tensors: Mapping[str, torch.Tensor],
     text += b" " * (-len(text) % 8)  # data starts 8-byte aligned
     return [len(text).to_bytes(8, "little"), text, *chunks]
 
+
+
+# Per-piece digests (format 3): pieces of at least 64 KiB keep a manifest's digest list short
+# (a 100 GB file at the 4 MiB default: 24 000 digests, 1.6 MB of JSON, within the bound).
+_MIN_PIECE_BYTES = 64 * 1024
+
+
+def _valid_pieces(pieces: Any, nbytes: int) -> bool:
+    if not isinstance(pieces, dict) or set(pieces) != {"piece_bytes", "digests"}:
+        return False
+    size, digests = pieces["piece_bytes"], pieces["digests"]
+    if not _is_int(size) or not _MIN_PIECE_BYTES <= size <= 1 << 30 \
+            or not isinstance(digests, list):
+        return False
+    return len(digests) == -(-nbytes // size) and all(
+        isinstance(d, str) and _HEX64.match(d) for d in digests)
+
+
+def describe_digest(entry: Mapping[str, Any], digits: int = 16) -> str:
+    """A file entry's digest for people: the first ``digits`` hex digits of its SHA-256, or
+    how many per-piece SHA-256s it has."""
+    pieces = entry.get("sha256_pieces")
+    if pieces is None:
+        return str(entry["sha256"])[:digits]
+    return (f"{len(pieces['digests'])} pieces of {pieces['piece_bytes'] // 1024} KiB, "
+            f"first {pieces['digests'][0][:digits] if pieces['digests'] else '-'}")
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
@@ -391,8 +421,13 @@ def validate_manifest(manifest: Any, path: Path) -> None:
                   f"(got {sorted(files) if isinstance(files, dict) else type(files).__name__})")
     for name, entry in files.items():
         if not isinstance(entry, dict) or not _is_int(entry.get("bytes")) \
-                or not 0 <= entry["bytes"] <= _member_bound(name) \
-                or not isinstance(entry.get("sha256"), str) or not _HEX64.match(entry["sha256"]):
+                or not 0 <= entry["bytes"] <= _member_bound(name):
+            raise bad(f"the entry for {name} needs a size in bytes and a SHA-256")
+        if "sha256_pieces" in entry and manifest["format_version"] >= 3:
+            if "sha256" in entry or not _valid_pieces(entry["sha256_pieces"], entry["bytes"]):
+                raise bad(f"the entry for {name} needs either one SHA-256 or a valid list of "
+                          "per-piece SHA-256s (piece_bytes, and one digest per piece)")
+        elif not isinstance(entry.get("sha256"), str) or not _HEX64.match(entry["sha256"]):
             raise bad(f"the entry for {name} needs a size in bytes and a SHA-256")
     components = manifest.get("components")
     if not isinstance(components, dict) or not all(

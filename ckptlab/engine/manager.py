@@ -114,6 +114,9 @@ class _Snapshot:
     # set once every tensor byte has been written to the page cache and hashed: from then on
     # the save no longer reads the tensors it was given
     staged: threading.Event = field(default_factory=threading.Event)
+    # save_async(copy_in_background=True): the buffer the writer thread copies the tensors
+    # into before it writes them
+    stage_into: StagingBuffer | None = None
 
 
 class CheckpointManager:
@@ -290,7 +293,8 @@ class CheckpointManager:
     def save_async(self, step: int, *, metrics: Mapping[str, Any] | None = None,
                    config: Mapping[str, Any] | None = None,
                    extra: Mapping[str, Any] | None = None,
-                   copy: bool = True) -> Future[CheckpointInfo]:
+                   copy: bool = True,
+                   copy_in_background: bool = False) -> Future[CheckpointInfo]:
         """Like :meth:`save`, but the files are written, hashed, fsynced and committed by a
         background thread; the calling thread only takes the snapshot.
 
@@ -300,6 +304,15 @@ class CheckpointManager:
           staging buffer that the manager keeps and reuses for every later async save (one
           copy of the tensors, freed by :meth:`release_staging_buffer` or :meth:`close`).
           When this call returns, the state may be changed freely.
+        * ``copy_in_background=True`` (with ``copy=True``): the same copy into the staging
+          buffer, but made by the writer thread, so this call returns as soon as the state is
+          encoded. The caller must not modify any registered tensor (or numpy array) in place
+          until :meth:`wait_staged` returns, which happens as soon as the copy is done (one
+          ``memcpy`` of the state, long before the write). Made for a loop whose next change
+          to the state comes after some read-only work - the next batch's forward and backward
+          read the weights and write only gradients - so the copy overlaps that work:
+          ``save_async(step, copy_in_background=True)``, forward, backward,
+          ``wait_staged()``, ``optimizer.step()``.
         * ``copy=False``: nothing is copied and the file is written from the components' own
           tensors. The caller must not modify any registered tensor (or numpy array) in
           place until :meth:`wait_staged` returns, which happens once every byte has been
@@ -313,13 +326,19 @@ class CheckpointManager:
         previous. A failure is raised by the next :meth:`save`, :meth:`save_async`,
         :meth:`wait` or :meth:`close` - never swallowed.
         """
+        if copy_in_background and not copy:
+            raise CkptlabError("copy_in_background=True needs copy=True: with copy=False "
+                               "nothing is copied, in the background or otherwise")
         t0 = time.perf_counter()
         self.wait()
         self._refuse_branch(step)
+        stage_now = copy and not copy_in_background
         snapshot = self._snapshot(step, metrics, config, extra,
-                                  staging=self._staging if copy else None)
-        if copy:
+                                  staging=self._staging if stage_now else None)
+        if stage_now:
             snapshot.staged.set()  # the copies are the snapshot; the caller's tensors are free
+        elif copy:
+            snapshot.stage_into = self._staging  # the writer thread copies, then sets `staged`
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ckptlab-save")
         self._staged = snapshot.staged
@@ -330,9 +349,11 @@ class CheckpointManager:
     def wait_staged(self) -> None:
         """Block until the in-flight async save no longer reads the registered tensors.
 
-        After ``save_async(copy=False)``, call this before changing any tensor in place; it
-        returns when every byte has been written and hashed (the fsync and the commit may
-        still be running). Returns at once when no save is in flight or it copied its state.
+        After ``save_async(copy=False)`` or ``save_async(copy_in_background=True)``, call
+        this before changing any tensor in place. It returns when every byte has been written
+        and hashed (``copy=False``; the fsync and the commit may still be running), or copied
+        into the staging buffer (``copy_in_background``). Returns at once when no save is in
+        flight or it copied its state on the calling thread.
         Errors are not raised here but by :meth:`wait` and the next save.
         """
         staged = self._staged
@@ -411,6 +432,11 @@ class CheckpointManager:
         # Hand the GIL straight back: otherwise the caller of save_async() can wait a whole
         # switch interval (5 ms) for it while this thread runs the Python parts of the save.
         time.sleep(0)
+        if snap.stage_into is not None:  # save_async(copy_in_background=True)
+            try:
+                snap.tensors = snap.stage_into.stage(snap.tensors)
+            finally:  # copied (or failed): the save no longer reads the caller's tensors
+                snap.staged.set()
         return self._write(snap)
 
     def _write(self, snap: _Snapshot) -> CheckpointInfo:

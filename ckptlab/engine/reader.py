@@ -45,7 +45,7 @@ from .format import (
     read_manifest,
     read_safetensors,
 )
-from .hashing import PieceHasher
+from .hashing import PieceDigests, PieceHasher
 from .serialization import join_state, referenced_tensor_keys
 from .sharded import check_shard_layout, is_sharded, sharded_load_error
 
@@ -100,7 +100,10 @@ class _VerifiedFile:
         self.path = checkpoint / name
         if not isinstance(entry, Mapping):
             raise CheckpointCorruptError(f"{checkpoint}: manifest does not list {name}")
+        # Either one SHA-256 of the whole file or, from format 3 on for large files, one per
+        # piece (format.validate_manifest has checked the entry's shape).
         self.expected_sha256 = entry.get("sha256")
+        self.expected_pieces = entry.get("sha256_pieces")
         self.size = entry.get("bytes")
         if type(self.size) is not int or self.size < 0:
             raise CheckpointCorruptError(f"{checkpoint}: manifest records no valid size "
@@ -119,7 +122,10 @@ class _VerifiedFile:
                 "(truncated or overwritten)")
         # Started last: nothing above can leave its thread running.
         try:
-            self._hash = PieceHasher.for_size(self.size, max_pending=_READ_AHEAD)
+            self._hash: PieceHasher | PieceDigests = (
+                PieceHasher.for_size(self.size, max_pending=_READ_AHEAD)
+                if self.expected_pieces is None
+                else PieceDigests(self.expected_pieces["piece_bytes"], max_pending=_READ_AHEAD))
         except BaseException:  # no thread could be started: the file must not stay open
             self._file.close()
             raise
@@ -179,9 +185,20 @@ class _VerifiedFile:
             CheckpointCorruptError: the SHA-256 differs from the manifest's.
         """
         self.skip(self.size - self._position)
-        if self._hash.hexdigest() != self.expected_sha256:
-            raise CheckpointCorruptError(f"{self.path}: SHA-256 does not match the manifest "
-                                         "(the file is corrupted)")
+        if isinstance(self._hash, PieceHasher):
+            if self._hash.hexdigest() != self.expected_sha256:
+                raise CheckpointCorruptError(f"{self.path}: SHA-256 does not match the "
+                                             "manifest (the file is corrupted)")
+            return
+        piece_bytes = self.expected_pieces["piece_bytes"]
+        for index, (actual, expected) in enumerate(zip(self._hash.digests(),
+                                                       self.expected_pieces["digests"])):
+            if actual != expected:
+                start = index * piece_bytes
+                end = min(start + piece_bytes, self.size)
+                raise CheckpointCorruptError(
+                    f"{self.path}: the SHA-256 of bytes {start}-{end - 1} (piece {index}) does "
+                    "not match the manifest (the file is corrupted)")
 
 
 def _read_verified(checkpoint: Path, manifest: Mapping[str, Any], name: str) -> bytes:

@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from .format import (
     safetensors_order,
     tensor_bytes,
 )
-from .hashing import PieceHasher
+from .hashing import PIECE_BYTES, PIECEWISE_MIN, PieceDigests, PieceHasher, ProcessPool
 
 
 def _fsync_dir(path: Path) -> None:
@@ -91,8 +91,10 @@ class _ParallelFlush:
 
     def write(self, path: Path, chunks: Sequence[bytes | memoryview], *,
               digest: bool = True) -> dict[str, Any] | None:
-        """Create ``path`` with ``chunks``, start its fsync, and return ``{bytes, sha256}`` of
-        exactly the bytes handed to the kernel (``None`` when ``digest`` is false)."""
+        """Create ``path`` with ``chunks``, start its fsync, and return the manifest entry of
+        exactly the bytes handed to the kernel (``None`` when ``digest`` is false):
+        ``{bytes, sha256}``, or ``{bytes, sha256_pieces}`` from :data:`.hashing.PIECEWISE_MIN`
+        bytes on."""
         handle = open(path, "xb", buffering=0)
         self._handles.append(handle)
         views = [memoryview(c).cast("B") for c in chunks]
@@ -101,6 +103,14 @@ class _ParallelFlush:
             _write_views(handle, views)
             self._start(os.fsync, handle.fileno())
             return None
+        if total >= PIECEWISE_MIN:  # every hashing thread works while the pieces are written
+            with PieceDigests(PIECE_BYTES) as pieces:
+                for piece in _pieces(views):
+                    pieces.update(piece)
+                    _write_all(handle, piece)
+                self._start(os.fsync, handle.fileno())
+                return {"bytes": total, "sha256_pieces": {"piece_bytes": pieces.piece_bytes,
+                                                          "digests": pieces.digests()}}
         # No bound on the thread's queue: the pieces are views of memory that exists anyway,
         # and the writes (then the fsync) should not wait for the slower hash.
         with PieceHasher(threaded=total >= _HASH_THREAD_MIN) as hasher:
@@ -121,7 +131,7 @@ class _ParallelFlush:
         self._start(_fsync_dir, path)
 
     def _start(self, function: Callable[[Any], None], argument: Any) -> None:
-        self._syncs.append(_sync_pool().submit(function, argument))
+        self._syncs.append(SYNC_POOL.get().submit(function, argument))
 
     def _wait(self) -> None:
         futures.wait(self._syncs)
@@ -137,32 +147,8 @@ class _ParallelFlush:
                 raise error
 
 
-# The threads that run every save's fsyncs in this process, started once: Thread.start() waits
-# for the new thread to run, 0.1-0.4 ms on a busy machine, and a save starts five. A pool
-# inherited through fork() has no threads in the child, and its lock may have been held by
-# another thread at the fork, so a child forgets both and makes its own.
-_SYNC_WORKERS = 8
-_sync_pool_state: ThreadPoolExecutor | None = None
-_sync_pool_lock = threading.Lock()
-
-
-def _sync_pool() -> ThreadPoolExecutor:
-    global _sync_pool_state
-    with _sync_pool_lock:
-        if _sync_pool_state is None:
-            _sync_pool_state = ThreadPoolExecutor(_SYNC_WORKERS,
-                                                  thread_name_prefix="ckptlab-fsync")
-        return _sync_pool_state
-
-
-def _forget_sync_pool_after_fork() -> None:
-    global _sync_pool_state, _sync_pool_lock
-    _sync_pool_state = None
-    _sync_pool_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork()
-    os.register_at_fork(after_in_child=_forget_sync_pool_after_fork)
+# The threads that run every save's fsyncs in this process (a save starts five).
+SYNC_POOL = ProcessPool(8, "ckptlab-fsync")
 
 
 # At most this many buffers per writev() call (POSIX guarantees 16; Linux and macOS allow

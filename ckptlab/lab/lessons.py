@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine import MANIFEST, read_manifest
+from ..engine import MANIFEST, describe_digest, read_manifest
 from ..dqn.metrics import MetricHistory
 
 # --------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def checkpoint_file_table(checkpoint: str | os.PathLike[str]) -> list[dict[str, 
              "sha256 (first 16 hex digits)": manifest["manifest_sha256"][:16] + " (self)"}]
     for name, entry in manifest["files"].items():
         rows.append({"file": name, "bytes": (path / name).stat().st_size,
-                     "sha256 (first 16 hex digits)": entry["sha256"][:16]})
+                     "sha256 (first 16 hex digits)": describe_digest(entry)})
     return rows
 
 

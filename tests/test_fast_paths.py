@@ -139,12 +139,13 @@ def test_a_threaded_restore_gives_back_exactly_what_was_saved(tmp_path, threaded
     assert not _sha256_threads(), "the hashing thread was joined"
 
 
-@pytest.mark.parametrize("threaded", [False, True], ids=["inline hash", "threaded hash"])
+@pytest.mark.parametrize("hashing", ["inline hash", "threaded hash", "per-piece digests"])
 @pytest.mark.parametrize("where", ["header", "first piece", "middle", "last byte"])
 def test_a_damaged_byte_anywhere_is_refused_before_any_component_is_touched(
-        tmp_path, request, threaded, where):
-    if threaded:
-        request.getfixturevalue("threaded_reads")
+        tmp_path, request, hashing, where):
+    if hashing != "inline hash":
+        request.getfixturevalue({"threaded hash": "threaded_reads",
+                                 "per-piece digests": "piecewise"}[hashing])
     info = saved(tmp_path, {"w": torch.randn(100_000), "b": torch.randn(7)})
     path = info.path / TENSORS
     data = bytearray(path.read_bytes())
@@ -155,9 +156,11 @@ def test_a_damaged_byte_anywhere_is_refused_before_any_component_is_touched(
     reader = CheckpointManager(info.path.parent, create=False)
     holder = Holder({"untouched": True})
     reader.register("holder", holder)
-    with pytest.raises(CheckpointCorruptError, match="SHA-256 does not match"):
+    with pytest.raises(CheckpointCorruptError, match="SHA-256.* does not match") as caught:
         reader.restore(info.path)
     assert holder.state == {"untouched": True}
+    if hashing == "per-piece digests":  # the message names the damaged piece
+        assert f"(piece {index // 65_536})" in str(caught.value)
     assert not _sha256_threads()
 
 
@@ -319,28 +322,6 @@ def test_a_large_file_records_one_digest_per_piece_and_round_trips(tmp_path, pie
                                                                       state["b"])
 
 
-@pytest.mark.parametrize("where", ["header", "first piece", "middle", "last byte"])
-def test_a_flipped_byte_in_any_piece_is_caught_and_named(tmp_path, piecewise, where):
-    info = saved(tmp_path, {"w": torch.randn(250_000)})
-    path = info.path / TENSORS
-    data = bytearray(path.read_bytes())
-    offset = {"header": 10, "first piece": 70_000, "middle": len(data) // 2,
-              "last byte": len(data) - 1}[where]
-    data[offset] ^= 0x40
-    path.write_bytes(bytes(data))
-    piece = offset // 65_536
-    with pytest.raises(CheckpointCorruptError, match=rf"\(piece {piece}\)"):
-        restore_into(info.path)
-    with pytest.raises(CheckpointCorruptError, match="does not match"):
-        load_checkpoint_state(info.path)
-    holder = Holder({"untouched": True})
-    reader = CheckpointManager(info.path.parent, create=False)
-    reader.register("holder", holder)
-    with pytest.raises(CheckpointCorruptError):
-        reader.restore(info.path)
-    assert holder.state == {"untouched": True}, "nothing reached the component"
-
-
 def _edit_manifest(checkpoint: Path, change) -> None:
     manifest = json.loads((checkpoint / MANIFEST).read_text())
     change(manifest)
@@ -392,6 +373,118 @@ def test_a_failing_piece_hash_fails_the_save_and_leaves_nothing(tmp_path, piecew
     assert not manager.committed()
     assert not [p for p in (tmp_path / "ck").iterdir() if p.name.startswith(".tmp")]
     manager.close()
+
+
+# --- restoring straight to a device (exercised here through the same host-piece path) -------
+
+@pytest.fixture
+def through_host_pieces(monkeypatch):
+    """Treat the CPU like an accelerator: tensors are filled through 1000-byte host pieces,
+    exactly as they are for a GPU."""
+    import ckptlab.engine.format as format_module
+
+    pieces: list[int] = []
+    real = format_module._read_to_device
+
+    def counting(source, destination, nbytes):
+        pieces.append(nbytes)
+        return real(source, destination, nbytes)
+
+    monkeypatch.setattr(format_module, "_reads_in_place", lambda device: False)
+    monkeypatch.setattr(format_module, "_DEVICE_PIECE", 1000)
+    monkeypatch.setattr(format_module, "_read_to_device", counting)
+    return pieces
+
+
+def _device_state():
+    return {"model": {"w": torch.randn(3000), "b": torch.arange(5)},
+            "buffer": {"obs": np.arange(12, dtype=np.float32).reshape(3, 4)}}
+
+
+def test_a_device_restore_fills_torch_tensors_piece_by_piece(tmp_path, through_host_pieces):
+    state = _device_state()
+    manager = CheckpointManager(tmp_path / "ck")
+    holders = {name: Holder(value) for name, value in state.items()}
+    for name, holder in holders.items():
+        manager.register(name, holder)
+    manager.save(1)
+    holders["model"].state = {}
+    holders["buffer"].state = {}
+    manager.restore(device={"model": "cpu"})
+    manager.close()
+    assert sorted(through_host_pieces) == [5 * 8, 3000 * 4], "only the model's torch tensors"
+    assert torch.equal(holders["model"].state["w"], state["model"]["w"])
+    assert torch.equal(holders["model"].state["b"], state["model"]["b"])
+    assert isinstance(holders["buffer"].state["obs"], np.ndarray)
+    assert np.array_equal(holders["buffer"].state["obs"], state["buffer"]["obs"])
+
+
+def test_a_device_restore_of_everything_keeps_numpy_arrays_on_the_host(tmp_path,
+                                                                       through_host_pieces):
+    state = _device_state()
+    manager = CheckpointManager(tmp_path / "ck")
+    for name, value in state.items():
+        manager.register(name, Holder(value))
+    info = manager.save(1)
+    manager.close()
+    _, states = load_checkpoint_state(info.path, device="cpu")
+    assert len(through_host_pieces) == 2
+    assert isinstance(states["buffer"]["obs"], np.ndarray)
+    assert torch.equal(states["model"]["w"], state["model"]["w"])
+
+
+def test_a_corrupt_byte_is_caught_on_the_device_path_with_nothing_loaded(
+        tmp_path, through_host_pieces, monkeypatch):
+    monkeypatch.setattr(hashing_module, "HASH_THREAD_MIN", 1024)  # hashed in another thread
+    monkeypatch.setattr(reader_module, "_CHUNK", 4096)
+    info = saved(tmp_path, {"w": torch.randn(50_000)})
+    path = info.path / TENSORS
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    holder = Holder({"untouched": True})
+    reader = CheckpointManager(info.path.parent, create=False)
+    reader.register("holder", holder)
+    with pytest.raises(CheckpointCorruptError, match="SHA-256"):
+        reader.restore(info.path, device="cpu")
+    assert holder.state == {"untouched": True}
+    assert through_host_pieces, "the device path was taken"
+    assert not _sha256_threads()
+
+
+def test_a_run_resumed_through_the_device_path_matches_the_uninterrupted_run(
+        tmp_path, through_host_pieces):
+    from ckptlab import DQNConfig, Trainer
+
+    config = DQNConfig(seed=5, total_steps=1200, learning_starts=200, steps_per_epoch=300,
+                       save_every_steps=600, hidden_sizes=(16, 16), buffer_capacity=2000)
+    with Trainer(config, tmp_path / "straight") as straight:
+        straight.train()
+        expected = {k: v.clone() for k, v in straight.agent.q_net.state_dict().items()}
+    with Trainer(config, tmp_path / "resumed") as first:
+        first.train(until_step=600)
+    with Trainer(config, tmp_path / "resumed") as second:
+        second.restore()
+        assert through_host_pieces, "the agent's tensors came through host pieces"
+        second.train()
+        for key, value in second.agent.q_net.state_dict().items():
+            assert torch.equal(value, expected[key]), key
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cuda" if not torch.cuda.is_available() else "cuda:999", "cannot restore tensors to device"),
+    ("no-such-device", "cannot restore tensors to device"),
+    ({"nobody": "cpu"}, "device names component"),
+])
+def test_an_unusable_device_is_refused_before_anything_is_loaded(tmp_path, device, message):
+    info = saved(tmp_path, {"w": torch.ones(3)})
+    holder = Holder({"untouched": True})
+    reader = CheckpointManager(info.path.parent, create=False)
+    reader.register("holder", holder)
+    with pytest.raises(CkptlabError, match=message) as caught:
+        reader.restore(info.path, device=device)
+    assert not isinstance(caught.value, CheckpointCorruptError), "not a damaged checkpoint"
+    assert holder.state == {"untouched": True}
 
 
 # --- save: hashes of the written bytes, fsync order -----------------------------------------

@@ -418,7 +418,10 @@ class Trainer:
                 "this ResumePlan was made for another config; build the Trainer with "
                 "plan.config")
         info = plan.checkpoint
-        _, states = load_checkpoint_state(info.path)
+        # The networks and Adam's moments go straight to the agent's device (on a GPU, a few
+        # MB of host memory at a time); everything else (replay buffer arrays, RNG states)
+        # is host state.
+        _, states = load_checkpoint_state(info.path, device={"agent": self.device})
         restore_components(self.components(), states, info.path)
         if plan.rollback and self.checkpoints is not None:
             self.checkpoints.rollback(info.step, reason=f"resumed from {info.name}")

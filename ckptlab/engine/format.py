@@ -684,15 +684,18 @@ def read_safetensors_bytes(data: bytes, source: Path) -> dict[str, torch.Tensor]
         raise CheckpointCorruptError(f"{source}: unreadable ({exc})") from None
 
 
-def read_safetensors(source: TensorSource,
-                     wanted: Container[str] | None = None) -> dict[str, torch.Tensor]:
+def read_safetensors(source: TensorSource, wanted: Container[str] | None = None,
+                     placement: Mapping[str, torch.device] | None = None,
+                     ) -> dict[str, torch.Tensor]:
     """Decode a safetensors file read front to back from ``source``, in one pass.
 
     Each wanted tensor is read straight into its own freshly allocated CPU tensor (no
     intermediate copy of the file, so decoding holds one copy of the state); the bytes of
     tensors not in ``wanted`` are passed over (``source`` still sees them, to hash them).
-    ``wanted=None`` keeps every tensor. The header is validated in full before any data is
-    read.
+    ``wanted=None`` keeps every tensor. A tensor whose key ``placement`` maps to a device
+    other than the CPU is allocated there and filled piece by piece through host memory
+    (:func:`_read_to_device`), so the host never holds more than a few pieces of it. The
+    header is validated in full before any data is read.
 
     Raises:
         ValueError: the bytes are not a well-formed safetensors file.
@@ -711,11 +714,42 @@ def read_safetensors(source: TensorSource,
         if wanted is not None and key not in wanted:
             source.skip(end - begin)
             continue
-        tensor = torch.empty(shape, dtype=dtype)
-        if end > begin:
-            source.readinto(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+        device = placement.get(key) if placement is not None else None
+        if device is not None and not _reads_in_place(device):
+            tensor = torch.empty(shape, dtype=dtype, device=device)
+            if end > begin:
+                _read_to_device(source, tensor.reshape(-1).view(torch.uint8), end - begin)
+        else:
+            tensor = torch.empty(shape, dtype=dtype)
+            if end > begin:
+                source.readinto(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
         tensors[key] = tensor
     return tensors
+
+
+# Host memory a tensor bound for a device passes through, per piece.
+_DEVICE_PIECE = 4 * 1024 * 1024
+
+
+def _reads_in_place(device: torch.device) -> bool:
+    """Whether the bytes of a tensor on ``device`` can be read straight into its memory."""
+    return device.type == "cpu"
+
+
+def _read_to_device(source: TensorSource, destination: torch.Tensor, nbytes: int) -> None:
+    """Fill the flat uint8 ``destination`` (on a device) with the next ``nbytes`` of
+    ``source``, one host piece at a time.
+
+    Each piece is a fresh host buffer: the source may still be hashing the previous one in
+    another thread (it keeps a reference until then, and bounds how many wait), so a reused
+    buffer could be overwritten before it was hashed. The copy to the device is synchronous
+    (from pageable memory), so a piece is never needed after its ``copy_`` returns.
+    """
+    for start in range(0, nbytes, _DEVICE_PIECE):
+        size = min(_DEVICE_PIECE, nbytes - start)
+        piece = torch.empty(size, dtype=torch.uint8)
+        source.readinto(memoryview(piece.numpy()))
+        destination[start:start + size].copy_(piece)
 
 
 def read_tensor_table(path: Path) -> dict[str, dict[str, Any]]:

@@ -62,6 +62,7 @@ from .policies import (
 )
 from .reader import (
     CheckpointInfo,
+    DevicePlacement,
     Stateful,
     committed_checkpoints,
     committed_steps,
@@ -245,18 +246,23 @@ class CheckpointManager:
         return newest_valid_checkpoint(self.directory)
 
     # -- restore --------------------------------------------------------------------------
-    def restore(self, checkpoint: str | os.PathLike[str] | None = None) -> CheckpointInfo:
+    def restore(self, checkpoint: str | os.PathLike[str] | None = None, *,
+                device: DevicePlacement = None) -> CheckpointInfo:
         """Load every registered component from ``checkpoint`` (default: newest valid here).
 
         Nothing is loaded into any component unless the whole checkpoint verified and holds
         a state for every registered component. Each file is read once: hashed as it is read
         and decoded from the same reads, the tensors straight into fresh tensors, so a
         restore holds one decoded copy of the state (plus the components themselves) at most.
+
+        ``device`` (``"cuda"``, or ``{"model": "cuda:0"}`` for some components) puts the
+        tensors straight on a device, through a few MB of host memory at a time, instead of
+        decoding the whole state on the host first; see :func:`load_checkpoint_state`.
         """
         if checkpoint is None:
-            info, states = load_newest_valid(self.directory)
+            info, states = load_newest_valid(self.directory, device=device)
         else:
-            info, states = load_checkpoint_state(checkpoint, keys=None)
+            info, states = load_checkpoint_state(checkpoint, keys=None, device=device)
         restore_components(self.components, states, info.path)
         return info
 

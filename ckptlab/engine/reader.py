@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, TypeVar, runtime_checkable
+from typing import Any, BinaryIO, Protocol, TypeVar, Union, runtime_checkable
 
 import torch
 
@@ -215,7 +215,9 @@ def _verify_file(checkpoint: Path, manifest: Mapping[str, Any], name: str) -> No
 
 
 def _read_verified_tensors(checkpoint: Path, manifest: Mapping[str, Any],
-                           wanted: Container[str] | None) -> dict[str, torch.Tensor]:
+                           wanted: Container[str] | None,
+                           placement: Mapping[str, torch.device] | None = None,
+                           ) -> dict[str, torch.Tensor]:
     """Decode the tensor file while hashing it: one read of every byte, one copy in memory.
 
     A file that fails its hash is reported as corrupted even when the damage also broke its
@@ -224,7 +226,7 @@ def _read_verified_tensors(checkpoint: Path, manifest: Mapping[str, Any],
     """
     with _VerifiedFile(checkpoint, manifest, TENSORS) as file:
         try:
-            tensors = read_safetensors(file, wanted)
+            tensors = read_safetensors(file, wanted, placement)
         except ValueError as exc:
             file.finish()  # a hash mismatch wins over the decoding error
             raise CheckpointCorruptError(f"{file.path}: unreadable ({exc})") from None
@@ -281,9 +283,14 @@ def verify_checkpoint(checkpoint: str | os.PathLike[str]) -> CheckpointInfo:
     return CheckpointInfo(path, manifest)
 
 
+# Where restored tensors go: one device for every component, or one per component name.
+DevicePlacement = Union[str, torch.device, Mapping[str, Union[str, torch.device]], None]
+
+
 def load_checkpoint_state(checkpoint: str | os.PathLike[str],
-                          keys: Iterable[str] | None = None) -> tuple[CheckpointInfo,
-                                                                      dict[str, Any]]:
+                          keys: Iterable[str] | None = None, *,
+                          device: DevicePlacement = None) -> tuple[CheckpointInfo,
+                                                                   dict[str, Any]]:
     """Verify and decode a checkpoint into ``{component: state}``, in one pass per file.
 
     Every file listed in the manifest is read exactly once and hashed as it is read; the
@@ -294,6 +301,12 @@ def load_checkpoint_state(checkpoint: str | os.PathLike[str],
         checkpoint: a checkpoint directory.
         keys: component names to decode; ``None`` decodes all of them. The tensors of other
             components are hashed but not kept in memory.
+        device: where the torch tensors go - one device for every component (``"cuda"``),
+            or ``{component: device}`` for some (``{"agent": "cuda:0"}``; the others stay on
+            the CPU). ``None``: the CPU. A tensor bound for a device is allocated there and
+            filled in pieces of a few MB through host memory, so the host never holds the
+            whole state; numpy arrays always stay in host memory. Components that need CPU
+            tensors (a torch RNG state) should be left out of a per-component mapping.
 
     Raises:
         CheckpointCorruptError, ForeignFileError, UnsupportedFormatError: the checkpoint is
@@ -317,7 +330,9 @@ def load_checkpoint_state(checkpoint: str | os.PathLike[str],
     missing = [k for k in wanted if k not in tree]
     wanted_tensors = None if keys is None else {
         key for name in wanted if name in tree for key in referenced_tensor_keys(tree[name])}
-    tensors = _read_verified_tensors(path, manifest, wanted_tensors)
+    placement = _placement(device, {name: tree[name] for name in wanted if name in tree},
+                           missing)
+    tensors = _read_verified_tensors(path, manifest, wanted_tensors, placement)
     if missing:
         raise CheckpointNotFoundError(
             f"{path} has no component(s) {', '.join(missing)}; it contains "
@@ -328,6 +343,37 @@ def load_checkpoint_state(checkpoint: str | os.PathLike[str],
         raise CheckpointCorruptError(f"{path}: state.json and tensors disagree ({exc!r})") \
             from None
     return CheckpointInfo(path, manifest), states
+
+
+def _placement(device: DevicePlacement, trees: Mapping[str, Any],
+               missing: Iterable[str] = ()) -> dict[str, torch.device] | None:
+    """``{tensor key: device}`` for the torch tensors of the components ``device`` names
+    (a component the checkpoint lacks is reported by the caller, as missing)."""
+    if device is None:
+        return None
+    per_component = ({name: device for name in trees} if isinstance(device, (str, torch.device))
+                     else {k: v for k, v in device.items() if k not in set(missing)})
+    unknown = sorted(set(per_component) - set(trees))
+    if unknown:
+        raise CkptlabError(f"device names component(s) {', '.join(unknown)}, which this load "
+                           f"does not include (it loads {', '.join(sorted(trees)) or 'none'})")
+    placement: dict[str, torch.device] = {}
+    for name, where in per_component.items():
+        target = _usable_device(where)
+        for key in referenced_tensor_keys(trees[name], torch_only=True):
+            placement[key] = target
+    return placement
+
+
+def _usable_device(where: str | torch.device) -> torch.device:
+    """``where`` as a device tensors can be allocated on, or a clear error (before any read)."""
+    try:
+        target = torch.device(where)
+        torch.empty(0, device=target)
+    except (RuntimeError, TypeError, AssertionError) as exc:
+        raise CkptlabError(f"cannot restore tensors to device {where!r}: {exc}. Use 'cpu', "
+                           "or a device this PyTorch can reach") from None
+    return target
 
 
 def _require_exists(path: Path) -> None:
@@ -520,12 +566,14 @@ def newest_valid_checkpoint(directory: str | os.PathLike[str]) -> CheckpointInfo
     return _newest_that_passes(directory, verify_checkpoint)
 
 
-def load_newest_valid(directory: str | os.PathLike[str]) -> tuple[CheckpointInfo,
-                                                                    dict[str, Any]]:
+def load_newest_valid(directory: str | os.PathLike[str], *,
+                      device: DevicePlacement = None) -> tuple[CheckpointInfo, dict[str, Any]]:
     """Like :func:`newest_valid_checkpoint`, but verifies and decodes in the same single pass
-    (:func:`load_checkpoint_state`): ``(info, {component: state})`` of the newest valid one.
+    (:func:`load_checkpoint_state`, whose ``device`` this takes): ``(info, {component:
+    state})`` of the newest valid one.
     """
-    return _newest_that_passes(directory, load_checkpoint_state)
+    return _newest_that_passes(directory,
+                               lambda path: load_checkpoint_state(path, device=device))
 
 
 def read_pointer(directory: str | os.PathLike[str], name: str) -> str | None:

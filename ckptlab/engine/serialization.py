@@ -154,9 +154,11 @@ def join_state(tree: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     return {k: join_state(v, tensors) for k, v in tree.items()}
 
 
-def referenced_tensor_keys(tree: Any) -> list[str]:
-    """Return every tensor key a JSON tree references (used to size components)."""
+def referenced_tensor_keys(tree: Any, torch_only: bool = False) -> list[str]:
+    """Return every tensor key a JSON tree references (used to size components); with
+    ``torch_only``, only those that come back as torch tensors (not numpy arrays)."""
     keys: list[str] = []
+    leaves = (_TENSOR,) if torch_only else (_TENSOR, _NDARRAY, _NDARRAY_BE)
 
     def walk(node: Any) -> None:
         if isinstance(node, list):
@@ -164,7 +166,8 @@ def referenced_tensor_keys(tree: Any) -> list[str]:
                 walk(v)
         elif isinstance(node, dict):
             if len(node) == 1 and next(iter(node)) in (_TENSOR, _NDARRAY, _NDARRAY_BE):
-                keys.append(next(iter(node.values())))
+                if next(iter(node)) in leaves:
+                    keys.append(next(iter(node.values())))
             elif len(node) == 1 and next(iter(node)) in (_PAIRS, _ODICT):
                 for _, v in next(iter(node.values())):
                     walk(v)

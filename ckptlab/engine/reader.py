@@ -190,9 +190,13 @@ class _VerifiedFile:
                 raise CheckpointCorruptError(f"{self.path}: SHA-256 does not match the "
                                              "manifest (the file is corrupted)")
             return
-        piece_bytes = self.expected_pieces["piece_bytes"]
-        for index, (actual, expected) in enumerate(zip(self._hash.digests(),
-                                                       self.expected_pieces["digests"])):
+        piece_bytes, recorded = self.expected_pieces["piece_bytes"], \
+            self.expected_pieces["digests"]
+        digests = self._hash.digests()
+        if len(digests) != len(recorded):  # validate_manifest rules it out; never zip short
+            raise CheckpointCorruptError(f"{self.path}: the manifest records {len(recorded)} "
+                                         f"piece digests for {len(digests)} pieces")
+        for index, (actual, expected) in enumerate(zip(digests, recorded)):
             if actual != expected:
                 start = index * piece_bytes
                 end = min(start + piece_bytes, self.size)

@@ -25,8 +25,9 @@ def test_a_hooked_layer_is_called_as_a_module() -> None:
     net = _network()
     calls: list[str] = []
     net.layers[2].register_forward_hook(lambda *_: calls.append("layer"))
+    net.layers.register_forward_pre_hook(lambda *_: calls.append("sequence"))
     net(torch.zeros(1, 4))
-    assert calls == ["layer"]  # the direct path would have skipped the hook
+    assert calls == ["sequence", "layer"]  # the direct path would have skipped both hooks
 
 
 def test_a_global_module_hook_is_honoured() -> None:

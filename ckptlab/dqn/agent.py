@@ -93,8 +93,8 @@ class QNetwork(nn.Module):
         """Whether calling a layer as a module would run hooks that the direct path skips."""
         if _global_module_hooks():
             return True
-        return any(layer._forward_pre_hooks or layer._forward_hooks or layer._backward_hooks
-                   or layer._backward_pre_hooks for layer in self.layers)
+        return any(module._forward_pre_hooks or module._forward_hooks or module._backward_hooks
+                   or module._backward_pre_hooks for module in (self.layers, *self.layers))
 
     def forward_trace(self, obs: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
         """Every layer's output for ``obs``, named — used to visualise a forward pass."""

@@ -103,18 +103,15 @@ class _ParallelFlush:
             _write_views(handle, views)
             self._start(os.fsync, handle.fileno())
             return None
-        if total >= PIECEWISE_MIN:  # every hashing thread works while the pieces are written
-            with PieceDigests(PIECE_BYTES) as pieces:
-                for piece in _pieces(views):
-                    pieces.update(piece)
-                    _write_all(handle, piece)
-                self._start(os.fsync, handle.fileno())
-                return {"bytes": total, "sha256_pieces": {"piece_bytes": pieces.piece_bytes,
-                                                          "digests": pieces.digests()}}
-        # No bound on the thread's queue: the pieces are views of memory that exists anyway,
-        # and the writes (then the fsync) should not wait for the slower hash.
-        with PieceHasher(threaded=total >= _HASH_THREAD_MIN) as hasher:
-            if hasher.threaded:  # large: the thread hashes each piece while it is written
+        # Large files: per-piece digests on every hashing thread (format 3); mid-sized ones:
+        # one digest in a second thread; both hash each piece while it is written. No bound on
+        # the queue: the pieces are views of memory that exists anyway, and the writes (then
+        # the fsync) should not wait for the slower hash. Small files are hashed inline.
+        hasher: PieceDigests | PieceHasher = (
+            PieceDigests(PIECE_BYTES) if total >= PIECEWISE_MIN
+            else PieceHasher(threaded=total >= _HASH_THREAD_MIN))
+        with hasher:
+            if hasher.threaded:
                 for piece in _pieces(views):
                     hasher.update(piece)
                     _write_all(handle, piece)
@@ -124,6 +121,9 @@ class _ParallelFlush:
             if not hasher.threaded:  # small: hashed inline, while the fsync runs
                 for view in views:
                     hasher.update(view)
+            if isinstance(hasher, PieceDigests):
+                return {"bytes": total, "sha256_pieces": {"piece_bytes": hasher.piece_bytes,
+                                                          "digests": hasher.digests()}}
             return {"bytes": total, "sha256": hasher.hexdigest()}
 
     def sync_directory(self, path: Path) -> None:

@@ -18,7 +18,7 @@ import torch
 import ckptlab.engine.hashing as hashing_module
 import ckptlab.engine.reader as reader_module
 import ckptlab.engine.writer as writer_module
-from ckptlab import (CheckpointCorruptError, CheckpointManager, CkptlabError,
+from ckptlab import (BestBy, CheckpointCorruptError, CheckpointManager, CkptlabError,
                      load_checkpoint_state)
 from ckptlab.engine import MANIFEST, STATE, TENSORS
 from ckptlab.engine.format import _canonical_json, _manifest_self_hash
@@ -360,12 +360,18 @@ def test_a_format_2_checkpoint_with_whole_file_digests_still_loads(tmp_path, mon
     assert torch.equal(restore_into(info.path).state["w"], state["w"])
 
 
-def test_a_failing_piece_hash_fails_the_save_and_leaves_nothing(tmp_path, piecewise,
-                                                                 monkeypatch):
+@pytest.mark.parametrize("hashed_by", ["pieces", "one pool thread"])
+def test_a_failing_hash_fails_the_save_and_leaves_nothing(tmp_path, piecewise, monkeypatch,
+                                                          hashed_by):
     def failing(segments):
         raise MemoryError("hash exploded")
 
-    monkeypatch.setattr(hashing_module, "_hash_segments", failing)
+    if hashed_by == "pieces":
+        monkeypatch.setattr(hashing_module, "sha256_hex", failing)
+    else:  # a mid-sized file: one digest, computed by a pool thread while it is written
+        monkeypatch.setattr(writer_module, "PIECEWISE_MIN", 1 << 40)
+        monkeypatch.setattr(writer_module, "_HASH_THREAD_MIN", 1024)
+        monkeypatch.setattr(writer_module, "sha256_hex", failing)
     manager = CheckpointManager(tmp_path / "ck")
     manager.register("holder", Holder({"w": torch.randn(250_000)}))
     with pytest.raises(MemoryError, match="hash exploded"):
@@ -523,8 +529,9 @@ def test_vectored_writes_survive_partial_writes(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
+@pytest.mark.parametrize("best_moves", [False, True], ids=["no best", "best moves"])
 def test_everything_is_durable_before_the_rename_and_the_rename_before_returning(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, best_moves):
     events: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -536,23 +543,31 @@ def test_everything_is_durable_before_the_rename_and_the_rename_before_returning
         real_replace(src, dst)
         events.append(("rename", f"{src} -> {dst}"))
 
-    manager = CheckpointManager(tmp_path / "ck")
+    manager = CheckpointManager(tmp_path / "ck", best=BestBy("r") if best_moves else None)
     manager.register("holder", Holder({"w": torch.randn(1000)}))
+    manager.save(1, metrics={"r": 1.0})
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    manager.save(1)
+    manager.save(2, metrics={"r": 2.0})  # the new best, when there is a rule
     monkeypatch.undo()
+    assert manager.best_pointer() == ("step_00000002" if best_moves else None)
     manager.close()
     directory = str((tmp_path / "ck").resolve())
     commit = next(i for i, (kind, what) in enumerate(events)
-                  if kind == "rename" and what.endswith("step_00000001"))
+                  if kind == "rename" and what.endswith("step_00000002"))
     before = [what for kind, what in events[:commit] if kind == "fsync"]
     temp = next(p for p in before if os.path.basename(p).startswith(".tmp-step_"))
     for name in (TENSORS, STATE, MANIFEST):
         assert f"{temp}/{name}" in before, f"{name} is not durable before the commit"
-    assert any(os.path.basename(p).startswith(".tmp-latest") for p in before)
+    pointers = ["latest", "best"] if best_moves else ["latest"]
+    for pointer in pointers:  # written beside the checkpoint, renamed after it
+        assert any(os.path.basename(p).startswith(f".tmp-{pointer}") for p in before), pointer
+        assert any(kind == "rename" and what.endswith(f"/{pointer}")
+                   for kind, what in events[commit:]), pointer
     assert events[-1] == ("fsync", directory), "the renames are made durable last"
-    assert sum(kind == "fsync" for kind, _ in events) == 6
+    # tensors, state, manifest, the temporary directory, each pointer, then the parent once
+    assert sum(kind == "fsync" for kind, _ in events) == 5 + len(pointers)
+    assert sum(what == directory for kind, what in events if kind == "fsync") == 1
 
 
 # --- async saves: the mutation contract -----------------------------------------------------

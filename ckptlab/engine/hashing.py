@@ -64,7 +64,8 @@ class ProcessPool:
 HASH_POOL = ProcessPool(max(2, min(16, os.cpu_count() or 2)), "ckptlab-hash")
 
 
-def _hash_segments(segments: Sequence[memoryview]) -> str:
+def sha256_hex(segments: Sequence[memoryview]) -> str:
+    """The SHA-256 (hex) of the segments' bytes, one after the other."""
     digest = hashlib.sha256()
     for segment in segments:
         digest.update(segment)
@@ -147,7 +148,7 @@ class PieceDigests:
         slots = self._slots
         if slots is not None:
             slots.acquire()
-        future = HASH_POOL.get().submit(_hash_segments, segments)
+        future = HASH_POOL.get().submit(sha256_hex, segments)
         if slots is not None:  # also runs when the future is cancelled
             future.add_done_callback(lambda _: slots.release())
         self._futures.append(future)

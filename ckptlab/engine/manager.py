@@ -89,6 +89,24 @@ from .writer import (
 )
 
 
+def _record(name: str, manifest: Mapping[str, Any]) -> CheckpointRecord:
+    """What retention sees of the checkpoint ``name`` with this manifest."""
+    created = manifest.get("created_unix")
+    return CheckpointRecord(name, int(manifest["step"]), dict(manifest.get("metrics") or {}),
+                            sum(int(f["bytes"]) for f in manifest["files"].values()),
+                            float(created) if created is not None else None)
+
+
+@dataclass(frozen=True)
+class _RetentionPlan:
+    """What retention decided, and where the ``best`` pointer should point, before any of it
+    is carried out (see ``CheckpointManager._plan_retention``)."""
+
+    decisions: list[Decision]
+    best_record: dict[str, Any] | None  # what the `best` pointer must now hold (None: as is)
+    drop_best: bool                     # remove the `best` pointer (it names nothing kept)
+
+
 @dataclass
 class SaveTimings:
     """Wall seconds spent in each part of the most recent save."""
@@ -105,7 +123,7 @@ class _Snapshot:
     """Everything a save writes, captured on the training thread."""
 
     step: int
-    json_parts: dict[str, bytes]
+    json_parts: dict[str, bytes | Any]  # encoded JSON, or the tree itself until encode_json()
     tensors: Mapping[str, torch.Tensor]
     tensor_keys: dict[str, list[str]]
     metrics: dict[str, Any]
@@ -118,6 +136,13 @@ class _Snapshot:
     # save_async(copy_in_background=True): the buffer the writer thread copies the tensors
     # into before it writes them
     stage_into: StagingBuffer | None = None
+    encoded: bool = True
+
+    def encode_json(self) -> None:
+        """Encode the JSON trees, if the snapshot deferred it."""
+        if not self.encoded:
+            self.json_parts = {name: state_json(tree) for name, tree in self.json_parts.items()}
+            self.encoded = True
 
 
 class CheckpointManager:
@@ -229,11 +254,7 @@ class CheckpointManager:
                 except CkptlabError:
                     continue  # unreadable: neither counted nor chosen; verify reports it
                 self._manifests[path.name] = manifest
-            size = sum(int(f["bytes"]) for f in manifest["files"].values())
-            created = manifest.get("created_unix")
-            records.append(CheckpointRecord(path.name, int(manifest["step"]),
-                                            dict(manifest.get("metrics") or {}), size,
-                                            float(created) if created is not None else None))
+            records.append(_record(path.name, manifest))
         return records
 
     def latest_valid(self) -> CheckpointInfo:
@@ -291,7 +312,7 @@ class CheckpointManager:
         self.wait()  # an earlier async save must land (or report its error) first
         t0 = time.perf_counter()
         self._refuse_branch(step)
-        snapshot = self._snapshot(step, metrics, config, extra, staging=None)
+        snapshot = self._snapshot(step, metrics, config, extra, staging=None, encode=False)
         info = self._write(snapshot)
         self.last_blocking_seconds = time.perf_counter() - t0
         return info
@@ -410,7 +431,10 @@ class CheckpointManager:
 
     def _snapshot(self, step: int, metrics: Mapping[str, Any] | None,
                   config: Mapping[str, Any] | None, extra: Mapping[str, Any] | None,
-                  staging: StagingBuffer | None) -> _Snapshot:
+                  staging: StagingBuffer | None, encode: bool = True) -> _Snapshot:
+        """The state of every component at ``step``. ``encode=False`` (a synchronous save,
+        whose caller waits) leaves the JSON encoding to the writer, which does it while the
+        tensors are hashed and flushed; an async save must encode before returning."""
         if not self.create:
             raise CkptlabError(f"{self.directory} was opened read-only")
         if not self.components:
@@ -423,8 +447,8 @@ class CheckpointManager:
         tensor_keys: dict[str, list[str]] = {}
         for name, component in self.components.items():
             subtree, part = split_state(component.state_dict(), name)
-            # Encoded now: bytes cannot change if the component changes after this call.
-            json_parts[name] = state_json(subtree)
+            # Encoded now (async): bytes cannot change if the component changes after this call.
+            json_parts[name] = state_json(subtree) if encode else subtree
             tensor_keys[name] = list(part)
             tensors.update(part)
         kept: Mapping[str, torch.Tensor] = tensors if staging is None else staging.stage(tensors)
@@ -432,7 +456,7 @@ class CheckpointManager:
         # because the manifest is strict JSON.
         return _Snapshot(step, json_parts, kept, tensor_keys, _json_copy(metrics or {}),
                          _json_copy(config) if config is not None else None,
-                         _json_copy(extra or {}), time.perf_counter() - t0)
+                         _json_copy(extra or {}), time.perf_counter() - t0, encoded=encode)
 
     def _write_in_background(self, snap: _Snapshot) -> CheckpointInfo:
         # Hand the GIL straight back: otherwise the caller of save_async() can wait a whole
@@ -452,21 +476,19 @@ class CheckpointManager:
         tag = uuid.uuid4().hex[:8]
         temp = self.directory / f"{_TEMP_PREFIX}{final.name}-{tag}"
         pointer_temp = self.directory / f"{_TEMP_PREFIX}{LATEST}-{tag}"
+        best_temp: Path | None = None  # a moved `best`, written beside `latest`
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
             temp.mkdir()
             tensor_chunks = safetensors_chunks(snap.tensors, {"format": FORMAT_NAME})
-            # One JSON object, assembled from the per-component encodings (done once each).
-            state_chunks = [b"{\n" + b",\n".join(
-                json.dumps(name).encode() + b": " + part
-                for name, part in snap.json_parts.items()) + b"\n}"]
             pointer = _canonical_json({"checkpoint": final.name, "step": step}, readable=True)
             # Crash consistency, with two rounds of flushes where there were three:
-            #  1. data files, the manifest, the next `latest` (a temporary file) and the entries
-            #     of the temporary directory are fsynced together, in parallel threads;
+            #  1. data files, the manifest, the next `latest` and `best` (temporary files) and
+            #     the entries of the temporary directory are fsynced together, in parallel
+            #     threads;
             #  2. only after all of them succeeded is the directory renamed into place (and the
-            #     pointer swapped); one fsync of the parent makes both renames durable.
+            #     pointers swapped); one fsync of the parent makes all the renames durable.
             # The temporary directory's fsync used to wait for the file fsyncs; it need not:
             # it only has to make the names durable, and its result is only used (by the
             # rename) after every file's own fsync has also returned. So a power loss before
@@ -477,28 +499,46 @@ class CheckpointManager:
             # a file torn by a crash fails its hash instead of loading.
             with _ParallelFlush() as flush:
                 try:
-                    files = {TENSORS: flush.write(temp / TENSORS, tensor_chunks),
-                             STATE: flush.write(temp / STATE, state_chunks)}
+                    pending = {TENSORS: flush.start(temp / TENSORS, tensor_chunks)}
+                    # The rest is prepared while other threads hash and flush the tensors.
+                    snap.encode_json()
+                    # One JSON object, assembled from the per-component encodings.
+                    pending[STATE] = flush.start(temp / STATE, [b"{\n" + b",\n".join(
+                        json.dumps(name).encode() + b": " + part
+                        for name, part in snap.json_parts.items()) + b"\n}"])
+                    flush.write(pointer_temp, [pointer])
+                    components = {
+                        name: {"tensors": len(keys),
+                               "tensor_bytes": sum(_nbytes(snap.tensors[k]) for k in keys),
+                               "json_bytes": len(snap.json_parts[name])}
+                        for name, keys in snap.tensor_keys.items()}
+                    # What retention will see (the lock is held: no other writer changes it).
+                    others = [r for r in self.records() if r.name != final.name]
+                    files = {name: entry.result() for name, entry in pending.items()}
                 finally:  # every tensor byte written and hashed (or the save failed)
                     snap.staged.set()
-                flush.write(pointer_temp, [pointer], digest=False)
-                components = {
-                    name: {"tensors": len(keys),
-                           "tensor_bytes": sum(_nbytes(snap.tensors[k]) for k in keys),
-                           "json_bytes": len(snap.json_parts[name])}
-                    for name, keys in snap.tensor_keys.items()}
                 manifest = self._manifest(step, components, files, snap.metrics, snap.config,
                                           snap.extra)
-                flush.write(temp / MANIFEST, [_canonical_json(manifest, readable=True)],
-                            digest=False)
+                flush.write(temp / MANIFEST, [_canonical_json(manifest, readable=True)])
                 flush.sync_directory(temp)
+                # While those flush: what retention and `best` will do once the save is
+                # committed (nothing is changed before the commit). A `best` that moves is
+                # written now, beside `latest`, and renamed with it.
+                plan = self._plan_retention(others + [_record(final.name, manifest)],
+                                            latest=final.name,
+                                            saved=(step, dict(snap.metrics)))
+                if plan.best_record is not None:
+                    best_temp = self.directory / f"{_TEMP_PREFIX}{BEST}-{tag}"
+                    flush.write(best_temp, [_canonical_json(plan.best_record, readable=True)])
             t2 = time.perf_counter()
             fault_point("save:files-written", step)
             self._commit(temp, final, sync=False)
         except OSError as exc:
             snap.staged.set()  # nothing reads the tensors any more
             shutil.rmtree(temp, ignore_errors=True)
-            pointer_temp.unlink(missing_ok=True)
+            for leftover in (pointer_temp, best_temp):
+                if leftover is not None:
+                    leftover.unlink(missing_ok=True)
             raise CheckpointWriteError(
                 f"could not save checkpoint {final.name} in {self.directory}: "
                 f"{_describe_os_error(exc)}. Earlier checkpoints and pointers are unchanged; "
@@ -506,22 +546,28 @@ class CheckpointManager:
         except BaseException:
             snap.staged.set()
             shutil.rmtree(temp, ignore_errors=True)
-            pointer_temp.unlink(missing_ok=True)
+            for leftover in (pointer_temp, best_temp):
+                if leftover is not None:
+                    leftover.unlink(missing_ok=True)
             raise
         self._manifests[final.name] = manifest
         fault_point("save:committed", step)
         try:
             fault_point("save:pointer-temp", step)
             os.replace(pointer_temp, self.directory / LATEST)
-            # One directory fsync makes both renames durable: journaling filesystems commit
-            # them in order, so `latest` can never survive a crash that its target did not.
-            # (Resume scans the directories anyway; the pointer is for people and tools.)
+            if best_temp is not None:
+                os.replace(best_temp, self.directory / BEST)
+            # One directory fsync makes all the renames durable: journaling filesystems commit
+            # them in order, so a pointer can never survive a crash that its target did not.
+            # (Resume scans the directories anyway; the pointers are for people and tools.)
             _fsync_dir(self.directory)
             fault_point("save:pointer-updated", step)
             self._log_save(final.name, step, snap.metrics)
-            self._apply_retention(latest=final.name)
+            self._carry_out(plan, latest=final.name, best_written=best_temp is not None)
         except OSError as exc:
-            pointer_temp.unlink(missing_ok=True)
+            for leftover in (pointer_temp, best_temp):
+                if leftover is not None:
+                    leftover.unlink(missing_ok=True)
             raise CheckpointWriteError(
                 f"checkpoint {final.name} was committed, but updating pointers or retention "
                 f"failed: {_describe_os_error(exc)}. The checkpoint itself is complete and "
@@ -635,20 +681,13 @@ class CheckpointManager:
             return BestBy(metric, mode), {}
         return None, {record["checkpoint"]: "named by the best pointer (never deleted)"}
 
-    def _update_best_pointer(self, records: Sequence[CheckpointRecord]) -> None:
-        rule, _ = self._best_rule()
-        current = read_pointer_record(self.directory, BEST)
-        names = {r.name for r in records}
-        pick = rule.pick(records) if rule is not None else None
-        if pick is not None:
-            wanted = {"checkpoint": pick.name, "step": pick.step, "metric": rule.metric,
-                      "mode": rule.mode}
-            if current is None or any(current.get(k) != v for k, v in wanted.items()):
-                write_pointer(self.directory, BEST, pick.name, pick.step, metric=rule.metric,
-                              mode=rule.mode)
-        elif (self.directory / BEST).exists() and (current is None
-                                                   or current["checkpoint"] not in names):
-            (self.directory / BEST).unlink()  # never name a checkpoint that is gone
+    def _update_best_pointer(self, plan: _RetentionPlan) -> None:
+        if plan.best_record is not None:
+            record = dict(plan.best_record)
+            write_pointer(self.directory, BEST, record.pop("checkpoint"), record.pop("step"),
+                          **record)
+        elif plan.drop_best:
+            (self.directory / BEST).unlink(missing_ok=True)
 
     def _repair_latest(self) -> None:
         """Point `latest` at the newest checkpoint that verifies, if it does not already.
@@ -679,7 +718,7 @@ class CheckpointManager:
         if not self.directory.is_dir():
             return
         self._repair_latest()
-        self._update_best_pointer(self.records())
+        self._update_best_pointer(self._plan_retention(self.records(), latest=None))
 
     # [sharded] hook for engine.distributed: rank 0 commits a save written by every rank.
     def adopt_committed(self, path: Path, manifest: Mapping[str, Any]) -> list[Decision]:
@@ -695,16 +734,47 @@ class CheckpointManager:
 
     def plan_retention(self) -> list[Decision]:
         """What retention would decide now, without deleting anything (``prune --dry-run``)."""
-        rule, protect = self._best_rule()
-        return decide_retention(self.records(), self.retention, best=rule,
-                                budget=self.budget, history=self.history(), protect=protect)
+        return self._plan_retention(self.records(), latest=None).decisions
 
     def _apply_retention(self, latest: str | None = None) -> list[Decision]:
-        records = self.records()
+        return self._carry_out(self._plan_retention(self.records(), latest=latest),
+                               latest=latest)
+
+    def _plan_retention(self, records: list[CheckpointRecord], *, latest: str | None,
+                        saved: tuple[int, dict[str, Any]] | None = None) -> _RetentionPlan:
+        """Decide retention and the ``best`` pointer for ``records``, changing nothing.
+
+        ``saved`` is the ``(step, metrics)`` of a save not yet in the history (a save plans
+        before its commit, while its files flush, and carries the plan out after it).
+        """
+        history = self.history()
+        if saved is not None:
+            history = sorted([h for h in history if h[0] != saved[0]] + [saved],
+                             key=lambda h: h[0])
         rule, protect = self._best_rule()
         decisions = decide_retention(records, self.retention, best=rule, budget=self.budget,
-                                     history=self.history(), latest=latest, protect=protect)
-        self._update_best_pointer(records)  # the best is protected, so it survives
+                                     history=history, latest=latest, protect=protect)
+        current = read_pointer_record(self.directory, BEST)
+        pick = rule.pick(records) if rule is not None else None
+        best_record, drop_best = None, False
+        if pick is not None and rule is not None:
+            wanted = {"checkpoint": pick.name, "step": pick.step, "metric": rule.metric,
+                      "mode": rule.mode}
+            if current is None or any(current.get(k) != v for k, v in wanted.items()):
+                best_record = wanted
+        elif current is None:  # missing, or unreadable: never leave a damaged pointer
+            drop_best = (self.directory / BEST).exists()
+        else:  # never name a checkpoint that is gone
+            drop_best = current["checkpoint"] not in {r.name for r in records}
+        return _RetentionPlan(decisions, best_record, drop_best)
+
+    def _carry_out(self, plan: _RetentionPlan, latest: str | None,
+                   best_written: bool = False) -> list[Decision]:
+        """Move the ``best`` pointer (unless ``best_written``: the save already did), log the
+        decisions and delete what retention dropped."""
+        if not best_written:
+            self._update_best_pointer(plan)  # the best is protected, so it survives
+        decisions = plan.decisions
         if self.retention or self.budget is not None:
             # After a save only what changed is logged (deletions, and why the new one is
             # kept), so the log grows by a few lines per save, not by every survivor.

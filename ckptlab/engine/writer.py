@@ -34,7 +34,14 @@ from .format import (
     safetensors_order,
     tensor_bytes,
 )
-from .hashing import PIECE_BYTES, PIECEWISE_MIN, PieceDigests, PieceHasher, ProcessPool
+from .hashing import (
+    HASH_POOL,
+    PIECE_BYTES,
+    PIECEWISE_MIN,
+    PieceDigests,
+    ProcessPool,
+    sha256_hex,
+)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -59,11 +66,40 @@ def _write_durable(path: Path, data: bytes) -> None:
 # Bytes per write() call; the hashing thread reads each piece while (or right after) the kernel
 # copies it, so both find it in the CPU cache.
 _PIECE = 4 * 1024 * 1024
-# From this size on, a file is hashed by a second thread while it is written. Lower than a
+# From this size on, a file is hashed by a pool thread while it is written. Lower than a
 # load's threshold (:data:`.hashing.HASH_THREAD_MIN`): the manifest waits for the hash, so
 # hashing while the tensors are still being written (measured on a 2.6 MB DQN state: 6.1 ms
 # instead of 9.7 ms from the first write to the last fsync) is worth a thread much sooner.
 _HASH_THREAD_MIN = 1024 * 1024
+
+
+class PendingEntry:
+    """The manifest entry of a file being written: ``{bytes, sha256}`` or
+    ``{bytes, sha256_pieces}``, ready once its hash is (see :meth:`_ParallelFlush.start`)."""
+
+    def __init__(self, total: int, hasher: PieceDigests | None = None,
+                 digest: Future[str] | None = None, hexdigest: str | None = None) -> None:
+        self.total = total
+        self._hasher, self._digest, self._hexdigest = hasher, digest, hexdigest
+
+    def result(self) -> dict[str, Any]:
+        """Wait for the hash; raise the hashing thread's error, if any."""
+        if self._hasher is not None:
+            with self._hasher:
+                return {"bytes": self.total,
+                        "sha256_pieces": {"piece_bytes": self._hasher.piece_bytes,
+                                          "digests": self._hasher.digests()}}
+        if self._digest is not None:
+            return {"bytes": self.total, "sha256": self._digest.result()}
+        return {"bytes": self.total, "sha256": self._hexdigest}
+
+    def cancel(self) -> None:
+        """Stop hashing (a failed save) and wait until no thread reads the bytes any more."""
+        if self._hasher is not None:
+            self._hasher.close()
+        if self._digest is not None:
+            self._digest.cancel()
+            futures.wait([self._digest])
 
 
 class _ParallelFlush:
@@ -72,13 +108,19 @@ class _ParallelFlush:
     share one disk flush instead of queueing for one each. fsync, write() and SHA-256 all
     release the GIL.
 
+    :meth:`start` returns as soon as the bytes are handed to the kernel: the hash and the
+    fsync go on in other threads while the caller prepares what comes next (the manifest
+    needs the hash; the commit needs every fsync).
+
     Use as a context manager: leaving it waits for every fsync (:meth:`join`), and on an
-    error still waits for the fsyncs and closes the files before the error propagates.
+    error stops the hashes, still waits for the fsyncs and closes the files before the error
+    propagates.
     """
 
     def __init__(self) -> None:
         self._handles: list[Any] = []
         self._syncs: list[Future[None]] = []
+        self._pending: list[PendingEntry] = []
 
     def __enter__(self) -> _ParallelFlush:
         return self
@@ -87,44 +129,48 @@ class _ParallelFlush:
         if kind is None:
             self.join()
         else:  # the original error wins; the threads must still finish before cleanup
+            for pending in self._pending:
+                pending.cancel()
             self._wait()
 
-    def write(self, path: Path, chunks: Sequence[bytes | memoryview], *,
-              digest: bool = True) -> dict[str, Any] | None:
-        """Create ``path`` with ``chunks``, start its fsync, and return the manifest entry of
-        exactly the bytes handed to the kernel (``None`` when ``digest`` is false):
-        ``{bytes, sha256}``, or ``{bytes, sha256_pieces}`` from :data:`.hashing.PIECEWISE_MIN`
-        bytes on."""
+    def start(self, path: Path, chunks: Sequence[bytes | memoryview]) -> PendingEntry:
+        """Create ``path`` with ``chunks`` and start its fsync; the returned entry describes
+        exactly the bytes handed to the kernel: one SHA-256, or from
+        :data:`.hashing.PIECEWISE_MIN` bytes on one per piece. ``chunks`` must stay unchanged
+        until the entry's :meth:`PendingEntry.result` returns."""
         handle = open(path, "xb", buffering=0)
         self._handles.append(handle)
         views = [memoryview(c).cast("B") for c in chunks]
         total = sum(len(v) for v in views)
-        if not digest:
+        if total >= PIECEWISE_MIN:
+            # Large: per-piece digests on every hashing thread (format 3), each piece handed
+            # to them as it is written. No bound on the queue: the pieces are views of memory
+            # that exists anyway, and the writes (then the fsync) should not wait for the hash.
+            pending = PendingEntry(total, hasher=PieceDigests(PIECE_BYTES))
+            self._pending.append(pending)
+            for piece in _pieces(views):
+                pending._hasher.update(piece)  # type: ignore[union-attr]
+                _write_all(handle, piece)
+            self._start(os.fsync, handle.fileno())
+            return pending
+        if total >= _HASH_THREAD_MIN:
+            # Mid-sized: one digest, computed by a pool thread while this one writes.
+            pending = PendingEntry(total, digest=HASH_POOL.get().submit(sha256_hex, views))
+            self._pending.append(pending)
             _write_views(handle, views)
             self._start(os.fsync, handle.fileno())
-            return None
-        # Large files: per-piece digests on every hashing thread (format 3); mid-sized ones:
-        # one digest in a second thread; both hash each piece while it is written. No bound on
-        # the queue: the pieces are views of memory that exists anyway, and the writes (then
-        # the fsync) should not wait for the slower hash. Small files are hashed inline.
-        hasher: PieceDigests | PieceHasher = (
-            PieceDigests(PIECE_BYTES) if total >= PIECEWISE_MIN
-            else PieceHasher(threaded=total >= _HASH_THREAD_MIN))
-        with hasher:
-            if hasher.threaded:
-                for piece in _pieces(views):
-                    hasher.update(piece)
-                    _write_all(handle, piece)
-            else:
-                _write_views(handle, views)
-            self._start(os.fsync, handle.fileno())
-            if not hasher.threaded:  # small: hashed inline, while the fsync runs
-                for view in views:
-                    hasher.update(view)
-            if isinstance(hasher, PieceDigests):
-                return {"bytes": total, "sha256_pieces": {"piece_bytes": hasher.piece_bytes,
-                                                          "digests": hasher.digests()}}
-            return {"bytes": total, "sha256": hasher.hexdigest()}
+            return pending
+        _write_views(handle, views)
+        self._start(os.fsync, handle.fileno())
+        return PendingEntry(total, hexdigest=sha256_hex(views))  # while the fsync runs
+
+    def write(self, path: Path, chunks: Sequence[bytes | memoryview]) -> None:
+        """Create ``path`` with ``chunks`` (not hashed: a pointer, the manifest) and start its
+        fsync."""
+        handle = open(path, "xb", buffering=0)
+        self._handles.append(handle)
+        _write_views(handle, [memoryview(c).cast("B") for c in chunks])
+        self._start(os.fsync, handle.fileno())
 
     def sync_directory(self, path: Path) -> None:
         """Start an fsync of directory ``path`` (its entries created so far become durable)."""

@@ -11,9 +11,11 @@ copy the state into a reusable :class:`StagingBuffer` first.
 
 from __future__ import annotations
 
+import ctypes
 import errno as errno_module
 import os
 import shutil
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -140,7 +142,7 @@ class _ParallelFlush:
         until the entry's :meth:`PendingEntry.result` returns."""
         handle = open(path, "xb", buffering=0)
         self._handles.append(handle)
-        views = [memoryview(c).cast("B") for c in chunks]
+        views = _flat_views(chunks)
         total = sum(len(v) for v in views)
         if total >= PIECEWISE_MIN:
             # Large: per-piece digests on every hashing thread (format 3), each piece handed
@@ -148,19 +150,22 @@ class _ParallelFlush:
             # that exists anyway, and the writes (then the fsync) should not wait for the hash.
             pending = PendingEntry(total, hasher=PieceDigests(PIECE_BYTES))
             self._pending.append(pending)
+            offset = 0
             for piece in _pieces(views):
                 pending._hasher.update(piece)  # type: ignore[union-attr]
                 _write_all(handle, piece)
+                _start_writeback(handle.fileno(), offset, len(piece))
+                offset += len(piece)
             self._start(os.fsync, handle.fileno())
             return pending
         if total >= _HASH_THREAD_MIN:
             # Mid-sized: one digest, computed by a pool thread while this one writes.
             pending = PendingEntry(total, digest=HASH_POOL.get().submit(sha256_hex, views))
             self._pending.append(pending)
-            _write_views(handle, views)
+            _write_views(handle, views, writeback=True)
             self._start(os.fsync, handle.fileno())
             return pending
-        _write_views(handle, views)
+        _write_views(handle, views, writeback=True)
         self._start(os.fsync, handle.fileno())
         return PendingEntry(total, hexdigest=sha256_hex(views))  # while the fsync runs
 
@@ -169,7 +174,7 @@ class _ParallelFlush:
         fsync."""
         handle = open(path, "xb", buffering=0)
         self._handles.append(handle)
-        _write_views(handle, [memoryview(c).cast("B") for c in chunks])
+        _write_views(handle, _flat_views(chunks))
         self._start(os.fsync, handle.fileno())
 
     def sync_directory(self, path: Path) -> None:
@@ -204,24 +209,99 @@ if _IOV_MAX <= 0:
     _IOV_MAX = 1024
 
 
-def _write_views(handle: Any, views: Sequence[memoryview]) -> None:
+def _flat_views(chunks: Sequence[bytes | memoryview | numpy.ndarray]) -> list[Any]:
+    """Each chunk as a flat byte sequence that ``len()`` measures in bytes and slices cut by
+    bytes. A flat ``uint8`` array (a tensor's bytes) is one already: wrapping each of a
+    state's many tensors in a memoryview costs more than writing the small ones."""
+    return [chunk if isinstance(chunk, numpy.ndarray) and chunk.dtype == numpy.uint8
+            and chunk.ndim == 1 else memoryview(chunk).cast("B") for chunk in chunks]
+
+
+def _write_views(handle: Any, views: Sequence[memoryview], writeback: bool = False) -> None:
     """Write ``views`` in order with as few system calls as the OS allows: a state of many
-    small tensors is one ``writev`` rather than a ``write`` per tensor."""
+    small tensors is one ``writev`` rather than a ``write`` per tensor. With ``writeback``,
+    the bytes go out in batches of :data:`_WRITEBACK_PIECE`, each handed to the disk as soon
+    as it is written (:func:`_start_writeback`)."""
     if not hasattr(os, "writev"):  # Windows
         for piece in _pieces(views):
             _write_all(handle, piece)
         return
     pending = [view for view in views if len(view)]
+    if not (writeback and _writeback_hint is not None):
+        _writev_all(handle.fileno(), pending)
+        return
+    offset = 0
+    for batch in _batches(pending, _WRITEBACK_PIECE):
+        length = _writev_all(handle.fileno(), batch)
+        _start_writeback(handle.fileno(), offset, length)
+        offset += length
+
+
+def _writev_all(fd: int, views: list[memoryview]) -> int:
+    """``writev`` until every byte of ``views`` is written; returns how many that was."""
+    total = sum(len(view) for view in views)
     first = 0
-    while first < len(pending):
-        written = os.writev(handle.fileno(), pending[first:first + _IOV_MAX])
+    while first < len(views):
+        written = os.writev(fd, views[first:first + _IOV_MAX])
         while written:  # a partial write: drop what went out, resume inside a buffer
-            if written >= len(pending[first]):
-                written -= len(pending[first])
+            if written >= len(views[first]):
+                written -= len(views[first])
                 first += 1
             else:
-                pending[first] = pending[first][written:]
+                views[first] = views[first][written:]
                 written = 0
+    return total
+
+
+def _batches(views: Sequence[memoryview], size: int) -> Iterator[list[memoryview]]:
+    """Consecutive groups of ``views`` of ``size`` bytes each (the last may be shorter),
+    splitting a view where a group ends."""
+    batch: list[memoryview] = []
+    filled = 0
+    for view in views:
+        while len(view):
+            take = min(len(view), size - filled)
+            batch.append(view[:take])
+            filled += take
+            view = view[take:]
+            if filled == size:
+                yield batch
+                batch, filled = [], 0
+    if batch:
+        yield batch
+
+
+# Start writing a file's bytes to the disk every this many bytes, while the rest is still
+# being written: Linux's sync_file_range(SYNC_FILE_RANGE_WRITE), which only queues the pages
+# for writeback and returns. The fsync that follows then finds most of them on their way or
+# done instead of starting on all of them at once: writing 2.6 MB plus its fsync took 2.5-2.9
+# ms instead of 5.4-6.4 ms on the course machine (ext4 on a virtual disk). It is a hint, not
+# a guarantee - durability still comes from the fsync alone, which also reports any error.
+_WRITEBACK_PIECE = 512 * 1024
+_SYNC_FILE_RANGE_WRITE = 2  # from <fcntl.h>
+
+
+def _find_sync_file_range() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # a libc without it (very old, or not glibc/musl)
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_writeback_hint = _find_sync_file_range()
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``length`` bytes from ``offset`` to the disk now."""
+    if _writeback_hint is not None and length:
+        # The result is not checked: the hint may be refused (a filesystem without
+        # writeback, a pipe), and a real write error is reported by the fsync that follows.
+        _writeback_hint(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def _pieces(views: Sequence[memoryview]) -> Iterator[memoryview]:
@@ -231,7 +311,7 @@ def _pieces(views: Sequence[memoryview]) -> Iterator[memoryview]:
 
 
 def _write_all(handle: Any, data: memoryview) -> None:
-    while data:  # an unbuffered write may take only part of a large buffer
+    while len(data):  # an unbuffered write may take only part of a large buffer
         written = handle.write(data)
         data = data[written:]
 

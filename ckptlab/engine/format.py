@@ -172,8 +172,9 @@ def safetensors_order(tensors: Mapping[str, torch.Tensor]) -> list[str]:
 
 
 def safetensors_chunks(tensors: Mapping[str, torch.Tensor],
-                       metadata: Mapping[str, str]) -> list[bytes | memoryview]:
-    """The bytes of a safetensors file as a list of chunks, without copying tensor data.
+                       metadata: Mapping[str, str]) -> list[bytes | numpy.ndarray]:
+    """The bytes of a safetensors file as a list of chunks, without copying tensor data: two
+    ``bytes`` (length and header), then each tensor's bytes as a flat ``uint8`` array.
 
     Layout (the public safetensors format): 8-byte little-endian header length, a JSON header
     of dtypes, shapes and byte ranges, then the raw little-endian data. Tensors are ordered by
@@ -185,13 +186,14 @@ def safetensors_chunks(tensors: Mapping[str, torch.Tensor],
     chunks: list[bytes | memoryview] = []
     offset = 0
     for key in order:
-        tensor = tensors[key].contiguous()
-        size = tensor.numel() * tensor.element_size()
+        tensor = tensors[key]
+        data = tensor_bytes(tensor)  # a flat view (a non-contiguous tensor is copied)
+        size = data.nbytes
         header[key] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
                        "data_offsets": [offset, offset + size]}
         offset += size
         if size:
-            chunks.append(memoryview(tensor_bytes(tensor)))
+            chunks.append(data)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # data starts 8-byte aligned
     return [len(text).to_bytes(8, "little"), text, *chunks]

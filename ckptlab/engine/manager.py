@@ -202,6 +202,7 @@ class CheckpointManager:
         self._staged: threading.Event | None = None  # of the save in flight
         self._staging = StagingBuffer()  # reused by every async save that copies
         self._lock = RunLock(self.directory)
+        self._newest_written: int | None = None  # highest step this manager committed
         if self.directory.exists() and not self.directory.is_dir():
             raise CkptlabError(f"{self.directory} exists and is not a directory")
         if create:
@@ -422,6 +423,7 @@ class CheckpointManager:
                 self._executor = None
             self._staging.release()
             self._lock.release()
+            self._newest_written = None  # without the lock, others may write: scan again
 
     def __enter__(self) -> CheckpointManager:
         return self
@@ -512,24 +514,27 @@ class CheckpointManager:
                                "tensor_bytes": sum(_nbytes(snap.tensors[k]) for k in keys),
                                "json_bytes": len(snap.json_parts[name])}
                         for name, keys in snap.tensor_keys.items()}
-                    # What retention will see (the lock is held: no other writer changes it).
-                    others = [r for r in self.records() if r.name != final.name]
+                    # What retention and `best` will do once the save is committed, decided
+                    # now (nothing is changed before the commit; the lock is held, so no other
+                    # writer changes the directory meanwhile). A `best` that moves is written
+                    # now, beside `latest`, and renamed with it.
+                    created = time.time()
+                    plan = self._plan_retention(
+                        [r for r in self.records() if r.name != final.name] + [CheckpointRecord(
+                            final.name, step, dict(snap.metrics),
+                            sum(entry.total for entry in pending.values()), created)],
+                        latest=final.name, saved=(step, dict(snap.metrics)))
+                    if plan.best_record is not None:
+                        best_temp = self.directory / f"{_TEMP_PREFIX}{BEST}-{tag}"
+                        flush.write(best_temp,
+                                    [_canonical_json(plan.best_record, readable=True)])
                     files = {name: entry.result() for name, entry in pending.items()}
                 finally:  # every tensor byte written and hashed (or the save failed)
                     snap.staged.set()
                 manifest = self._manifest(step, components, files, snap.metrics, snap.config,
-                                          snap.extra)
+                                          snap.extra, created)
                 flush.write(temp / MANIFEST, [_canonical_json(manifest, readable=True)])
                 flush.sync_directory(temp)
-                # While those flush: what retention and `best` will do once the save is
-                # committed (nothing is changed before the commit). A `best` that moves is
-                # written now, beside `latest`, and renamed with it.
-                plan = self._plan_retention(others + [_record(final.name, manifest)],
-                                            latest=final.name,
-                                            saved=(step, dict(snap.metrics)))
-                if plan.best_record is not None:
-                    best_temp = self.directory / f"{_TEMP_PREFIX}{BEST}-{tag}"
-                    flush.write(best_temp, [_canonical_json(plan.best_record, readable=True)])
             t2 = time.perf_counter()
             fault_point("save:files-written", step)
             self._commit(temp, final, sync=False)
@@ -551,6 +556,8 @@ class CheckpointManager:
                     leftover.unlink(missing_ok=True)
             raise
         self._manifests[final.name] = manifest
+        self._newest_written = step if self._newest_written is None \
+            else max(step, self._newest_written)
         fault_point("save:committed", step)
         try:
             fault_point("save:pointer-temp", step)
@@ -579,8 +586,7 @@ class CheckpointManager:
 
     def _manifest(self, step: int, components: dict[str, Any], files: dict[str, Any],
                   metrics: Mapping[str, Any] | None, config: Mapping[str, Any] | None,
-                  extra: Mapping[str, Any] | None) -> dict[str, Any]:
-        now = time.time()
+                  extra: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
         manifest: dict[str, Any] = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -650,6 +656,12 @@ class CheckpointManager:
         Newer checkpoints that fail verification (the fallback case: the run resumed from
         an older one because the newest was damaged) do not block the save.
         """
+        # While this manager holds the run's lock no other writer adds checkpoints, so after
+        # its own commit of step S nothing newer than S can have appeared: a later step needs
+        # no scan (every periodic save of a run, after the first).
+        if (self._newest_written is not None and step > self._newest_written
+                and self._lock.held):
+            return
         for newer, name in committed_steps(self.directory):
             if newer <= step or name in self._unusable:
                 continue

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module_internals
 
 from .config import DQNConfig
 from ..engine import IncompatibleCheckpointError
@@ -33,11 +34,10 @@ def resolve_device(name: str) -> torch.device:
 def _global_module_hooks() -> bool:
     """Whether hooks registered for every module (``register_module_forward_hook`` and kin)
     exist; a direct call of the layers' functions would skip them."""
-    from torch.nn.modules import module as module_internals
-    return bool(module_internals._global_forward_pre_hooks
-                or module_internals._global_forward_hooks
-                or module_internals._global_backward_hooks
-                or module_internals._global_backward_pre_hooks)
+    return bool(_module_internals._global_forward_pre_hooks
+                or _module_internals._global_forward_hooks
+                or _module_internals._global_backward_hooks
+                or _module_internals._global_backward_pre_hooks)
 
 
 def clip_grad_norm(parameters: Sequence[torch.Tensor], max_norm: float) -> None:
@@ -66,6 +66,9 @@ class QNetwork(nn.Module):
             if i < len(sizes) - 2:
                 layers.append(nn.ReLU())
         self.layers = nn.Sequential(*layers)
+        # Checked for hooks before every forward pass (a plain tuple: cheaper to walk than the
+        # Sequential, which is a module itself).
+        self._watched = (self.layers, *layers)
         # Same distribution as PyTorch's default Linear init, but drawn from our own generator
         # so creating an agent never touches (or depends on) the global torch RNG.
         with torch.no_grad():
@@ -93,8 +96,13 @@ class QNetwork(nn.Module):
         """Whether calling a layer as a module would run hooks that the direct path skips."""
         if _global_module_hooks():
             return True
-        return any(module._forward_pre_hooks or module._forward_hooks or module._backward_hooks
-                   or module._backward_pre_hooks for module in (self.layers, *self.layers))
+        if self._watched[0] is not self.layers:  # the layer sequence was replaced
+            self._watched = (self.layers, *self.layers)
+        for module in self._watched:
+            if (module._forward_pre_hooks or module._forward_hooks or module._backward_hooks
+                    or module._backward_pre_hooks):
+                return True
+        return False
 
     def forward_trace(self, obs: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
         """Every layer's output for ``obs``, named — used to visualise a forward pass."""
@@ -190,7 +198,11 @@ class DQNAgent:
     def greedy_action(self, obs: np.ndarray) -> int:
         """The action with the highest Q-value."""
         with torch.inference_mode():
-            x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+            if self.device.type == "cpu" and isinstance(obs, np.ndarray) \
+                    and obs.dtype == np.float32 and obs.flags.writeable:
+                x = torch.from_numpy(obs).unsqueeze(0)  # the same values, without a copy
+            else:
+                x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
             return int(self._acting_network()(x).argmax())
 
     def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> int:

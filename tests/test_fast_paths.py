@@ -19,7 +19,7 @@ import ckptlab.engine.hashing as hashing_module
 import ckptlab.engine.reader as reader_module
 import ckptlab.engine.writer as writer_module
 from ckptlab import (BestBy, CheckpointCorruptError, CheckpointManager, CkptlabError,
-                     load_checkpoint_state)
+                     RollbackRequiredError, load_checkpoint_state)
 from ckptlab.engine import MANIFEST, STATE, TENSORS
 from ckptlab.engine.format import _canonical_json, _manifest_self_hash
 
@@ -751,3 +751,57 @@ def test_a_child_forked_while_the_pools_locks_are_held_can_still_save(tmp_path, 
         pytest.fail("the forked child hung on a pool's lock")
     assert os.waitstatus_to_exitcode(done[1]) == 0, "the child's save failed"
     assert (tmp_path / "child").is_dir()
+
+
+# --- save: fewer scans, writeback started early ------------------------------------------------
+
+def test_only_the_first_save_scans_for_newer_checkpoints_while_the_lock_is_held(
+        tmp_path, monkeypatch):
+    import ckptlab.engine.manager as manager_module
+
+    scans = []  # the branch check's directory scans (the manager's only use of it)
+    real = manager_module.committed_steps
+    monkeypatch.setattr(manager_module, "committed_steps",
+                        lambda directory: scans.append(directory) or real(directory))
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("holder", Holder({"w": torch.randn(10)}))
+    for step in (1, 2, 3):
+        manager.save(step)
+    assert len(scans) == 1, "saves after the manager's own commit scanned again"
+    manager.rollback(1)  # moves 2 and 3 aside; a save at or below 3 scans again
+    manager.save(2)
+    assert len(scans) == 2 and manager.latest_pointer() == "step_00000002"
+    manager.close()  # the lock is released: whoever holds it next scans
+    other = CheckpointManager(tmp_path / "ck")
+    other.register("holder", Holder({"w": torch.randn(10)}))
+    with pytest.raises(RollbackRequiredError):
+        other.save(1)  # step 2 is newer and valid: still refused
+    other.close()
+
+
+@pytest.mark.parametrize("hint", ["recorded", "unavailable"])
+def test_writeback_hints_cover_each_data_file_once_in_order(tmp_path, monkeypatch, hint):
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    if hint == "recorded":
+        monkeypatch.setattr(writer_module, "_writeback_hint",
+                            lambda fd, offset, length, flags: ranges.setdefault(fd, []).append(
+                                (offset, length)) and 0)
+    else:  # not Linux, or a libc without sync_file_range: plain writes
+        monkeypatch.setattr(writer_module, "_writeback_hint", None)
+    monkeypatch.setattr(writer_module, "_WRITEBACK_PIECE", 4096)
+    state = {f"t{i}": torch.randn(n) for i, n in enumerate((5000, 3, 2048, 1))}
+    info = saved(tmp_path, state)
+    for name, entry in info.manifest["files"].items():
+        data = (info.path / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    if hint == "recorded":
+        sizes = sorted(info.manifest["files"][n]["bytes"] for n in (TENSORS, STATE))
+        covered = sorted(sum(length for _, length in spans) for spans in ranges.values())
+        assert covered == sizes
+        for spans in ranges.values():  # contiguous, from 0, at most one piece each
+            assert [offset for offset, _ in spans] == \
+                [sum(length for _, length in spans[:i]) for i in range(len(spans))]
+            assert all(0 < length <= 4096 for _, length in spans)
+    holder = restore_into(info.path)
+    for key, value in state.items():
+        assert torch.equal(holder.state[key], value), key

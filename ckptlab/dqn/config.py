@@ -45,9 +45,9 @@ class DQNConfig:
                               "Environment steps per epoch (one row of the epoch summary).")
     hidden_sizes: tuple[int, ...] = _f((128, 128), "trajectory",
                                        "Widths of the Q-network's hidden layers.")
-    learning_rate: float = _f(2.5e-3, "trajectory", "Adam learning rate.")
+    learning_rate: float = _f(4e-3, "trajectory", "Adam learning rate.")
     gamma: float = _f(0.99, "trajectory", "Discount factor.")
-    batch_size: int = _f(64, "trajectory", "Transitions per gradient update.")
+    batch_size: int = _f(128, "trajectory", "Transitions per gradient update.")
     buffer_capacity: int = _f(50_000, "trajectory", "Replay buffer size in transitions.")
     learning_starts: int = _f(1_000, "trajectory",
                               "Steps of experience collected before the first update.")
@@ -56,7 +56,7 @@ class DQNConfig:
                                   "Steps between copies of the online network into the target.")
     epsilon_start: float = _f(1.0, "trajectory", "Exploration rate at step 0.")
     epsilon_end: float = _f(0.04, "trajectory", "Exploration rate after the decay.")
-    exploration_steps: int = _f(8_000, "trajectory",
+    exploration_steps: int = _f(5_000, "trajectory",
                                 "Steps over which epsilon decays linearly (absolute, so "
                                 "extending total_steps keeps the schedule).")
     max_grad_norm: float = _f(10.0, "trajectory", "Gradient-norm clip per update.")

@@ -317,8 +317,9 @@ _WHAT_IT_WOULD_SHOW = {
                 "count passes learning_starts again)",
     "rng": "a different loss from the very first update (another batch is drawn), and the "
            "smoothed losses apart within a few updates",
-    "env": "slightly different losses but smoothed losses together for a while (same buffer, "
-           "same generator), then apart as the new episode's experience fills the batches",
+    "env": "losses close to the uninterrupted run's (the first may even be equal: same "
+           "buffer, same generator) and smoothed losses together for hundreds of steps, then "
+           "apart as the new episode's experience fills the batches",
     "metrics": "nothing at all: the metric history changes no step",
 }
 

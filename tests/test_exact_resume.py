@@ -151,3 +151,29 @@ def test_external_sigkill_at_an_unplanned_moment(tmp_path, fast_config_file, cli
 def test_cli_and_library_runs_agree(cli_reference, reference):
     """The CLI is a thin shell over Trainer: same config, same bits."""
     assert file_hashes(cli_reference) == file_hashes(reference)
+
+
+def test_trainer_restore_reads_each_file_once(tmp_path, fast_config, monkeypatch):
+    """Verified while read: restore() hashes and decodes in the same pass over each file."""
+    import ckptlab.engine.format as format_module
+
+    trainer = Trainer(fast_config, tmp_path / "run")
+    trainer.train(until_step=800)
+    trainer.close()
+    opened: list[str] = []
+    real_open = format_module._open_regular
+
+    def counting_open(path, max_bytes):
+        opened.append(Path(path).name)
+        return real_open(path, max_bytes)
+
+    monkeypatch.setattr(format_module, "_open_regular", counting_open)
+    resumed = Trainer(fast_config, tmp_path / "run")
+    info = resumed.restore()
+    monkeypatch.undo()
+    assert info.step == 800 and resumed.progress.step == 800
+    for name in ("tensors.safetensors", "state.json"):
+        assert opened.count(name) == 1, (name, opened)
+    resumed.train()  # and the run goes on, from the state that was read
+    assert resumed.progress.step == fast_config.total_steps
+    resumed.close()

@@ -53,6 +53,7 @@ from ..engine import (
     SaveContext,
     SavePolicy,
     checkpoint_dir_name,
+    latest_valid_checkpoint,
 )
 from ..engine.distributed import (
     ShardedCheckpointer,
@@ -336,6 +337,12 @@ class DistributedTrainer(Trainer):
         return result
 
     # -- resuming ---------------------------------------------------------------------------
+    def _verified_state(self, location: str | Path | None) -> tuple[CheckpointInfo, None]:
+        # A sharded checkpoint is verified here and loaded across the ranks by resume_from.
+        if location is None:
+            raise IncompatibleCheckpointError("give the checkpoint to restore")
+        return latest_valid_checkpoint(location), None
+
     def resume_from(self, plan: ResumePlan) -> CheckpointInfo:
         """Load a sharded checkpoint on every rank: exact at the same world size, resharded
         (not bit-exact, and logged as such) at another."""

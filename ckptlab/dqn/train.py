@@ -41,8 +41,9 @@ from ..engine import (
     CheckpointManager,
     Stateful,
     checkpoint_dir_name,
-    latest_valid_checkpoint,
     load_checkpoint_state,
+    load_latest_valid,
+    load_newest_valid,
     restore_components,
 )
 from .config import DQNConfig
@@ -400,28 +401,49 @@ class Trainer:
         ``allow_rollback`` is set, when the newer ones are moved aside into
         ``checkpoints/abandoned/`` and the move is logged.
         """
-        if checkpoint is None:
-            if self.checkpoints is None:
-                raise IncompatibleCheckpointError("give a checkpoint path or a run_dir")
-            info = self.checkpoints.latest_valid()
-        else:
-            info = latest_valid_checkpoint(checkpoint)
-        return self.resume_from(plan_resume(
-            info, self.config, allow_config_change=allow_config_change,
-            run_checkpoints=self.checkpoints.directory if self.checkpoints else None,
-            allow_rollback=allow_rollback))
+        if checkpoint is None and self.checkpoints is None:
+            raise IncompatibleCheckpointError("give a checkpoint path or a run_dir")
+        info, states = self._verified_state(checkpoint)
+        plan = plan_resume(info, self.config, allow_config_change=allow_config_change,
+                           run_checkpoints=self.checkpoints.directory if self.checkpoints
+                           else None, allow_rollback=allow_rollback)
+        if states is None:
+            return self.resume_from(plan)
+        self._check_plan(plan)
+        return self._resume(plan, states)
+
+    def _verified_state(self, location: str | Path | None) -> tuple[CheckpointInfo,
+                                                                    dict[str, Any] | None]:
+        """The newest valid checkpoint at ``location`` (``None``: this run's own) and its
+        decoded state, in one pass over each file: hashed as it is read, a damaged newer
+        checkpoint skipped for the next valid one. Nothing is loaded into the run yet: the
+        config is checked first."""
+        if location is None:
+            assert self.checkpoints is not None
+            return load_newest_valid(self.checkpoints.directory, device=self._placement())
+        return load_latest_valid(location, device=self._placement())
 
     def resume_from(self, plan: ResumePlan) -> CheckpointInfo:
         """Load the state of an already checked :class:`ResumePlan` (see :meth:`restore`)."""
+        self._check_plan(plan)
+        _, states = load_checkpoint_state(plan.checkpoint.path, device=self._placement())
+        return self._resume(plan, states)
+
+    def _check_plan(self, plan: ResumePlan) -> None:
         if plan.config != self.config:
             raise IncompatibleCheckpointError(
                 "this ResumePlan was made for another config; build the Trainer with "
                 "plan.config")
-        info = plan.checkpoint
+
+    def _placement(self) -> dict[str, torch.device]:
         # The networks and Adam's moments go straight to the agent's device (on a GPU, a few
         # MB of host memory at a time); everything else (replay buffer arrays, RNG states)
         # is host state.
-        _, states = load_checkpoint_state(info.path, device={"agent": self.device})
+        return {"agent": self.device}
+
+    def _resume(self, plan: ResumePlan, states: dict[str, Any]) -> CheckpointInfo:
+        """Load ``states``, verified and decoded from ``plan.checkpoint``, into the run."""
+        info = plan.checkpoint
         restore_components(self.components(), states, info.path)
         if plan.rollback and self.checkpoints is not None:
             self.checkpoints.rollback(info.step, reason=f"resumed from {info.name}")

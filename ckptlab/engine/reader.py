@@ -570,6 +570,18 @@ def newest_valid_checkpoint(directory: str | os.PathLike[str]) -> CheckpointInfo
     return _newest_that_passes(directory, verify_checkpoint)
 
 
+def load_latest_valid(location: str | os.PathLike[str], *,
+                      device: DevicePlacement = None) -> tuple[CheckpointInfo, dict[str, Any]]:
+    """:func:`latest_valid_checkpoint`, verified and decoded in one pass per file: ``(info,
+    {component: state})`` of the checkpoint at ``location``, or of the newest valid one there
+    (see :func:`resolve_location`; newer damaged ones are skipped with a
+    :class:`CheckpointFallbackWarning`)."""
+    directory, specific = resolve_location(location)
+    if specific is not None:
+        return load_checkpoint_state(specific, device=device)
+    return load_newest_valid(directory, device=device)
+
+
 def load_newest_valid(directory: str | os.PathLike[str], *,
                       device: DevicePlacement = None) -> tuple[CheckpointInfo, dict[str, Any]]:
     """Like :func:`newest_valid_checkpoint`, but verifies and decodes in the same single pass

@@ -148,11 +148,12 @@ class _ParallelFlush:
             # Large: per-piece digests on every hashing thread (format 3), each piece handed
             # to them as it is written. No bound on the queue: the pieces are views of memory
             # that exists anyway, and the writes (then the fsync) should not wait for the hash.
-            pending = PendingEntry(total, hasher=PieceDigests(PIECE_BYTES))
+            hasher = PieceDigests(PIECE_BYTES)
+            pending = PendingEntry(total, hasher=hasher)
             self._pending.append(pending)
             offset = 0
             for piece in _pieces(views):
-                pending._hasher.update(piece)  # type: ignore[union-attr]
+                hasher.update(piece)
                 _write_all(handle, piece)
                 _start_writeback(handle.fileno(), offset, len(piece))
                 offset += len(piece)

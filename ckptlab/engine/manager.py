@@ -89,6 +89,13 @@ from .writer import (
 )
 
 
+def _unlink_temporaries(*paths: Path | None) -> None:
+    """Remove a failed save's temporary pointer files (those it got to write)."""
+    for path in paths:
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+
 def _record(name: str, manifest: Mapping[str, Any]) -> CheckpointRecord:
     """What retention sees of the checkpoint ``name`` with this manifest."""
     created = manifest.get("created_unix")
@@ -541,9 +548,7 @@ class CheckpointManager:
         except OSError as exc:
             snap.staged.set()  # nothing reads the tensors any more
             shutil.rmtree(temp, ignore_errors=True)
-            for leftover in (pointer_temp, best_temp):
-                if leftover is not None:
-                    leftover.unlink(missing_ok=True)
+            _unlink_temporaries(pointer_temp, best_temp)
             raise CheckpointWriteError(
                 f"could not save checkpoint {final.name} in {self.directory}: "
                 f"{_describe_os_error(exc)}. Earlier checkpoints and pointers are unchanged; "
@@ -551,9 +556,7 @@ class CheckpointManager:
         except BaseException:
             snap.staged.set()
             shutil.rmtree(temp, ignore_errors=True)
-            for leftover in (pointer_temp, best_temp):
-                if leftover is not None:
-                    leftover.unlink(missing_ok=True)
+            _unlink_temporaries(pointer_temp, best_temp)
             raise
         self._manifests[final.name] = manifest
         self._newest_written = step if self._newest_written is None \
@@ -572,9 +575,7 @@ class CheckpointManager:
             self._log_save(final.name, step, snap.metrics)
             self._carry_out(plan, latest=final.name, best_written=best_temp is not None)
         except OSError as exc:
-            for leftover in (pointer_temp, best_temp):
-                if leftover is not None:
-                    leftover.unlink(missing_ok=True)
+            _unlink_temporaries(pointer_temp, best_temp)
             raise CheckpointWriteError(
                 f"checkpoint {final.name} was committed, but updating pointers or retention "
                 f"failed: {_describe_os_error(exc)}. The checkpoint itself is complete and "

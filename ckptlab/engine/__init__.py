@@ -8,7 +8,7 @@ Modules:
     format         the on-disk format: names, manifest, safetensors and JSON, read and write
     writer         durable files and the commit protocol (temp dir, fsync, rename, pointers)
     reader         finding, verifying, decoding and restoring checkpoints; fallback
-    hashing        SHA-256 of a file as it is written or read, in a second thread when large
+    hashing        SHA-256 of a file as it is written or read, in other threads when large
     manager        CheckpointManager: registration, save (sync and async), restore, retention
     policies       when to save and which checkpoints to keep
     serialization  state trees split into JSON and tensors, and joined back

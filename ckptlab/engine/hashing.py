@@ -4,9 +4,11 @@ A checkpoint's files are hashed from the very buffers that are written (save) or
 For a large file the hash is the slowest step (SHA-256 runs at about 1 GB/s on one core; the
 page cache copies several times faster). Two ways to keep it off the critical path:
 
-* :class:`PieceHasher` - one SHA-256 of the whole file (small files, and every file of formats
-  1 and 2), computed in a second thread while the caller writes or reads the next piece. One
-  digest is one sequential pass, so it can use one core at most.
+* One SHA-256 of the whole file (files under :data:`PIECEWISE_MIN`, and every file of formats
+  1 and 2). A load hashes it with :class:`PieceHasher`, in a second thread while the next
+  piece is read; a save hands the whole file's buffers to one :data:`HASH_POOL` task
+  (:func:`sha256_hex`) while it writes them. One digest is one sequential pass, so it can
+  use one core at most.
 * :class:`PieceDigests` - one SHA-256 per piece of :data:`PIECE_BYTES` (files of
   :data:`PIECEWISE_MIN` bytes or more, from format 3), so the pieces are hashed by all the
   process's hashing threads at once: the hash keeps up with the disk on a machine with a

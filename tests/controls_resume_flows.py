@@ -31,7 +31,13 @@ def wait_for_change(view, before: str, timeout_ms: int = TRAINING_TIMEOUT_MS) ->
     while time.monotonic() < deadline:
         status = view.locator(".widget-html").first.inner_text()
         now = _output_html(view)
-        if "running" not in status and now != before and now.strip():
+        text = view.locator(".widget-output").first.inner_text()
+        if "running" not in status and now != before and text.strip():
+            # The status and the output are separate widget models, and the page may draw the
+            # status first: a cleared or half-drawn output must settle before it is read.
+            time.sleep(1.0)
+            if _output_html(view) != now:
+                continue
             errors = view.locator(".ckptlab-error")
             assert errors.count() == 0, errors.first.inner_text()
             assert "Traceback" not in view.inner_text()
@@ -62,6 +68,8 @@ def exercise_lesson4(page) -> None:
     set_slider_readout(kill, 3_500)
     kill.locator("select").first.select_option(label="500")
     kill.get_by_role("button", name="Kill & resume").click()
+    expect(kill.locator(".widget-output").first).to_contain_text(
+        "killed after step 3500", timeout=TRAINING_TIMEOUT_MS)
     after = wait_for_change(kill, before)
     text = kill.locator(".widget-output").first.inner_text()
     assert "killed after step 3500" in text and "resumed from the checkpoint at step 3500" in text
@@ -69,6 +77,9 @@ def exercise_lesson4(page) -> None:
     # and once more: a different kill gives a different picture
     set_slider_readout(kill, 2_750)
     kill.get_by_role("button", name="Kill & resume").click()
+    # Wait for this run's own summary: the output can be read half-drawn otherwise.
+    expect(kill.locator(".widget-output").first).to_contain_text(
+        "killed after step 2750", timeout=TRAINING_TIMEOUT_MS)
     again = wait_for_change(kill, after)
     assert "killed after step 2750" in kill.locator(".widget-output").first.inner_text()
     assert again != after
@@ -82,8 +93,9 @@ def exercise_lesson4(page) -> None:
     handle = trade.locator(".noUi-handle").first
     handle.focus()
     handle.press("ArrowRight")  # 1000 -> 2000
+    # the expected loss at 2000 steps
+    expect(trade.locator(".widget-output").first).to_contain_text("999.5", timeout=60_000)
     after = wait_for_change(trade, before, timeout_ms=60_000)
-    assert "999.5" in trade.locator(".widget-output").first.inner_text()  # expected loss
     handle.press("ArrowLeft")
     handle.press("ArrowLeft")  # -> 500
     wait_for_change(trade, after, timeout_ms=60_000)

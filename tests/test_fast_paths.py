@@ -4,6 +4,7 @@ so a power loss never exposes a torn checkpoint; async saves honour their mutati
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import ckptlab.engine.reader as reader_module
 import ckptlab.engine.writer as writer_module
 from ckptlab import (BestBy, CheckpointCorruptError, CheckpointManager, CkptlabError,
                      RollbackRequiredError, load_checkpoint_state)
-from ckptlab.engine import MANIFEST, STATE, TENSORS
+from ckptlab.engine import MANIFEST, STATE, TENSORS, CheckpointWriteError
 from ckptlab.engine.format import _canonical_json, _manifest_self_hash
 
 
@@ -568,6 +569,38 @@ def test_everything_is_durable_before_the_rename_and_the_rename_before_returning
     # tensors, state, manifest, the temporary directory, each pointer, then the parent once
     assert sum(kind == "fsync" for kind, _ in events) == 5 + len(pointers)
     assert sum(what == directory for kind, what in events if kind == "fsync") == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
+def test_a_failed_pointer_update_still_makes_the_commit_durable(tmp_path, monkeypatch):
+    """The checkpoint's rename happened; if `latest` cannot be replaced, the error says the
+    checkpoint is complete - which needs the parent's fsync all the same."""
+    synced: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        real_fsync(fd)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    def replace(src, dst):
+        if str(dst).endswith("/latest"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_replace(src, dst)
+
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("holder", Holder({"w": torch.randn(1000)}))
+    manager.save(1)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(CheckpointWriteError, match="complete and will be found on resume"):
+        manager.save(2)
+    monkeypatch.undo()
+    directory = str((tmp_path / "ck").resolve())
+    commit_sync = synced.index(directory)  # after the files, the parent, for the rename
+    assert any(p.endswith("/manifest.json") for p in synced[:commit_sync])
+    assert (tmp_path / "ck/step_00000002").is_dir()
+    assert not [p for p in (tmp_path / "ck").iterdir() if p.name.startswith(".tmp")]
+    manager.close()
 
 
 # --- async saves: the mutation contract -----------------------------------------------------

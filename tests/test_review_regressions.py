@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
 from ckptlab import CheckpointManager, CkptlabError, DQNConfig
-from ckptlab.engine import TENSORS, CheckpointWriteError
+from ckptlab.engine import (
+    TENSORS,
+    BestBy,
+    CheckpointWriteError,
+    RollbackRequiredError,
+    read_pointer_record,
+    verify_checkpoint,
+)
 from ckptlab.cli import main
 from ckptlab.engine.lock import RunLockedError
 from ckptlab.engine.policies import AnyOf, EveryNSteps, OnImprovement, SaveContext
@@ -126,3 +135,79 @@ def test_export_and_ls_failures_write_nothing(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["ls", str(tmp_path / "empty")]) == 2
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+# --- session 6 review --------------------------------------------------------------------
+
+def test_a_replaced_damaged_checkpoint_blocks_a_branch_again(tmp_path):
+    """A step found damaged (and skipped) by the branch check, then saved again validly by
+    this manager, must count as a newer valid checkpoint from then on."""
+    setup = CheckpointManager(tmp_path / "ck")
+    setup.register("counter", Counter())
+    setup.save(1000)
+    setup.save(2000)
+    setup.close()
+    (tmp_path / "ck/step_00002000" / TENSORS).write_bytes(b"garbage")
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("counter", Counter())
+    manager.save(1100)  # the damaged 2000 does not block it (the fallback case)
+    manager.save(2000)  # a valid step 2000 replaces the damaged one
+    with pytest.raises(RollbackRequiredError, match="step_00002000"):
+        manager.save(1500)
+    assert not (tmp_path / "ck/step_00001500").exists()
+    manager.close()
+
+
+def test_best_never_names_a_checkpoint_retention_deletes(tmp_path):
+    """An old `best` (another metric) whose checkpoint retention drops is removed with it."""
+    first = CheckpointManager(tmp_path / "ck", best=BestBy("val_acc"))
+    first.register("counter", Counter())
+    first.save(1, metrics={"val_acc": 0.9})
+    first.save(2, metrics={"val_acc": 0.1})
+    first.close()
+    assert read_pointer_record(tmp_path / "ck", "best")["checkpoint"] == "step_00000001"
+    manager = CheckpointManager(tmp_path / "ck", keep_last=1, best=BestBy("loss", "min"))
+    manager.register("counter", Counter())
+    manager.save(3)  # no "loss" yet: nothing to pick, and step 1 goes
+    assert not (tmp_path / "ck/step_00000001").exists()
+    record = read_pointer_record(tmp_path / "ck", "best")
+    assert record is None or (tmp_path / "ck" / record["checkpoint"]).is_dir(), record
+    manager.close()
+
+
+_EXIT_WITHOUT_CLOSE = """
+import sys, time, torch
+import ckptlab.engine.writer as writer
+from ckptlab import CheckpointManager
+
+real = writer._start_writeback
+def slow(fd, offset, length):  # keeps the save writing while the interpreter exits
+    time.sleep(0.05)
+    real(fd, offset, length)
+writer._start_writeback = slow
+
+class Holder:
+    def __init__(self): self.state = {"w": torch.ones(6_000_000)}
+    def state_dict(self): return self.state
+    def load_state_dict(self, state): self.state = state
+
+manager = CheckpointManager(sys.argv[1])
+manager.register("holder", Holder())
+manager.save(1)
+manager.save_async(2)
+print("exiting without close()", flush=True)
+"""
+
+
+def test_an_async_save_in_flight_at_exit_is_finished_not_lost(tmp_path):
+    """A script that ends right after save_async() (no close()) still gets its checkpoint."""
+    script = tmp_path / "exit_without_close.py"
+    script.write_text(_EXIT_WITHOUT_CLOSE)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "ck")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "exiting without close()" in done.stdout
+    assert "failed at exit" not in done.stderr, done.stderr
+    info = verify_checkpoint(tmp_path / "ck/step_00000002")
+    assert info.step == 2
+    assert read_pointer_record(tmp_path / "ck", "latest")["checkpoint"] == "step_00000002"

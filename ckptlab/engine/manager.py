@@ -14,9 +14,11 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -87,6 +89,27 @@ from .writer import (
     remove_leftovers,
     write_pointer,
 )
+
+
+# Managers with an async save in flight. A script that ends without close() must not lose
+# its last save: at interpreter exit concurrent.futures stops accepting work (the save's
+# fsyncs would fail, and nothing would report it), so these saves are finished first.
+_IN_FLIGHT: weakref.WeakSet[CheckpointManager] = weakref.WeakSet()
+
+
+def _finish_async_saves_at_exit() -> None:
+    for manager in list(_IN_FLIGHT):
+        try:
+            manager.wait()
+        except Exception as exc:  # nobody is left to catch it: say so on stderr
+            print(f"ckptlab: the async save in {manager.directory} failed at exit: {exc}",
+                  file=sys.stderr)
+
+
+# threading's exit hooks run before concurrent.futures shuts its pools down (last registered,
+# first run); atexit's run after them, too late. (threading._register_atexit: Python 3.9+.)
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_finish_async_saves_at_exit)
 
 
 def _unlink_temporaries(*paths: Path | None) -> None:
@@ -378,6 +401,7 @@ class CheckpointManager:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ckptlab-save")
         self._staged = snapshot.staged
         self._pending = self._executor.submit(self._write_in_background, snapshot)
+        _IN_FLIGHT.add(self)
         self.last_blocking_seconds = time.perf_counter() - t0
         return self._pending
 
@@ -412,12 +436,15 @@ class CheckpointManager:
             info = pending.result()
         except CkptlabError:
             self._pending = None
+            _IN_FLIGHT.discard(self)
             raise
         except Exception as exc:  # an unexpected failure in the writer thread
             self._pending = None
+            _IN_FLIGHT.discard(self)
             raise CheckpointWriteError(f"background checkpoint save failed: {exc!r}") from exc
         # (A KeyboardInterrupt while waiting leaves the save pending: close() reports it.)
         self._pending = None
+        _IN_FLIGHT.discard(self)
         return info
 
     def close(self) -> None:
@@ -559,6 +586,7 @@ class CheckpointManager:
             _unlink_temporaries(pointer_temp, best_temp)
             raise
         self._manifests[final.name] = manifest
+        self._unusable.discard(final.name)  # a damaged checkpoint of this step was replaced
         self._newest_written = step if self._newest_written is None \
             else max(step, self._newest_written)
         fault_point("save:committed", step)
@@ -576,10 +604,16 @@ class CheckpointManager:
             self._carry_out(plan, latest=final.name, best_written=best_temp is not None)
         except OSError as exc:
             _unlink_temporaries(pointer_temp, best_temp)
+            try:  # the commit's rename must still become durable
+                _fsync_dir(self.directory)
+                found = "The checkpoint itself is complete and will be found on resume"
+            except OSError as sync_exc:
+                found = (f"The checkpoint is in place, but syncing {self.directory} failed "
+                         f"too ({_describe_os_error(sync_exc)}): a power loss now could lose "
+                         "it; fix the disk, then save again")
             raise CheckpointWriteError(
                 f"checkpoint {final.name} was committed, but updating pointers or retention "
-                f"failed: {_describe_os_error(exc)}. The checkpoint itself is complete and "
-                "will be found on resume") from exc
+                f"failed: {_describe_os_error(exc)}. {found}") from exc
         t3 = time.perf_counter()
         self.last_save_timings = SaveTimings(snap.snapshot_seconds, t2 - t1, t3 - t2,
                                              snap.snapshot_seconds + (t3 - t1))
@@ -777,8 +811,10 @@ class CheckpointManager:
                 best_record = wanted
         elif current is None:  # missing, or unreadable: never leave a damaged pointer
             drop_best = (self.directory / BEST).exists()
-        else:  # never name a checkpoint that is gone
-            drop_best = current["checkpoint"] not in {r.name for r in records}
+        else:  # never name a checkpoint that is gone, or that retention is about to delete
+            doomed = {d.name for d in decisions if not d.keep}
+            drop_best = (current["checkpoint"] not in {r.name for r in records}
+                         or current["checkpoint"] in doomed)
         return _RetentionPlan(decisions, best_record, drop_best)
 
     def _carry_out(self, plan: _RetentionPlan, latest: str | None,

@@ -9,12 +9,15 @@ import sys
 
 import pytest
 
+import ckptlab.engine.manager as manager_module
 from ckptlab import CheckpointManager, CkptlabError, DQNConfig
 from ckptlab.engine import (
     TENSORS,
     BestBy,
     CheckpointWriteError,
     RollbackRequiredError,
+    UnsupportedValueError,
+    load_checkpoint_state,
     read_pointer_record,
     verify_checkpoint,
 )
@@ -211,3 +214,66 @@ def test_an_async_save_in_flight_at_exit_is_finished_not_lost(tmp_path):
     info = verify_checkpoint(tmp_path / "ck/step_00000002")
     assert info.step == 2
     assert read_pointer_record(tmp_path / "ck", "latest")["checkpoint"] == "step_00000002"
+
+
+class _Nested:
+    """A component whose state nests ``levels`` lists deep."""
+
+    def __init__(self, levels: int) -> None:
+        value: object = 1
+        for _ in range(levels):
+            value = [value]
+        self.state = {"x": value}
+
+    def state_dict(self):
+        return self.state
+
+    def load_state_dict(self, state) -> None:
+        self.state = state
+
+
+def test_the_writer_refuses_a_state_the_reader_would_refuse(tmp_path):
+    """A tree nested past the reader's bound is refused at save time (nothing written), so
+    a checkpoint that verifies can always be loaded; just inside the bound round-trips."""
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("nested", _Nested(250))
+    with pytest.raises(UnsupportedValueError, match="nested more than 200 levels"):
+        manager.save(1)
+    assert not manager.committed()
+    assert not [p for p in (tmp_path / "ck").iterdir() if p.name.startswith(".tmp")]
+    deepest = _Nested(198)
+    manager.components["nested"] = deepest
+    info = manager.save(2)
+    _, states = load_checkpoint_state(info.path)
+    assert states["nested"] == deepest.state
+    manager.close()
+
+
+def test_a_manager_reused_after_close_locks_before_its_branch_check(tmp_path, monkeypatch):
+    """Between the branch check and the save, no other writer may commit a newer step."""
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("counter", Counter())
+    manager.save(1000)
+    manager.close()  # releases the lock; the manager may still save (it locks again)
+    real = manager_module.committed_steps
+    other_writer: list[str] = []
+
+    def racing(directory):
+        steps = real(directory)
+        if not other_writer:  # another process commits step 3000 right after the listing
+            try:
+                other = CheckpointManager(tmp_path / "ck")
+            except RunLockedError:
+                other_writer.append("locked out")
+                return steps
+            other.register("counter", Counter())
+            other.save(3000)
+            other.close()
+            other_writer.append("committed step 3000")
+        return steps
+
+    monkeypatch.setattr(manager_module, "committed_steps", racing)
+    manager.save(1500)
+    assert other_writer == ["locked out"]
+    assert [p.name for p in manager.committed()] == ["step_00001000", "step_00001500"]
+    manager.close()

@@ -95,7 +95,9 @@ def _member_bound(name: str) -> int:
 # without limit: state.json is parsed whole, the tensor file is read whole.
 _MAX_MEMBER_BYTES = {STATE: 4 * 1024**3, TENSORS: 1024**4}
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
-_MAX_JSON_DEPTH = 200  # state trees of real components are a few levels deep
+# State trees of real components are a few levels deep. The reader refuses deeper ones (its
+# rebuild recurses), and the writer (serialization.split_state) refuses to write them.
+MAX_STATE_DEPTH = 200
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -545,8 +547,8 @@ def validate_state_tree(tree: Any, source: Path) -> None:
     stack: list[tuple[Any, str, int]] = [(v, k, 1) for k, v in tree.items()]
     while stack:
         node, where, depth = stack.pop()
-        if depth > _MAX_JSON_DEPTH:
-            raise fail(where, f"nesting deeper than {_MAX_JSON_DEPTH} levels")
+        if depth > MAX_STATE_DEPTH:
+            raise fail(where, f"nesting deeper than {MAX_STATE_DEPTH} levels")
         depth += 1
         if isinstance(node, list):
             stack.extend((v, f"{where}/{i}", depth) for i, v in enumerate(node))

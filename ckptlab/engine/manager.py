@@ -238,11 +238,7 @@ class CheckpointManager:
         if create:
             # Lock at once (not at the first save), so a second writer fails before it trains;
             # and before cleaning, since leftovers might be another writer's.
-            try:
-                self._lock.acquire()
-            except OSError as exc:
-                raise CheckpointWriteError(
-                    f"cannot write to {self.directory}: {_describe_os_error(exc)}") from exc
+            self._hold_lock()
             try:
                 self.remove_leftovers()
                 self._repair_pointers()  # a crash may have left `latest` one save behind
@@ -685,12 +681,24 @@ class CheckpointManager:
         self._log([{"event": "saved", "checkpoint": name, "step": step,
                     "metrics": dict(metrics)}])
 
+    def _hold_lock(self) -> None:
+        """Take the run's writer lock, if this manager does not hold it already."""
+        try:
+            self._lock.acquire()
+        except OSError as exc:
+            raise CheckpointWriteError(
+                f"cannot write to {self.directory}: {_describe_os_error(exc)}") from exc
+
     def _refuse_branch(self, step: int) -> None:
         """Refuse to save ``step`` below a newer valid checkpoint of this directory.
 
         Newer checkpoints that fail verification (the fallback case: the run resumed from
         an older one because the newest was damaged) do not block the save.
         """
+        if self.create:  # (a read-only manager's save is refused by _snapshot)
+            # A manager reused after close() locks again before it looks: otherwise another
+            # writer could commit a newer step between this check and the save.
+            self._hold_lock()
         # While this manager holds the run's lock no other writer adds checkpoints, so after
         # its own commit of step S nothing newer than S can have appeared: a later step needs
         # no scan (every periodic save of a run, after the first).

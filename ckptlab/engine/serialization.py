@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import UnsupportedValueError
-from .format import storable_dtype
+from .format import MAX_STATE_DEPTH, storable_dtype
 
 # Markers used inside the JSON tree. A user dict whose keys start with "__" is stored in the
 # key/value-pair form, so a marker can never be confused with user data.
@@ -55,7 +55,11 @@ def split_state(state: Any, prefix: str) -> tuple[Any, dict[str, torch.Tensor]]:
     """
     tensors: dict[str, torch.Tensor] = {}
 
-    def encode(value: Any, path: str) -> Any:
+    def encode(value: Any, path: str, depth: int = 1) -> Any:
+        if depth > MAX_STATE_DEPTH:  # the reader refuses deeper trees: never write one
+            raise UnsupportedValueError(
+                f"cannot checkpoint '{path}': the state is nested more than {MAX_STATE_DEPTH} "
+                "levels deep; flatten it in state_dict()")
         if isinstance(value, torch.Tensor):
             if not storable_dtype(value.dtype):
                 raise UnsupportedValueError(
@@ -78,29 +82,29 @@ def split_state(state: Any, prefix: str) -> tuple[Any, dict[str, torch.Tensor]]:
                     "pickle; convert it in state_dict()")
             return {marker: _add(path, tensor)}
         if isinstance(value, np.generic):  # numpy scalar: store as the equivalent Python value
-            return encode(value.item(), path)
+            return encode(value.item(), path, depth)
         if isinstance(value, float):
             return value if math.isfinite(value) else {_FLOAT: repr(value)}
         if isinstance(value, _JSON_SCALARS):
             return value
         if isinstance(value, tuple):
-            return {_TUPLE: [encode(v, f"{path}/{i}") for i, v in enumerate(value)]}
+            return {_TUPLE: [encode(v, f"{path}/{i}", depth + 1) for i, v in enumerate(value)]}
         if isinstance(value, list):
-            return [encode(v, f"{path}/{i}") for i, v in enumerate(value)]
+            return [encode(v, f"{path}/{i}", depth + 1) for i, v in enumerate(value)]
         if isinstance(value, OrderedDict):  # type and order both come back
-            return {_ODICT: _pairs(value, path)}
+            return {_ODICT: _pairs(value, path, depth)}
         if isinstance(value, Mapping):
             plain = all(isinstance(k, str) and not k.startswith("__") for k in value)
             if plain:
-                return {k: encode(v, f"{path}/{k}") for k, v in value.items()}
-            return {_PAIRS: _pairs(value, path)}
+                return {k: encode(v, f"{path}/{k}", depth + 1) for k, v in value.items()}
+            return {_PAIRS: _pairs(value, path, depth)}
         raise UnsupportedValueError(
             f"cannot checkpoint a value of type {type(value).__name__} at '{path}': "
             "state_dict() may only contain tensors, numpy arrays, numbers, strings, booleans, "
             "None, lists, tuples and dicts"
         )
 
-    def _pairs(value: Mapping[Any, Any], path: str) -> list[list[Any]]:
+    def _pairs(value: Mapping[Any, Any], path: str, depth: int) -> list[list[Any]]:
         pairs = []
         for k, v in value.items():
             if isinstance(k, np.generic):
@@ -108,7 +112,7 @@ def split_state(state: Any, prefix: str) -> tuple[Any, dict[str, torch.Tensor]]:
             if not isinstance(k, (str, int, bool, type(None))):
                 raise UnsupportedValueError(f"cannot checkpoint dict key {k!r} of type "
                                             f"{type(k).__name__} at '{path}'")
-            pairs.append([k, encode(v, f"{path}/{k}")])
+            pairs.append([k, encode(v, f"{path}/{k}", depth + 1)])
         return pairs
 
     def _add(path: str, tensor: torch.Tensor) -> str:

@@ -378,7 +378,9 @@ class CheckpointManager:
         Everything else (``state_dict()`` structure, numbers, strings) is encoded before this
         returns, in both modes. One save is in flight at a time: a new one first waits for the
         previous. A failure is raised by the next :meth:`save`, :meth:`save_async`,
-        :meth:`wait` or :meth:`close` - never swallowed.
+        :meth:`wait` or :meth:`close` - never swallowed. A save still in flight when the
+        interpreter exits (a script that never called :meth:`close`) is finished first; if it
+        fails then, the error is printed to stderr.
         """
         if copy_in_background and not copy:
             raise CkptlabError("copy_in_background=True needs copy=True: with copy=False "

@@ -264,6 +264,14 @@ def test_bad_input_gives_clear_errors_and_changes_nothing(runs, tmp_path, capsys
     assert "--nproc 2" in capsys.readouterr().err
     assert main(["train", "--run-dir", str(run), "--nproc", "3", "--steps", "1000"]) == 2
     assert "cannot split buffer_capacity 2000" in capsys.readouterr().err
+    # An older checkpoint of the same run: a rollback, which a distributed run refuses
+    # plainly (it used to ask for --rollback, then ignore it).
+    older = sorted((run / "checkpoints").glob("step_*"))[0]
+    resume = ["train", "--run-dir", str(run), "--nproc", "2", "--resume", str(older)]
+    assert main(resume) == 2
+    assert "--rollback" in capsys.readouterr().err
+    assert main(resume + ["--rollback"]) == 2
+    assert "cannot roll back yet" in capsys.readouterr().err
     assert sorted(str(p) for p in run.rglob("*")) == before
     with pytest.raises(Exception, match="divides both"):
         from ckptlab.dqn import DQNConfig

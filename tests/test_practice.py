@@ -194,6 +194,7 @@ def test_interval_rule_is_the_minimum_and_bad_values_are_clear():
     ("layers.(", False, "not a valid"),
     (r"layers\..*", False, "output layer"),
     (r"layers\.0\..*", False, "layers.2.bias"),
+    ("layers.0", False, "matches no parameter name as a whole"),
     (r"layers\.[02]\..*", True, "4 tensors"),
 ])
 def test_check_body_pattern(runs, answer, status, words):

@@ -10,11 +10,14 @@ import sys
 import pytest
 
 import ckptlab.engine.manager as manager_module
-from ckptlab import CheckpointManager, CkptlabError, DQNConfig
+import torch
+
+from ckptlab import CheckpointManager, CkptlabError, DQNConfig, Trainer
 from ckptlab.engine import (
     TENSORS,
     BestBy,
     CheckpointWriteError,
+    IncompatibleCheckpointError,
     RollbackRequiredError,
     UnsupportedValueError,
     load_checkpoint_state,
@@ -25,7 +28,7 @@ from ckptlab.cli import main
 from ckptlab.engine.lock import RunLockedError
 from ckptlab.engine.policies import AnyOf, EveryNSteps, OnImprovement, SaveContext
 
-from conftest import Counter
+from conftest import FAST, Counter
 
 
 def test_retention_never_deletes_the_checkpoint_just_saved_after_a_fallback(tmp_path):
@@ -277,3 +280,86 @@ def test_a_manager_reused_after_close_locks_before_its_branch_check(tmp_path, mo
     assert other_writer == ["locked out"]
     assert [p.name for p in manager.committed()] == ["step_00001000", "step_00001500"]
     manager.close()
+
+
+# --- Trainer.restore (session 6 review) --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A run trained to step 800 (its checkpoint is what the tests below resume)."""
+    run = tmp_path_factory.mktemp("short") / "run"
+    trainer = Trainer(DQNConfig(**FAST), run)
+    trainer.train(until_step=800)
+    trainer.close()
+    return run / "checkpoints" / "step_00000800"
+
+
+def test_a_deliberate_branch_uses_the_new_learning_rate_and_exploration(short_run, tmp_path):
+    """allow_config_change used to record the new values while the restored optimizer and
+    epsilon schedule kept the checkpoint's."""
+    new = DQNConfig(**{**FAST, "learning_rate": 1e-4, "epsilon_end": 0.5,
+                       "exploration_steps": 3000})
+    trainer = Trainer(new, tmp_path / "branch")
+    with pytest.warns(UserWarning, match="config changed on resume"):
+        trainer.restore(short_run, allow_config_change=True)
+    assert {g["lr"] for g in trainer.agent.optimizer.param_groups} == {1e-4}
+    assert (trainer.exploration.end, trainer.exploration.duration) == (0.5, 3000)
+    assert trainer.exploration.position == 800  # where the run was, unchanged
+    trainer.close()
+    same = Trainer(DQNConfig(**FAST), tmp_path / "same")  # no change: the saved values
+    same.restore(short_run)
+    assert {g["lr"] for g in same.agent.optimizer.param_groups} == {FAST["learning_rate"]}
+    same.close()
+
+
+@pytest.mark.parametrize("change", [{"env_id": "CartPole-v0"}, {"hidden_sizes": [32, 32]},
+                                    {"buffer_capacity": 999}])
+def test_a_change_no_state_can_fit_is_refused_before_anything_loads(short_run, tmp_path,
+                                                                    change):
+    trainer = Trainer(DQNConfig(**{**FAST, **change}), tmp_path / "other")
+    weights = {k: v.clone() for k, v in trainer.agent.q_net.state_dict().items()}
+    with pytest.raises(IncompatibleCheckpointError, match="start a new run"):
+        trainer.restore(short_run, allow_config_change=True)
+    assert trainer.progress.step == 0 and len(trainer.buffer) == 0
+    assert all(torch.equal(v, weights[k]) for k, v in trainer.agent.q_net.state_dict().items())
+    trainer.close()
+
+
+def test_a_restore_that_stops_halfway_leaves_a_trainer_that_cannot_train(short_run, tmp_path,
+                                                                         monkeypatch):
+    trainer = Trainer(DQNConfig(**FAST), tmp_path / "half")
+
+    def refuse(state):
+        raise ValueError("this metrics state is not for me")
+
+    monkeypatch.setattr(trainer.metrics, "load_state_dict", refuse)
+    with pytest.raises(IncompatibleCheckpointError, match="refused the state"):
+        trainer.restore(short_run)
+    for attempt in (trainer.train, trainer.save):
+        with pytest.raises(CkptlabError, match="cannot train or save"):
+            attempt()
+    assert not (tmp_path / "half" / "checkpoints").exists() or not list(
+        (tmp_path / "half" / "checkpoints").glob("step_*"))
+    trainer.close()
+
+
+def test_restoring_another_runs_checkpoint_into_a_used_run_dir_is_refused(short_run, tmp_path):
+    used = Trainer(DQNConfig(**FAST), tmp_path / "used")
+    used.train(until_step=800)
+    used.close()
+    again = Trainer(DQNConfig(**FAST), tmp_path / "used")
+    with pytest.raises(CkptlabError, match="would mix two runs"):
+        again.restore(short_run)
+    assert [p.name for p in (tmp_path / "used/checkpoints").glob("step_*")] == ["step_00000800"]
+    again.close()
+
+
+def test_a_foreign_checkpoint_is_named_as_such(tmp_path):
+    manager = CheckpointManager(tmp_path / "foreign" / "checkpoints")
+    manager.register("counter", Counter())
+    manager.save(5)
+    manager.close()
+    trainer = Trainer(DQNConfig(**FAST), tmp_path / "into")
+    with pytest.raises(CkptlabError, match="has no component.*agent.*contains counter"):
+        trainer.restore(tmp_path / "foreign")
+    trainer.close()

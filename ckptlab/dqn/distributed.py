@@ -364,6 +364,7 @@ class DistributedTrainer(Trainer):
                 component.load_state_dict(own[name])
         else:
             self._reshard(info, old_world)
+        self._apply_config_changes(plan)
         self.save_policy.load_state_dict(info.manifest.get("save_policy_state") or {})
         self.training_seconds_before = float(info.manifest.get("training_seconds") or 0.0)
         self._restored_from = info
@@ -455,8 +456,15 @@ def cmd_train_distributed(args: argparse.Namespace, argv: Sequence[str],
     config = config_for(args, info)
     check_world_size(config, world_size)
     if info is not None:
-        plan_resume(info, config, allow_config_change=args.allow_config_change,
-                    run_checkpoints=args.run_dir / CHECKPOINTS_SUBDIR)
+        plan = plan_resume(info, config, allow_config_change=args.allow_config_change,
+                           run_checkpoints=args.run_dir / CHECKPOINTS_SUBDIR,
+                           allow_rollback=args.rollback)
+        if plan.rollback:
+            raise CkptlabError(
+                f"a distributed run cannot roll back yet: {info.path.parent} holds newer "
+                f"checkpoints than {info.name} ({', '.join(plan.rollback)}). Move them out of "
+                "that directory yourself (nothing is deleted by this refusal), then resume "
+                "with the same command without --rollback")
         if not is_sharded(info.manifest):
             raise IncompatibleCheckpointError(
                 f"{info.path} was written by a single process; resume it without --nproc, or "

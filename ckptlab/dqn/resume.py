@@ -120,6 +120,12 @@ def checkpoint_config(info: CheckpointInfo) -> DQNConfig:
             f"{info.path} records a DQN config this ckptlab cannot use ({exc})") from None
 
 
+# Settings whose change no resume can honour: the checkpoint's state has their shape (the
+# networks' layers, the buffer's arrays, the environment's state), so they are refused even
+# with allow_config_change.
+STRUCTURAL_FIELDS = frozenset({"env_id", "hidden_sizes", "buffer_capacity"})
+
+
 def check_config_compatible(info: CheckpointInfo, config: DQNConfig,
                             allow_changes: bool = False) -> list[ConfigChange]:
     """Compare ``config`` with the checkpoint's; return the differences.
@@ -130,6 +136,14 @@ def check_config_compatible(info: CheckpointInfo, config: DQNConfig,
             difference as ``field: old -> new``.
     """
     changes = diff_configs(checkpoint_config(info), config)
+    structural = [c for c in changes if c.name in STRUCTURAL_FIELDS]
+    if structural:
+        raise IncompatibleCheckpointError(
+            f"{info.path} cannot continue with a different "
+            + "; ".join(str(c) for c in structural)
+            + ": the saved networks, replay buffer or environment state would not fit, even as "
+              "a deliberate branch. Resume with the checkpoint's values, or start a new run "
+              "(nothing was changed)")
     blocking = [c for c in changes if c.role == "trajectory"]
     if blocking and not allow_changes:
         raise IncompatibleCheckpointError(

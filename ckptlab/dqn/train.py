@@ -161,6 +161,7 @@ class Trainer:
         self.training_seconds_before = 0.0
         self._loop_started: float | None = None
         self._restored_from: CheckpointInfo | None = None
+        self._failed_restore: str | None = None  # set when a restore stopped halfway
         self._resume_record: dict[str, Any] | None = None  # this session's resume, for manifests
         self.lineage: dict[str, Any] | None = None  # the parent run, when started from another
         self._stop_signal: int | None = None
@@ -236,6 +237,7 @@ class Trainer:
         reaches ``total_steps`` (when a run directory was given).
         """
         cfg = self.config
+        self._refuse_if_half_restored()
         if (self.checkpoints is not None and self._restored_from is None
                 and self.progress.step == 0 and self.checkpoints.committed()):
             raise CkptlabError(
@@ -359,6 +361,7 @@ class Trainer:
         """
         if self.checkpoints is None:
             raise IncompatibleCheckpointError("this Trainer has no run_dir to save into")
+        self._refuse_if_half_restored()
         t0 = time.perf_counter()
         extra = self._manifest_extra(reasons, self.config)
         kwargs = dict(metrics=self.latest_metrics(), config=self.config.to_dict(), extra=extra)
@@ -373,6 +376,24 @@ class Trainer:
         self._say(f"saved checkpoint {name} ({'; '.join(reasons)})" if blocking else
                   f"saving checkpoint {name} in the background ({'; '.join(reasons)})")
         return info
+
+    def _refuse_mixing_runs(self, info: CheckpointInfo) -> None:
+        """A run directory holds one run: another run's checkpoint may start it only while it
+        is empty (as the CLI's ``--resume PATH`` requires), or retention would delete the
+        directory's own checkpoints under the other run's."""
+        if self.checkpoints is None:
+            return
+        own = self.checkpoints.directory
+        if info.path.parent.resolve() != own.resolve() and self.checkpoints.committed():
+            raise CkptlabError(
+                f"{own.parent} already holds checkpoints of its own; resuming {info.path} "
+                "into it would mix two runs. Use an empty run_dir (nothing was changed)")
+
+    def _refuse_if_half_restored(self) -> None:
+        if self._failed_restore is not None:
+            raise CkptlabError(
+                f"{self._failed_restore}; this Trainer may hold part of that checkpoint's "
+                "state, so it cannot train or save. Build a new Trainer (nothing was saved)")
 
     def _manifest_extra(self, reasons: Sequence[str], config: DQNConfig) -> dict[str, Any]:
         """The run's own manifest fields: counters, why it saved, time trained, where it came
@@ -404,6 +425,7 @@ class Trainer:
         if checkpoint is None and self.checkpoints is None:
             raise IncompatibleCheckpointError("give a checkpoint path or a run_dir")
         info, states = self._verified_state(checkpoint)
+        self._refuse_mixing_runs(info)
         plan = plan_resume(info, self.config, allow_config_change=allow_config_change,
                            run_checkpoints=self.checkpoints.directory if self.checkpoints
                            else None, allow_rollback=allow_rollback)
@@ -444,7 +466,14 @@ class Trainer:
     def _resume(self, plan: ResumePlan, states: dict[str, Any]) -> CheckpointInfo:
         """Load ``states``, verified and decoded from ``plan.checkpoint``, into the run."""
         info = plan.checkpoint
-        restore_components(self.components(), states, info.path)
+        try:
+            restore_components(self.components(), states, info.path)
+        except BaseException as exc:
+            # Some components may hold the checkpoint's state and others not: this Trainer
+            # must not train or save any more.
+            self._failed_restore = f"restoring {info.path} failed ({exc})"
+            raise
+        self._apply_config_changes(plan)
         if plan.rollback and self.checkpoints is not None:
             self.checkpoints.rollback(info.step, reason=f"resumed from {info.name}")
         self.save_policy.load_state_dict(info.manifest.get("save_policy_state") or {})
@@ -459,6 +488,20 @@ class Trainer:
             self.last_evaluation = Evaluation(last["step"], tuple(last["returns"]),
                                               tuple(last["reached_time_limit"]))
         return info
+
+    def _apply_config_changes(self, plan: ResumePlan) -> None:
+        """Settings a deliberate branch changed (``allow_config_change``) that the restored
+        state carries its own copy of - Adam's learning rate, the epsilon schedule - take
+        the new config's values; every other setting is read from the config as it is used."""
+        changed = {change["field"] for change in plan.record["config_changes"]}
+        cfg = self.config
+        if "learning_rate" in changed:
+            for group in self.agent.optimizer.param_groups:
+                group["lr"] = cfg.learning_rate
+        if changed & {"epsilon_start", "epsilon_end", "exploration_steps"}:
+            schedule = self.exploration
+            schedule.start, schedule.end = float(cfg.epsilon_start), float(cfg.epsilon_end)
+            schedule.duration = int(cfg.exploration_steps)
 
     def close(self) -> None:
         """Finish pending saves, release the run directory's lock, close the environments."""

@@ -90,11 +90,14 @@ def load_parameters(checkpoint: str | os.PathLike[str], module: nn.Module, *,
     """Copy the parameters and buffers of ``module`` whose names match ``pattern`` from the
     tensors at ``source`` (``component/sub/path``) in ``checkpoint``.
 
-    Every name in ``module`` is either loaded or reported as skipped (no match, or absent in
-    the checkpoint). Nothing is copied unless every matching tensor has the right shape.
+    ``pattern`` must match a whole name (``re.fullmatch``: ``"layers\\.0\\..*"``, not
+    ``"layers.0"``). Every name in ``module`` is either loaded or reported as skipped (no
+    match, or absent in the checkpoint). Nothing is copied unless every matching tensor has
+    the right shape.
 
     Raises:
         IncompatibleCheckpointError: a matching tensor's shape differs (the message names it).
+        CheckpointNotFoundError: nothing matched (the message lists the names on both sides).
     """
     info = latest_valid_checkpoint(checkpoint)
     component, _, rest = source.partition("/")
@@ -119,6 +122,13 @@ def load_parameters(checkpoint: str | os.PathLike[str], module: nn.Module, *,
                 f"({source}) but {tuple(tensor.shape)} in the module; nothing was loaded")
         else:
             plan.append(name)
+    if not plan:  # a pattern or source that matched nothing is a mistake, not a no-op
+        module_names = ", ".join(list(targets)[:8]) + (", ..." if len(targets) > 8 else "")
+        saved_names = ", ".join(list(saved)[:8]) + (", ..." if len(saved) > 8 else "")
+        raise CheckpointNotFoundError(
+            f"nothing to load: no name of the module both matches {pattern!r} (the whole name "
+            f"must match) and is a tensor at '{source}' in {info.path}. The module has: "
+            f"{module_names or 'no tensors'}; '{source}' has: {saved_names or 'nothing'}")
     with torch.no_grad():
         for name in plan:
             targets[name].copy_(saved[name])

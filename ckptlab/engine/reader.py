@@ -332,6 +332,8 @@ def load_checkpoint_state(checkpoint: str | os.PathLike[str],
     tree = parse_state_json(_read_verified(path, manifest, STATE), path / STATE)
     wanted = list(tree) if keys is None else list(keys)
     missing = [k for k in wanted if k not in tree]
+    if keys is None and isinstance(device, Mapping):  # a component placed but not saved
+        missing += [k for k in device if k not in tree]
     wanted_tensors = None if keys is None else {
         key for name in wanted if name in tree for key in referenced_tensor_keys(tree[name])}
     placement = _placement(device, {name: tree[name] for name in wanted if name in tree},

@@ -680,7 +680,7 @@ def check_body_pattern(pattern: Any, trained: nn.Module, n_actions: int = 3) -> 
     import tempfile
 
     from ..dqn import QNetwork
-    from ..engine import IncompatibleCheckpointError
+    from ..engine import CheckpointNotFoundError, IncompatibleCheckpointError
     from .exercises import ExerciseResult
 
     hint = ("The Q-network's parameters are named layers.0.*, layers.2.* and layers.4.*; "
@@ -712,6 +712,11 @@ def check_body_pattern(pattern: Any, trained: nn.Module, n_actions: int = 3) -> 
             return ExerciseResult(False, f"your pattern also matches the output layer "
                                          f"({head}*), whose shape differs in a network with "
                                          f"{n_actions} actions, so nothing was loaded", hint)
+        except CheckpointNotFoundError:
+            return ExerciseResult(False, f"{pattern!r} matches no parameter name as a whole "
+                                         "(load_parameters uses re.fullmatch, so 'layers.0' "
+                                         "does not match 'layers.0.weight'), so nothing was "
+                                         "loaded", hint)
     wanted = sorted(n for n in net.state_dict() if not n.startswith(head))
     missing = sorted(set(wanted) - set(report.loaded))
     if missing:

@@ -310,7 +310,9 @@ def load_checkpoint_state(checkpoint: str | os.PathLike[str],
             the CPU). ``None``: the CPU. A tensor bound for a device is allocated there and
             filled in pieces of a few MB through host memory, so the host never holds the
             whole state; numpy arrays always stay in host memory. Components that need CPU
-            tensors (a torch RNG state) should be left out of a per-component mapping.
+            tensors (a torch RNG state) must stay on the CPU: a single device moves every
+            component's tensors, so with such a component give a mapping that leaves it
+            out (as ``Trainer.restore`` does: ``{"agent": device}``).
 
     Raises:
         CheckpointCorruptError, ForeignFileError, UnsupportedFormatError: the checkpoint is

@@ -136,22 +136,23 @@ def check_config_compatible(info: CheckpointInfo, config: DQNConfig,
             difference as ``field: old -> new``.
     """
     changes = diff_configs(checkpoint_config(info), config)
+
+    def refuse(differences: list[ConfigChange], why: str) -> IncompatibleCheckpointError:
+        return IncompatibleCheckpointError(
+            f"{info.path} was trained with a different configuration: "
+            + "; ".join(str(c) for c in differences) + ". " + why)
+
     structural = [c for c in changes if c.name in STRUCTURAL_FIELDS]
     if structural:
-        raise IncompatibleCheckpointError(
-            f"{info.path} cannot continue with a different "
-            + "; ".join(str(c) for c in structural)
-            + ": the saved networks, replay buffer or environment state would not fit, even as "
-              "a deliberate branch. Resume with the checkpoint's values, or start a new run "
-              "(nothing was changed)")
+        raise refuse(structural, "The saved networks, replay buffer or environment state "
+                     "would not fit, not even as a deliberate branch: resume with the "
+                     "checkpoint's values, or start a new run (nothing was changed)")
     blocking = [c for c in changes if c.role == "trajectory"]
     if blocking and not allow_changes:
-        raise IncompatibleCheckpointError(
-            f"{info.path} was trained with a different configuration: "
-            + "; ".join(str(c) for c in blocking)
-            + ". These settings change what the agent learns, so the run would no longer "
-              "continue the original: resume with the checkpoint's values, or pass "
-              "--allow-config-change (allow_config_change=True) to branch off deliberately")
+        raise refuse(blocking, "These settings change what the agent learns, so the run would "
+                     "no longer continue the original: resume with the checkpoint's values, "
+                     "or pass --allow-config-change (allow_config_change=True) to branch off "
+                     "deliberately")
     for change in changes:
         if change.role == "numerics":
             warnings.warn(f"resuming with {change}: results may differ in the last bits from "

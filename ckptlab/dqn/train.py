@@ -493,7 +493,7 @@ class Trainer:
         """Settings a deliberate branch changed (``allow_config_change``) that the restored
         state carries its own copy of - Adam's learning rate, the epsilon schedule - take
         the new config's values; every other setting is read from the config as it is used."""
-        changed = {change["field"] for change in plan.record["config_changes"]}
+        changed = {change.name for change in plan.changes}
         cfg = self.config
         if "learning_rate" in changed:
             for group in self.agent.optimizer.param_groups:

@@ -123,12 +123,13 @@ def load_parameters(checkpoint: str | os.PathLike[str], module: nn.Module, *,
         else:
             plan.append(name)
     if not plan:  # a pattern or source that matched nothing is a mistake, not a no-op
-        module_names = ", ".join(list(targets)[:8]) + (", ..." if len(targets) > 8 else "")
-        saved_names = ", ".join(list(saved)[:8]) + (", ..." if len(saved) > 8 else "")
+        def some(names: list[str]) -> str:
+            return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") or "nothing"
+
         raise CheckpointNotFoundError(
             f"nothing to load: no name of the module both matches {pattern!r} (the whole name "
             f"must match) and is a tensor at '{source}' in {info.path}. The module has: "
-            f"{module_names or 'no tensors'}; '{source}' has: {saved_names or 'nothing'}")
+            f"{some(list(targets))}; '{source}' has: {some(list(saved))}")
     with torch.no_grad():
         for name in plan:
             targets[name].copy_(saved[name])

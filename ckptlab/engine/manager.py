@@ -518,11 +518,17 @@ class CheckpointManager:
             tensor_chunks = safetensors_chunks(snap.tensors, {"format": FORMAT_NAME})
             pointer = _canonical_json({"checkpoint": final.name, "step": step}, readable=True)
             # Crash consistency, with two rounds of flushes where there were three:
-            #  1. data files, the manifest, the next `latest` and `best` (temporary files) and
-            #     the entries of the temporary directory are fsynced together, in parallel
-            #     threads;
+            #  1. data files, the manifest, the next `best` (a temporary file) and the entries
+            #     of the temporary directory are fsynced together, in parallel threads;
             #  2. only after all of them succeeded is the directory renamed into place (and the
             #     pointers swapped); one fsync of the parent makes all the renames durable.
+            # Five fsyncs in all (six when `best` moves), where there were six (eight). The next `latest` is written but not fsynced: a power loss after its
+            # rename became durable may leave it empty or stale, and every reader already
+            # takes a damaged `latest` as absent (`read_pointer_record`), resume finds the
+            # newest valid checkpoint by scanning the directories, and the next manager to
+            # open the directory rewrites the pointer (`_repair_latest`). `best` keeps its
+            # fsync: a manager without its own rule protects the checkpoint it names, by the
+            # metric it records, from retention - losing it could delete the best checkpoint.
             # The temporary directory's fsync used to wait for the file fsyncs; it need not:
             # it only has to make the names durable, and its result is only used (by the
             # rename) after every file's own fsync has also returned. So a power loss before
@@ -540,7 +546,7 @@ class CheckpointManager:
                     pending[STATE] = flush.start(temp / STATE, [b"{\n" + b",\n".join(
                         json.dumps(name).encode() + b": " + part
                         for name, part in snap.json_parts.items()) + b"\n}"])
-                    flush.write(pointer_temp, [pointer])
+                    flush.write(pointer_temp, [pointer], durable=False)  # see above
                     components = {
                         name: {"tensors": len(keys),
                                "tensor_bytes": sum(_nbytes(snap.tensors[k]) for k in keys),

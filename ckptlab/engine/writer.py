@@ -170,13 +170,16 @@ class _ParallelFlush:
         self._start(os.fsync, handle.fileno())
         return PendingEntry(total, hexdigest=sha256_hex(views))  # while the fsync runs
 
-    def write(self, path: Path, chunks: Sequence[bytes | memoryview]) -> None:
-        """Create ``path`` with ``chunks`` (not hashed: a pointer, the manifest) and start its
-        fsync."""
+    def write(self, path: Path, chunks: Sequence[bytes | memoryview],
+              durable: bool = True) -> None:
+        """Create ``path`` with ``chunks`` (not hashed: a pointer, the manifest) and, unless
+        ``durable`` is false (a file whose loss on power failure readers already survive),
+        start its fsync."""
         handle = open(path, "xb", buffering=0)
         self._handles.append(handle)
         _write_views(handle, _flat_views(chunks))
-        self._start(os.fsync, handle.fileno())
+        if durable:
+            self._start(os.fsync, handle.fileno())
 
     def sync_directory(self, path: Path) -> None:
         """Start an fsync of directory ``path`` (its entries created so far become durable)."""
@@ -199,7 +202,7 @@ class _ParallelFlush:
                 raise error
 
 
-# The threads that run every save's fsyncs in this process (a save starts five).
+# The threads that run every save's fsyncs in this process (a save starts four or five).
 SYNC_POOL = ProcessPool(8, "ckptlab-fsync")
 
 

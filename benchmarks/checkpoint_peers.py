@@ -24,8 +24,14 @@ The restore target is ``safetensors load + one SHA-256 pass``: the safetensors r
 plus the time to hash the same bytes (measured in the same subprocess), since verifying every
 byte before it is used is what ckptlab adds on purpose.
 
+With ``--device cuda`` the model being restored lives on the GPU and every method restores
+straight to it: ``restore(path, device=...)``, ``load_file(path, device=...)``,
+``torch.load(map_location=...)``, DCP into the model's own device tensors. The report then
+adds each method's peak *device* memory above the model itself, as a multiple of the state;
+peak RSS stays the host's. (``--device cpu``, the default, is the CPU case above.)
+
     python benchmarks/checkpoint_peers.py [--sizes-mb 1 10 100 1000] [--repeats 5]
-                                          [--big-repeats 2]
+                                          [--big-repeats 2] [--device cuda]
 
 Ratios are medians of per-repeat ratios (each pair measured back to back).
 """
@@ -271,19 +277,23 @@ def _rss_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field))
 
 
-def _restorer(method: str, model: torch.nn.Module, path: Path) -> Callable[[], None]:
-    """A call that loads the checkpoint at ``path`` into ``model`` the way ``method`` does
-    (what needs setting up first - ckptlab's manager - is set up here, untimed)."""
+def _restorer(method: str, model: torch.nn.Module, path: Path,
+              device: torch.device) -> Callable[[], None]:
+    """A call that loads the checkpoint at ``path`` into ``model`` (on ``device``) the way
+    ``method`` does, its tensors decoded straight onto ``device`` (what needs setting up
+    first - ckptlab's manager - is set up here, untimed)."""
     if method == "ckptlab":
         from ckptlab import CheckpointManager
         manager = CheckpointManager(path.parent, create=False)
         manager.register("model", model)
-        return lambda: manager.restore(path)
+        placement = None if device.type == "cpu" else str(device)
+        return lambda: manager.restore(path, device=placement)
     if method == "safetensors":
         from safetensors.torch import load_file
-        return lambda: model.load_state_dict(load_file(path))
+        return lambda: model.load_state_dict(load_file(path, device=str(device)))
     if method == "torch":
-        return lambda: model.load_state_dict(torch.load(path, weights_only=True))
+        return lambda: model.load_state_dict(torch.load(path, weights_only=True,
+                                                        map_location=device))
     import torch.distributed.checkpoint as dcp
 
     def dcp_restore() -> None:
@@ -317,38 +327,55 @@ def _tiny_checkpoint(method: str, root: Path) -> Path:
     return path
 
 
-def child(method: str, path: Path, nbytes: int) -> None:
-    """Restore once with ``method`` into a resident model; print seconds and peak RSS.
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":  # a restore is done when the device has its bytes
+        torch.cuda.synchronize(device)
+
+
+def child(method: str, path: Path, nbytes: int, device: torch.device) -> None:
+    """Restore once with ``method`` into a resident model on ``device``; print seconds, peak
+    RSS and (on a GPU) peak device memory.
 
     A restore of a 64 KB state by the same method comes first, in the same process: the
     first use of a library pages in its code (torch alone ~1.7 MB of it, file-backed and
-    shared) and starts its threads, which is not memory the state needs. Both the time and
-    the peak RSS below are those of the restore that follows.
+    shared) and starts its threads (and, on a GPU, its context), which is not memory the
+    state needs. Both the time and the peaks below are those of the restore that follows.
     """
-    model = Blob(nbytes).fill(seed=None)
+    model = Blob(nbytes).fill(seed=None).to(device)
     with tempfile.TemporaryDirectory(prefix="ckptlab-bench-warmup-") as tmp:
-        _restorer(method, Blob(64_000).fill(seed=None), _tiny_checkpoint(method, Path(tmp)))()
-    restore = _restorer(method, model, path)
+        _restorer(method, Blob(64_000).fill(seed=None).to(device),
+                  _tiny_checkpoint(method, Path(tmp)), device)()
+    restore = _restorer(method, model, path, device)
+    _synchronize(device)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current resident size
     before = _rss_kib("VmRSS:")
+    device_before = 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        device_before = torch.cuda.memory_allocated(device)
     sha_seconds = 0.0
     t0 = time.perf_counter()
     restore()
+    _synchronize(device)
     seconds = time.perf_counter() - t0
     peak = _rss_kib("VmHWM:") - before
+    device_peak = (torch.cuda.max_memory_allocated(device) - device_before
+                   if device.type == "cuda" else 0)
     if method == "safetensors":  # what one SHA-256 pass over the same bytes costs here
+        host = [p.detach().cpu() for p in model.parameters()]  # (untimed on a GPU)
         t1 = time.perf_counter()
         digest = hashlib.sha256()
-        for p in model.parameters():
-            digest.update(memoryview(p.detach().numpy()).cast("B"))
+        for p in host:
+            digest.update(memoryview(p.numpy()).cast("B"))
         sha_seconds = time.perf_counter() - t1
     assert all(p.abs().sum() > 0 for p in model.parameters()), "nothing was restored"
     print(json.dumps({"seconds": seconds, "sha_seconds": sha_seconds,
-                      "peak_bytes": peak * 1024}))
+                      "peak_bytes": peak * 1024, "device_peak_bytes": device_peak}))
 
 
-def restore_side(nbytes: int, repeats: int, files: dict[str, Path]) -> dict[str, list[float]]:
+def restore_side(nbytes: int, repeats: int, files: dict[str, Path],
+                 device: torch.device) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {}
     methods = list(files)
     for i in range(repeats):
@@ -357,11 +384,14 @@ def restore_side(nbytes: int, repeats: int, files: dict[str, Path]) -> dict[str,
             for method in order:
                 (_evict if mode == "cold" else _warm)(files[method])
                 out = subprocess.run(
-                    [sys.executable, __file__, "--child", method, str(files[method]),
-                     str(nbytes)], capture_output=True, text=True, check=True)
+                    [sys.executable, __file__, "--device", str(device), "--child", method,
+                     str(files[method]), str(nbytes)], capture_output=True, text=True,
+                    check=True)
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 results.setdefault(f"{method} {mode}", []).append(result["seconds"])
                 results.setdefault(f"{method} peak", []).append(result["peak_bytes"])
+                results.setdefault(f"{method} device peak", []).append(
+                    result["device_peak_bytes"])
                 if method == "safetensors":
                     results.setdefault(f"sha {mode}", []).append(result["sha_seconds"])
     return results
@@ -395,11 +425,16 @@ def report(size_mb: float, state_bytes: int, save: dict[str, list[float]],
         if name in save:
             sync = save["ckptlab save"][:len(save[name])]
             print(f"| {name} | {ms(save[name])} | {100 * paired(save[name], sync):.0f}% |")
-    print("\n| restore | cold ms | warm ms | peak RSS / state |\n|---|---:|---:|---:|")
+    on_device = any(median(load[f"{m} device peak"]) for m in ("ckptlab", "safetensors"))
+    print("\n| restore | cold ms | warm ms | peak RSS / state |"
+          + (" peak device memory / state |\n|---|---:|---:|---:|---:|" if on_device
+             else "\n|---|---:|---:|---:|"))
     for method in ("ckptlab", "safetensors", "torch", "dcp"):
         peak = median(load[f"{method} peak"]) / state_bytes
+        device_peak = (f" {median(load[f'{method} device peak']) / state_bytes:.2f}x |"
+                       if on_device else "")
         print(f"| {method} | {ms(load[f'{method} cold'])} | {ms(load[f'{method} warm'])} | "
-              f"{peak:.2f}x |")
+              f"{peak:.2f}x |{device_peak}")
     for mode in ("cold", "warm"):
         target = [s + h for s, h in zip(load[f"safetensors {mode}"], load[f"sha {mode}"])]
         print(f"| safetensors + one SHA-256 pass, {mode} | {ms(target)} ms | "
@@ -412,20 +447,29 @@ def main() -> None:
     parser.add_argument("--sizes-mb", type=float, nargs="+", default=[1, 10, 100, 1000])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--big-repeats", type=int, default=2, help="repeats at >= 500 MB")
+    parser.add_argument("--device", default="cpu",
+                        help="where the restored model lives: cpu (default) or cuda[:N]")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "PATH", "BYTES"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch sees no CUDA device "
+                     f"(torch {torch.__version__}); run on a machine with a GPU and a CUDA "
+                     "build of torch, or leave --device out")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device}: only cpu and cuda[:N] are measured")
     torch.set_num_threads(1)  # the project's default for runs; also steadier on a shared machine
     if args.child:
-        child(args.child[0], Path(args.child[1]), int(args.child[2]))
+        child(args.child[0], Path(args.child[1]), int(args.child[2]), device)
         return
-    print(f"machine: {describe()}; load average {os.getloadavg()[0]:.1f}")
+    print(f"machine: {describe()}; load average {os.getloadavg()[0]:.1f}; restores to {device}")
     for size_mb in args.sizes_mb:
         repeats = args.big_repeats if size_mb >= 500 else args.repeats
         nbytes = int(size_mb * 1e6)
         with tempfile.TemporaryDirectory(prefix="ckptlab-bench-") as tmp:
             save, files = save_side(nbytes, repeats, Path(tmp))
-            load = restore_side(nbytes, repeats, files)
+            load = restore_side(nbytes, repeats, files, device)
         state_bytes = PIECES * 4 * max(1, nbytes // 4 // PIECES) + 4000
         report(size_mb, state_bytes, save, load)
         sys.stdout.flush()

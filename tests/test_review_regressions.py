@@ -6,10 +6,12 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import ckptlab.engine.manager as manager_module
+import ckptlab.engine.writer as writer_module
 import torch
 
 from ckptlab import CheckpointManager, CkptlabError, DQNConfig, Trainer
@@ -181,6 +183,44 @@ def test_best_never_names_a_checkpoint_retention_deletes(tmp_path):
     manager.close()
 
 
+# --- session 7 ------------------------------------------------------------------------------
+
+def test_a_failure_after_replacing_a_step_says_the_new_copy_is_in_place(tmp_path, monkeypatch):
+    """Re-saving an existing step swaps the directories; if syncing the parent fails after
+    the swap, the error must not say the earlier checkpoints are unchanged."""
+    setup = CheckpointManager(tmp_path / "ck")
+    setup.register("counter", Counter())
+    setup.save(1000)
+    setup.save(2000)
+    setup.close()
+    (tmp_path / "ck/step_00002000" / TENSORS).write_bytes(b"garbage")  # a damaged copy
+    manager = CheckpointManager(tmp_path / "ck")
+    manager.register("counter", Counter())
+    parent = (tmp_path / "ck").resolve()
+    real_fsync_dir = writer_module._fsync_dir
+
+    def failing_fsync_dir(path):
+        if Path(path).resolve() == parent:
+            raise OSError(5, "Input/output error")
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(writer_module, "_fsync_dir", failing_fsync_dir)
+    with pytest.raises(CheckpointWriteError) as error:
+        manager.save(2000)
+    message = str(error.value)
+    assert "unchanged" not in message
+    assert "new copy of this step is already in its place" in message, message
+    assert "Input/output error" in message
+    monkeypatch.undo()
+    verify_checkpoint(tmp_path / "ck/step_00002000")  # the new copy, whole
+    manager.close()
+    reopened = CheckpointManager(tmp_path / "ck")  # the old copy aside is tidied away
+    assert not [p.name for p in (tmp_path / "ck").iterdir()
+                if p.name.startswith((".tmp", ".replaced", ".trash"))]
+    assert reopened.latest_pointer() == "step_00002000"
+    reopened.close()
+
+
 _EXIT_WITHOUT_CLOSE = """
 import sys, time, torch
 import ckptlab.engine.writer as writer
@@ -310,6 +350,23 @@ def test_a_deliberate_branch_uses_the_new_learning_rate_and_exploration(short_ru
     same.restore(short_run)
     assert {g["lr"] for g in same.agent.optimizer.param_groups} == {FAST["learning_rate"]}
     same.close()
+
+
+def test_a_seed_change_on_resume_says_what_it_changes(short_run, tmp_path):
+    """The restored generators win, so a new seed changes only the evaluation episodes: the
+    warning says so, and training goes on exactly as a plain resume does."""
+    weights = {}
+    for name, seed in (("plain", FAST.get("seed", 0)), ("reseeded", FAST.get("seed", 0) + 7)):
+        trainer = Trainer(DQNConfig(**{**FAST, "seed": seed}), tmp_path / name)
+        if name == "reseeded":
+            with pytest.warns(UserWarning, match="only what is seeded afresh"):
+                trainer.restore(short_run, allow_config_change=True)
+        else:
+            trainer.restore(short_run)
+        trainer.train(until_step=1000)
+        weights[name] = trainer.agent.q_net.state_dict()
+        trainer.close()
+    assert all(torch.equal(v, weights["reseeded"][k]) for k, v in weights["plain"].items())
 
 
 @pytest.mark.parametrize("change", [{"env_id": "CartPole-v0"}, {"hidden_sizes": [32, 32]},

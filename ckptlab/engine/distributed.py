@@ -84,7 +84,13 @@ from .sharded import (
     rank_dir_name,
     world_size_of,
 )
-from .writer import CheckpointWriteError, _describe_os_error, _fsync_dir, _write_durable, commit_directory
+from .writer import (
+    CheckpointWriteError,
+    ReplacedButUnsyncedError,
+    _describe_os_error,
+    _fsync_dir,
+    _write_durable,
+)
 
 # --------------------------------------------------------------------------------------------
 # Fault injection per rank (tests and lesson 09)
@@ -472,9 +478,9 @@ class ShardedCheckpointer:
                 _fsync_dir(temp / DCP_DIR)
                 _write_durable(temp / MANIFEST, _canonical_json(manifest, readable=True))
                 _fsync_dir(temp)
-                commit_directory(self.directory, temp, final)
-                rank_fault_point("save:committed", step, rank)
                 assert self.manager is not None
+                self.manager._commit(temp, final)
+                rank_fault_point("save:committed", step, rank)
                 self.manager.adopt_committed(final, manifest)
                 rank_fault_point("save:pointer-updated", step, rank)
             except BaseException as exc:  # told to every rank below, then re-raised
@@ -484,6 +490,8 @@ class ShardedCheckpointer:
         if not outcome["ok"]:
             if rank == 0:
                 self._abandon(temp)
+                if isinstance(error, ReplacedButUnsyncedError):  # noqa: F821
+                    raise CheckpointWriteError(error.describe(final)) from error
                 if isinstance(error, OSError):  # noqa: F821 (set above on rank 0)
                     raise CheckpointWriteError(
                         f"could not commit checkpoint {final.name}: "

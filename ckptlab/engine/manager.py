@@ -80,6 +80,7 @@ from .reader import (
 from .serialization import split_state
 from .writer import (
     CheckpointWriteError,
+    ReplacedButUnsyncedError,
     _describe_os_error,
     _fsync_dir,
     _ParallelFlush,
@@ -576,6 +577,10 @@ class CheckpointManager:
             t2 = time.perf_counter()
             fault_point("save:files-written", step)
             self._commit(temp, final, sync=False)
+        except ReplacedButUnsyncedError as exc:
+            snap.staged.set()
+            _unlink_temporaries(pointer_temp, best_temp)
+            raise CheckpointWriteError(exc.describe(final)) from exc
         except OSError as exc:
             snap.staged.set()  # nothing reads the tensors any more
             shutil.rmtree(temp, ignore_errors=True)
@@ -644,8 +649,11 @@ class CheckpointManager:
         return manifest
 
     def _commit(self, temp: Path, final: Path, sync: bool = True) -> None:
-        commit_directory(self.directory, temp, final, sync)
-        self._manifests.pop(final.name, None)
+        """[sharded] hook too: rank 0 of a sharded save commits through it."""
+        try:
+            commit_directory(self.directory, temp, final, sync)
+        finally:  # even a half-finished replace leaves a cached manifest of this name stale
+            self._manifests.pop(final.name, None)
 
     def _write_pointer(self, pointer: str, name: str, step: int) -> None:
         write_pointer(self.directory, pointer, name, step)

@@ -458,12 +458,30 @@ def _describe_os_error(exc: OSError) -> str:
     return f"{text} ({name})" if name else text
 
 
+class ReplacedButUnsyncedError(OSError):
+    """:func:`commit_directory` put the new copy of a step in place of the old one, then
+    failed to make that durable or to delete the old copy (which sits aside; the next writer
+    removes it). The message of a failed save must not claim the old copy is unchanged:
+    use :meth:`describe`."""
+
+    def describe(self, final: Path) -> str:
+        return (f"could not finish replacing checkpoint {final.name} in {final.parent}: "
+                f"{_describe_os_error(self)}. The new copy of this step is already in its "
+                "place (the old copy, if still beside it, is removed by the next writer), "
+                "but a power loss now could undo the swap, and `latest` was not updated; "
+                "fix the disk or its permissions, then save again")
+
+
 def commit_directory(directory: Path, temp: Path, final: Path, sync: bool = True) -> None:
     """Rename the finished ``temp`` directory to ``final``: the moment a save becomes visible.
 
     An existing ``final`` (a resumed run re-reaching a step, or a corrupt copy) is moved aside
     first, because ``os.replace`` cannot replace a non-empty directory; a crash between the two
     renames is undone by :func:`remove_leftovers`.
+
+    Raises:
+        ReplacedButUnsyncedError: ``final`` was replaced, but the fsync of ``directory`` or
+            the deletion of the old copy failed afterwards.
     """
     if final.exists():
         aside = directory / f"{_REPLACED_PREFIX}{final.name}"
@@ -471,8 +489,11 @@ def commit_directory(directory: Path, temp: Path, final: Path, sync: bool = True
             shutil.rmtree(aside)
         os.replace(final, aside)
         os.replace(temp, final)
-        _fsync_dir(directory)  # before the old copy is deleted, always
-        shutil.rmtree(aside)
+        try:
+            _fsync_dir(directory)  # before the old copy is deleted, always
+            shutil.rmtree(aside)
+        except OSError as exc:
+            raise ReplacedButUnsyncedError(exc.errno, exc.strerror or str(exc)) from exc
     else:
         os.replace(temp, final)
         if sync:

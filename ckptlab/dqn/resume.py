@@ -125,6 +125,13 @@ def checkpoint_config(info: CheckpointInfo) -> DQNConfig:
 # with allow_config_change.
 STRUCTURAL_FIELDS = frozenset({"env_id", "hidden_sizes", "buffer_capacity"})
 
+# What a deliberate change of a field does on resume, where that is not what one would guess.
+_CHANGE_EFFECTS = {
+    "seed": "every random generator continues from its saved state, so training goes on "
+            "exactly as before; only what is seeded afresh from here on (the evaluation "
+            "episodes) uses the new seed",
+}
+
 
 def check_config_compatible(info: CheckpointInfo, config: DQNConfig,
                             allow_changes: bool = False) -> list[ConfigChange]:
@@ -157,6 +164,9 @@ def check_config_compatible(info: CheckpointInfo, config: DQNConfig,
         if change.role == "numerics":
             warnings.warn(f"resuming with {change}: results may differ in the last bits from "
                           "an uninterrupted run", stacklevel=3)
+        elif change.name in _CHANGE_EFFECTS:
+            warnings.warn(f"config changed on resume ({change}): "
+                          f"{_CHANGE_EFFECTS[change.name]}", stacklevel=3)
         elif change.role == "trajectory":
             warnings.warn(f"config changed on resume ({change}): from here on this run "
                           "differs from its parent", stacklevel=3)

@@ -147,17 +147,23 @@ def test_export_and_ls_failures_write_nothing(tmp_path, capsys):
 
 # --- session 6 review --------------------------------------------------------------------
 
-def test_a_replaced_damaged_checkpoint_blocks_a_branch_again(tmp_path):
-    """A step found damaged (and skipped) by the branch check, then saved again validly by
-    this manager, must count as a newer valid checkpoint from then on."""
-    setup = CheckpointManager(tmp_path / "ck")
+def manager_over_a_damaged_step_2000(directory):
+    """A manager of ``directory``, which holds a valid step 1000 and a damaged step 2000."""
+    setup = CheckpointManager(directory)
     setup.register("counter", Counter())
     setup.save(1000)
     setup.save(2000)
     setup.close()
-    (tmp_path / "ck/step_00002000" / TENSORS).write_bytes(b"garbage")
-    manager = CheckpointManager(tmp_path / "ck")
+    (directory / "step_00002000" / TENSORS).write_bytes(b"garbage")
+    manager = CheckpointManager(directory)
     manager.register("counter", Counter())
+    return manager
+
+
+def test_a_replaced_damaged_checkpoint_blocks_a_branch_again(tmp_path):
+    """A step found damaged (and skipped) by the branch check, then saved again validly by
+    this manager, must count as a newer valid checkpoint from then on."""
+    manager = manager_over_a_damaged_step_2000(tmp_path / "ck")
     manager.save(1100)  # the damaged 2000 does not block it (the fallback case)
     manager.save(2000)  # a valid step 2000 replaces the damaged one
     with pytest.raises(RollbackRequiredError, match="step_00002000"):
@@ -188,14 +194,7 @@ def test_best_never_names_a_checkpoint_retention_deletes(tmp_path):
 def test_a_failure_after_replacing_a_step_says_the_new_copy_is_in_place(tmp_path, monkeypatch):
     """Re-saving an existing step swaps the directories; if syncing the parent fails after
     the swap, the error must not say the earlier checkpoints are unchanged."""
-    setup = CheckpointManager(tmp_path / "ck")
-    setup.register("counter", Counter())
-    setup.save(1000)
-    setup.save(2000)
-    setup.close()
-    (tmp_path / "ck/step_00002000" / TENSORS).write_bytes(b"garbage")  # a damaged copy
-    manager = CheckpointManager(tmp_path / "ck")
-    manager.register("counter", Counter())
+    manager = manager_over_a_damaged_step_2000(tmp_path / "ck")  # re-saving 2000 replaces it
     parent = (tmp_path / "ck").resolve()
     real_fsync_dir = writer_module._fsync_dir
 

@@ -523,13 +523,14 @@ class CheckpointManager:
             #     of the temporary directory are fsynced together, in parallel threads;
             #  2. only after all of them succeeded is the directory renamed into place (and the
             #     pointers swapped); one fsync of the parent makes all the renames durable.
-            # Five fsyncs in all (six when `best` moves), where there were six (eight). The next `latest` is written but not fsynced: a power loss after its
-            # rename became durable may leave it empty or stale, and every reader already
-            # takes a damaged `latest` as absent (`read_pointer_record`), resume finds the
-            # newest valid checkpoint by scanning the directories, and the next manager to
-            # open the directory rewrites the pointer (`_repair_latest`). `best` keeps its
-            # fsync: a manager without its own rule protects the checkpoint it names, by the
-            # metric it records, from retention - losing it could delete the best checkpoint.
+            # Five fsyncs in all (six when `best` moves), where there were six (eight). The next
+            # `latest` is written but not fsynced: a power loss after its rename became
+            # durable may leave it empty or stale, and every reader already takes a damaged
+            # `latest` as absent (`read_pointer_record`), resume finds the newest valid
+            # checkpoint by scanning the directories, and the next manager to open the
+            # directory rewrites the pointer (`_repair_latest`). `best` keeps its fsync: a
+            # manager without its own rule protects the checkpoint it names, by the metric it
+            # records, from retention - losing it could delete the best checkpoint.
             # The temporary directory's fsync used to wait for the file fsyncs; it need not:
             # it only has to make the names durable, and its result is only used (by the
             # rename) after every file's own fsync has also returned. So a power loss before

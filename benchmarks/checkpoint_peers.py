@@ -452,7 +452,10 @@ def main() -> None:
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "PATH", "BYTES"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:  # torch's own words for a string it cannot parse
+        parser.error(f"--device {args.device}: {exc}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: this torch sees no CUDA device "
                      f"(torch {torch.__version__}); run on a machine with a GPU and a CUDA "

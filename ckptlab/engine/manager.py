@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +28,12 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointNotFoundError, CkptlabError, RollbackRequiredError
+from .errors import (
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    CkptlabError,
+    RollbackRequiredError,
+)
 from .faults import fault_point
 from .format import (
     ABANDONED_SUBDIR,
@@ -80,6 +86,7 @@ from .reader import (
 from .serialization import split_state
 from .writer import (
     CheckpointWriteError,
+    PointerSetAsideWarning,
     ReplacedButUnsyncedError,
     _describe_os_error,
     _fsync_dir,
@@ -88,6 +95,7 @@ from .writer import (
     commit_directory,
     delete_checkpoints,
     remove_leftovers,
+    set_aside_non_pointer,
     write_pointer,
 )
 
@@ -227,6 +235,7 @@ class CheckpointManager:
         self.last_blocking_seconds = 0.0  # how long the last save() / save_async() call held
         self._manifests: dict[str, dict[str, Any]] = {}  # cache: name -> manifest
         self._unusable: set[str] = set()  # newer checkpoints found invalid by _refuse_branch
+        self._restored: str | None = None  # the checkpoint of this directory last restored
         self._history: list[tuple[int, dict[str, Any]]] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future[CheckpointInfo] | None = None
@@ -313,6 +322,8 @@ class CheckpointManager:
         else:
             info, states = load_checkpoint_state(checkpoint, keys=None, device=device)
         restore_components(self.components, states, info.path)
+        if info.path.parent.resolve() == self.directory.resolve():
+            self._restored = info.name  # what a refused save's advice continues from
         return info
 
     def restore_latest(self) -> CheckpointInfo | None:
@@ -515,6 +526,7 @@ class CheckpointManager:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
+            self._set_aside_non_pointers()  # (made after this manager opened the directory)
             temp.mkdir()
             tensor_chunks = safetensors_chunks(snap.tensors, {"format": FORMAT_NAME})
             pointer = _canonical_json({"checkpoint": final.name, "step": step}, readable=True)
@@ -734,9 +746,47 @@ class CheckpointManager:
             raise RollbackRequiredError(
                 f"cannot save step {step} in {self.directory}: it holds {path.name}, a newer "
                 "valid checkpoint of this run, so the new save would branch off and 'latest' "
-                f"would become ambiguous. Call rollback({step}) to move the newer checkpoints "
-                f"aside into {ABANDONED_SUBDIR}/ (nothing is deleted), or save into another "
-                "directory")
+                f"would become ambiguous. {self._branch_advice(step)}")
+
+    def _branch_advice(self, step: int) -> str:
+        """What a refused save of ``step`` should do: the rollback that makes it possible.
+
+        The checkpoint this manager restored comes first (the run continued from it, so
+        whatever was saved after it belongs to the branch being abandoned), then the newest
+        valid one at or below ``step``: ``rollback(step)`` itself fails when no checkpoint
+        has that step, and a damaged target is refused.
+        """
+        found = self._rollback_candidate(step, prefer=self._restored)
+        if found is None:
+            return (f"No valid checkpoint at or below step {step} is left to roll back to: "
+                    "save into another directory")
+        target_step, name = found
+        why = ("the checkpoint this run was restored from" if name == self._restored
+               else f"the newest valid checkpoint at or below step {step}")
+        return (f"Call rollback({target_step}) to continue from {name} ({why}): it moves "
+                f"{self._newer_names(target_step)} aside into {ABANDONED_SUBDIR}/ (nothing is "
+                "deleted); or save into another directory")
+
+    def _rollback_candidate(self, limit: int, prefer: str | None = None
+                            ) -> tuple[int, str] | None:
+        """``(step, name)`` of a checkpoint at or below step ``limit`` that verifies:
+        ``prefer`` if it is one, else the newest; ``None`` when none does."""
+        candidates = [(s, name) for s, name in committed_steps(self.directory) if s <= limit]
+        candidates.sort(key=lambda found: (found[1] != prefer, -found[0]))
+        for found in candidates:
+            try:
+                verify_checkpoint(self.directory / found[1])
+            except CkptlabError:
+                continue
+            return found
+        return None
+
+    def _newer_names(self, step: int) -> str:
+        """The checkpoints above ``step`` (what ``rollback(step)`` moves), for a message."""
+        names = [name for s, name in committed_steps(self.directory) if s > step]
+        if len(names) <= 3:
+            return ", ".join(names)
+        return f"the {len(names)} checkpoints {names[0]} to {names[-1]}"
 
     def _best_rule(self) -> tuple[BestBy | None, dict[str, str]]:
         """How `best` is chosen here: this manager's rule, else the metric the pointer records.
@@ -786,9 +836,24 @@ class CheckpointManager:
                         "checkpoint": path.name, "was": pointer}])
             return
 
+    def _set_aside_non_pointers(self) -> None:
+        """Move a directory (or pipe, socket) named ``latest`` or ``best`` aside, with a
+        warning: readers take it as a missing pointer, but no pointer could be written over
+        it, and it may hold someone's data, so it is renamed, never deleted."""
+        for pointer in (LATEST, BEST):
+            moved = set_aside_non_pointer(self.directory, pointer)
+            if moved is not None:
+                aside, kind = moved
+                warnings.warn(
+                    f"{self.directory / pointer} was a {kind}, not a ckptlab pointer file: "
+                    f"moved it aside, unchanged, to {aside.name} so that the {pointer!r} "
+                    "pointer can be written; nothing was deleted (move or remove it yourself)",
+                    PointerSetAsideWarning, stacklevel=4)
+
     def _repair_pointers(self) -> None:
         if not self.directory.is_dir():
             return
+        self._set_aside_non_pointers()
         self._repair_latest()
         self._update_best_pointer(self._plan_retention(self.records(), latest=None))
 
@@ -866,6 +931,7 @@ class CheckpointManager:
     def prune(self) -> list[Decision]:
         """Apply retention now (the manager must be writable); returns the decisions."""
         self._writable()
+        self._set_aside_non_pointers()
         self._repair_latest()
         return self._apply_retention()
 
@@ -893,9 +959,13 @@ class CheckpointManager:
         ``abandoned/<time>-after-step_NNNNNNNN/`` beside the checkpoints, the move is logged
         in ``decisions.jsonl``, and ``latest`` and ``best`` are pointed at what remains.
         Returns the new paths of the moved checkpoints (empty when nothing is newer).
+        The checkpoint at ``step`` is verified first (every file read and hashed), since a
+        damaged one could not become the latest.
 
         Raises:
             CheckpointNotFoundError: there is no checkpoint at ``step``.
+            CheckpointCorruptError: the checkpoint at ``step`` fails verification (nothing is
+                moved; the message names the newest valid step below it to roll back to).
         """
         self._writable()
         target = self.directory / checkpoint_dir_name(step)
@@ -903,6 +973,21 @@ class CheckpointManager:
         if target not in committed:
             raise CheckpointNotFoundError(f"{self.directory} has no checkpoint at step {step} "
                                           "to roll back to")
+        # Before anything moves: rolling back to a damaged checkpoint would make an older one
+        # the latest behind the caller's back (and move more than was asked).
+        try:
+            verify_checkpoint(target)
+        except CkptlabError as exc:
+            older = self._rollback_candidate(step - 1)
+            advice = (f"call rollback({older[0]}) instead to continue from {older[1]}, the "
+                      f"newest valid checkpoint below it (it moves {self._newer_names(older[0])} "
+                      f"aside into {ABANDONED_SUBDIR}/), or put back a good copy of "
+                      f"{target.name} first" if older is not None else
+                      "no valid checkpoint below it is left to roll back to: put back a good "
+                      f"copy of {target.name}, or start a new run directory")
+            raise CheckpointCorruptError(
+                f"cannot roll back to step {step} in {self.directory}: {target.name} is "
+                f"damaged ({exc}); nothing was moved; {advice}") from exc
         newer = [p for p in committed if checkpoint_step(p) > step]
         if not newer:
             return []

@@ -15,8 +15,10 @@ import ctypes
 import errno as errno_module
 import os
 import shutil
+import stat
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
@@ -512,6 +514,49 @@ def write_pointer(directory: Path, pointer: str, name: str, step: int,
                                          readable=True))
     os.replace(temp, directory / pointer)
     _fsync_dir(directory)
+
+
+class PointerSetAsideWarning(UserWarning):
+    """Something that is not a pointer file (a directory, a named pipe) sat where a pointer
+    (``latest``, ``best``) belongs; a writer moved it aside, unchanged, to write the pointer."""
+
+
+def _kind_of_entry(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "named pipe"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device file"
+    return "non-regular file"
+
+
+def set_aside_non_pointer(directory: Path, pointer: str) -> tuple[Path, str] | None:
+    """Move whatever non-regular entry sits at ``directory/pointer`` to
+    ``<pointer>.moved-aside-<UTC time>`` beside it, unchanged; returns ``(new path, what it
+    is)``, or ``None`` when there is nothing to move.
+
+    Readers take such an entry as a missing pointer, but a writer cannot replace it (a
+    directory cannot be replaced by a file), and it may hold someone's data: it is renamed,
+    never deleted. A regular file (a pointer, perhaps damaged) and a symbolic link (replaced
+    by the rename of the new pointer, its target untouched) are left for the writer.
+    """
+    path = directory / pointer
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = directory / f"{pointer}.moved-aside-{stamp}"
+    while os.path.lexists(aside):  # never rename over an earlier one (POSIX would)
+        aside = directory / f"{pointer}.moved-aside-{stamp}-{uuid.uuid4().hex[:6]}"
+    os.rename(path, aside)
+    _fsync_dir(directory)
+    return aside, _kind_of_entry(mode)
 
 
 def delete_checkpoints(directory: Path, names: Sequence[str]) -> None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 from .engine import (  # noqa: E402
     FORMAT_VERSION,

@@ -830,10 +830,11 @@ def test_sharded_member_names_stay_inside_the_checkpoint(tmp_path):
     from ckptlab.engine.format import is_member_name, open_member
 
     for good in ("rank_00001/state.json", "rank_00000/tensors.safetensors",
-                 "rank_00002/shard.json", "dcp/.metadata", "dcp/__1_0.distcp"):
+                 "rank_00002/shard.json", "dcp/index.json", "dcp/__1_0.bin"):
         assert is_member_name(good, sharded=True)
         assert not is_member_name(good, sharded=False)
     for bad in ("../state.json", "rank_00001/../../etc/passwd", "/etc/passwd", "dcp/x.pt",
+                "dcp/.metadata", "dcp/__1_0.distcp", "dcp/__1_1.bin", "dcp/../index.json",
                 "rank_1/state.json", "rank_00001/sub/state.json", "state.json"):
         assert not is_member_name(bad, sharded=True), bad
     outside = tmp_path / "outside"

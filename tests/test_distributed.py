@@ -247,8 +247,8 @@ def test_missing_or_mixed_shards_are_named_and_skipped_and_nothing_is_deleted(ru
     shutil.copytree(_final(run, 400) / "rank_00001", newest / "rank_00001")
     with pytest.raises(CheckpointCorruptError, match="from another save .*step 400"):
         verify_checkpoint(newest)
-    (_final(run, 400) / "dcp" / "__1_0.distcp").unlink()
-    with pytest.raises(CheckpointCorruptError, match="__1_0.distcp missing"):
+    (_final(run, 400) / "dcp" / "__1_0.bin").unlink()
+    with pytest.raises(CheckpointCorruptError, match="__1_0.bin missing"):
         verify_checkpoint(_final(run, 400))
     assert main(["verify", str(run)]) == 1
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step_")) \

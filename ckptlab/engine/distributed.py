@@ -23,19 +23,18 @@ its collectives never interleave with training's), after copying the state on th
 thread. Loading: rank 0 chooses the checkpoint and broadcasts its name; DCP loads (and
 reshards) the model and optimizer; each rank reads the parts it needs.
 
-Nothing is unpickled from disk: DCP's index (a pickle) is read only after its SHA-256 matched
-the manifest, with an allow-list unpickler that can build DCP's metadata classes and nothing
-else, and DCP's non-tensor values are read with ``torch.load(weights_only=True)``.
+Nothing is pickled to disk or unpickled from it: DCP's planner works through ckptlab's
+storage layer (:mod:`.dcp_storage`), which writes the index as JSON and the data raw, hashes
+every file while writing it, and on load validates the index and hashes each data file in full
+before DCP sees a byte of it.
 
 Introduced in notebook ``09_when_one_machine_is_not_enough``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickle
 import secrets
 import shutil
 import signal
@@ -52,15 +51,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
+from .dcp_storage import HashingDCPWriter, JsonLoadPlanner, JsonSavePlanner, VerifiedDCPReader
 from .errors import CheckpointCorruptError, CheckpointNotFoundError, CkptlabError
 from .format import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    MANIFEST,
     _TEMP_PREFIX,
+    DCP_DIR,
+    FORMAT_NAME,
+    MANIFEST,
+    SHARD_INFO,
+    SHARDED_FORMAT_VERSION,
+    SHARDED_KEY,
     _canonical_json,
     _digest,
     _json_copy,
@@ -74,10 +75,6 @@ from .manager import CheckpointManager
 from .policies import BestBy, RetentionPolicy
 from .reader import CheckpointInfo, _read_verified, latest_valid_checkpoint
 from .sharded import (
-    DCP_DIR,
-    DCP_METADATA,
-    SHARD_INFO,
-    SHARDED_KEY,
     decode_rank_part,
     encode_rank_part,
     is_sharded,
@@ -139,65 +136,15 @@ def rank_fault_point(phase: str, step: int, rank: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Reading DCP without unpickling anything untrusted
+# Reading the DCP part in one process (export, comparison): through ckptlab's storage layer
 # --------------------------------------------------------------------------------------------
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Builds DCP's metadata classes, torch sizes and dtypes, paths; refuses everything else."""
-
-    _MODULES = ("torch.distributed.checkpoint.metadata",)
-    _NAMES = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-              ("torch", "Size"), ("torch.serialization", "_get_layout"),
-              ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
-              ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"),
-              ("collections", "OrderedDict")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module in self._MODULES or (module, name) in self._NAMES:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise pickle.UnpicklingError(f"DCP metadata refers to {module}.{name}, which is not "
-                                     "a DCP metadata type")
-
-
-class SafeDCPReader(FileSystemReader):
-    """``FileSystemReader`` whose index is read with an allow-list unpickler."""
-
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-        path = self._get_metadata_path(kwargs.get("rank"))
-        try:
-            with self.fs.create_stream(path, "rb") as f:
-                metadata = _MetadataUnpickler(f).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
-            raise CheckpointCorruptError(f"{path}: not a DCP index ckptlab accepts ({exc})") \
-                from None
-        from torch.distributed.checkpoint.metadata import StorageMeta
-
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
-
-
-class SafeLoadPlanner(DefaultLoadPlanner):
-    """DCP's default planner, but non-tensor values are read with ``weights_only=True``."""
-
-    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-        loaded = torch.load(value, weights_only=True)
-        if self.flatten_state_dict:
-            from torch.distributed.checkpoint._traverse import set_element as set_in
-
-            set_in(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
-        else:
-            self.state_dict[read_item.dest_index.fqn] = loaded
-
 
 def dcp_tensor_table(checkpoint: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """Names, dtypes and shapes of the tensors in a sharded checkpoint's DCP part."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    metadata = SafeDCPReader(str(Path(checkpoint) / DCP_DIR)).read_metadata()
+    path = Path(checkpoint)
+    metadata = VerifiedDCPReader(path, read_manifest(path)).metadata
     return {fqn: {"dtype": str(m.properties.dtype).replace("torch.", ""),
                   "shape": list(m.size)}
             for fqn, m in sorted(metadata.state_dict_metadata.items())
@@ -205,21 +152,38 @@ def dcp_tensor_table(checkpoint: str | os.PathLike[str]) -> dict[str, dict[str, 
 
 
 def load_dcp_tensors(checkpoint: str | os.PathLike[str], prefix: str) -> dict[str, torch.Tensor]:
-    """Consolidate the DCP tensors under ``prefix.`` of a verified sharded checkpoint into
-    full CPU tensors, in this one process (no process group needed)."""
-    table = dcp_tensor_table(checkpoint)
-    wanted = {fqn[len(prefix) + 1:]: torch.empty(t["shape"], dtype=getattr(torch, t["dtype"]))
-              for fqn, t in table.items() if fqn.startswith(prefix + ".")}
+    """Consolidate the DCP tensors under ``prefix.`` of a sharded checkpoint into full CPU
+    tensors, in this one process (no process group needed). Every file read is verified."""
+    path = Path(checkpoint)
+    reader = VerifiedDCPReader(path, read_manifest(path))
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    wanted = {fqn[len(prefix) + 1:]: torch.empty(tuple(m.size), dtype=m.properties.dtype)
+              for fqn, m in reader.metadata.state_dict_metadata.items()
+              if fqn.startswith(prefix + ".") and isinstance(m, TensorStorageMetadata)}
     if not wanted:
-        raise CheckpointNotFoundError(
-            f"{checkpoint} has no DCP tensors under '{prefix}'; it has: "
-            f"{', '.join(sorted({k.split('.')[0] for k in table})) or 'none'}")
+        tops = sorted({k.split(".")[0] for k in reader.metadata.state_dict_metadata})
+        raise CheckpointNotFoundError(f"{checkpoint} has no DCP tensors under '{prefix}'; it "
+                                      f"has: {', '.join(tops) or 'none'}")
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
         warnings.simplefilter("ignore", UserWarning)
-        dcp.load({prefix: wanted},
-                 storage_reader=SafeDCPReader(str(Path(checkpoint) / DCP_DIR)),
-                 planner=SafeLoadPlanner(), no_dist=True)
+        _dcp_load({prefix: wanted}, reader, no_dist=True)
     return wanted
+
+
+def _dcp_load(state: dict[str, Any], reader: VerifiedDCPReader, **kwargs: Any) -> None:
+    """``dcp.load`` through ckptlab's reader; a refusal on any rank is a one-line error."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        dcp.load(state, storage_reader=reader, planner=JsonLoadPlanner(), **kwargs)
+    except CheckpointException as exc:
+        failures = [f[0] if isinstance(f, tuple) else f for f in exc.failures.values()]
+        mine = next((f for f in failures if isinstance(f, CkptlabError)), None)
+        if mine is not None:
+            raise type(mine)(str(mine)) from None
+        raise CheckpointCorruptError(f"{reader.checkpoint}: DCP could not load it "
+                                     f"({'; '.join(map(str, failures))[:300]})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,8 +316,7 @@ class ShardedCheckpointer:
         """Load the checkpoint's DCP part into ``state`` in place (collective; DCP reshards)."""
         if not is_sharded(info.manifest):
             raise CkptlabError(f"{info.path} is not a sharded checkpoint")
-        dcp.load(state, storage_reader=SafeDCPReader(str(info.path / DCP_DIR)),
-                 planner=SafeLoadPlanner(), process_group=self.group)
+        _dcp_load(state, VerifiedDCPReader(info.path, info.manifest), process_group=self.group)
 
     def read_rank_part(self, info: CheckpointInfo, rank: int) -> dict[str, Any]:
         """Rank ``rank``'s own states of a sharded checkpoint, hash-checked on read."""
@@ -440,28 +403,28 @@ class ShardedCheckpointer:
         except OSError as exc:
             problem = f"rank {rank}: {_describe_os_error(exc)}"
         problems = [x for x in _all_gather_json(problem, self.group) if x]
-        if problems:
-            self._abandon(temp)
+        if problems:  # every rank has stopped writing: rank 0 may remove the directory
             raise CheckpointWriteError(
                 f"could not save checkpoint {final.name}: {'; '.join(problems)}. Earlier "
-                "checkpoints are unchanged; free disk space or fix permissions")
-        # 2. model and optimizer through DCP (collective; raises on every rank if one fails)
+                f"checkpoints are unchanged; free disk space or fix permissions"
+                f"{self._abandon(temp)}")
+        # 2. model and optimizer through DCP's planner and ckptlab's storage (collective;
+        # raises on every rank if one fails); each file is hashed while it is written
+        writer = HashingDCPWriter(temp / DCP_DIR, sync_files=True)
         try:
-            dcp.save(p.dcp_state, storage_writer=FileSystemWriter(str(temp / DCP_DIR),
-                                                                  sync_files=True),
+            dcp.save(p.dcp_state, storage_writer=writer, planner=JsonSavePlanner(),
                      process_group=self.group)
-        except Exception as exc:
-            self._abandon(temp)
-            raise CheckpointWriteError(f"could not save checkpoint {final.name}: DCP failed "
-                                       f"({exc}); earlier checkpoints are unchanged") from exc
+        except BaseException as exc:  # DCP's CheckpointException is a BaseException
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            # DCP raises on every rank once every rank is done writing (its last collective)
+            raise CheckpointWriteError(
+                f"could not save checkpoint {final.name}: {_describe_dcp_failure(exc)}. "
+                f"Earlier checkpoints are unchanged{self._abandon(temp)}") from exc
         rank_fault_point("save:shard-written", step, rank)
         # 3. hashes of what this rank wrote; gathering them is the barrier before the commit
         mine = {f"{part.name}/{name}": _digest([data]) for name, data in p.part_files.items()}
-        for path in sorted((temp / DCP_DIR).glob(f"__{rank}_*")):
-            mine[f"{DCP_DIR}/{path.name}"] = _digest([path.read_bytes()])
-        if rank == 0:
-            mine[f"{DCP_DIR}/{DCP_METADATA}"] = _digest([(temp / DCP_DIR / DCP_METADATA)
-                                                         .read_bytes()])
+        mine.update(writer.written)  # this rank's data file; rank 0's also holds the index
         tables = _all_gather_json({"files": mine, "components": p.part_components},
                                   self.group)
         # 4. rank 0 commits
@@ -489,22 +452,30 @@ class ShardedCheckpointer:
         outcome = broadcast_json(outcome, self.group)
         if not outcome["ok"]:
             if rank == 0:
-                self._abandon(temp)
+                note = self._abandon(temp)
                 if isinstance(error, ReplacedButUnsyncedError):  # noqa: F821
                     raise CheckpointWriteError(error.describe(final)) from error
                 if isinstance(error, OSError):  # noqa: F821 (set above on rank 0)
                     raise CheckpointWriteError(
                         f"could not commit checkpoint {final.name}: "
-                        f"{_describe_os_error(error)}; earlier checkpoints are unchanged") \
-                        from error
+                        f"{_describe_os_error(error)}; earlier checkpoints are unchanged; "
+                        f"free disk space or fix permissions{note}") from error
                 raise error  # noqa: F821
             raise CheckpointWriteError(f"rank 0 could not commit checkpoint {final.name}: "
                                        f"{outcome['error']}")
         return CheckpointInfo(final, manifest if rank == 0 else read_manifest(final))
 
-    def _abandon(self, temp: Path) -> None:
-        if self.rank == 0:
-            shutil.rmtree(temp, ignore_errors=True)
+    def _abandon(self, temp: Path) -> str:
+        """Remove a failed save's temporary directory (rank 0; call once no rank writes into
+        it any more). Returns ``""``, or a sentence for the error message if it stayed."""
+        if self.rank != 0 or not temp.exists():  # (gone if the commit's rename happened)
+            return ""
+        try:
+            shutil.rmtree(temp)
+        except OSError as exc:
+            return (f" ({temp.name} could not be removed: {_describe_os_error(exc)}; readers "
+                    "ignore it and the next save removes it)")
+        return ""
 
     def _manifest(self, p: _Pending, files: dict[str, Any], parts: dict[str, Any],
                   save_id: str) -> dict[str, Any]:
@@ -517,7 +488,7 @@ class ShardedCheckpointer:
                 "tensor_bytes": sum(t.numel() * t.element_size() for t in leaves)}
         components.update(sorted(parts.items()))
         manifest: dict[str, Any] = {
-            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "step": p.step,
+            "format": FORMAT_NAME, "format_version": SHARDED_FORMAT_VERSION, "step": p.step,
             **p.extra,
             "created_unix": now,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
@@ -534,6 +505,21 @@ class ShardedCheckpointer:
         }
         manifest["manifest_sha256"] = _manifest_self_hash(manifest)
         return manifest
+
+
+def _describe_dcp_failure(exc: BaseException) -> str:
+    """One line for a failed ``dcp.save``: what went wrong on which rank."""
+    failures = getattr(exc, "failures", None)  # CheckpointException: rank -> (error, trace)
+    if not isinstance(failures, Mapping):
+        failures = {None: (exc, None)}
+    described = []
+    for rank, failure in sorted(failures.items(), key=lambda item: -1 if item[0] is None
+                                else item[0]):
+        error = failure[0] if isinstance(failure, tuple) else failure
+        what = (f"{_describe_os_error(error)}; free disk space or fix permissions"
+                if isinstance(error, OSError) else f"{type(error).__name__}: {error}")
+        described.append(what if rank is None else f"rank {rank}: {what}")
+    return "; ".join(described)
 
 
 def _tensor_leaves(value: Any) -> list[torch.Tensor]:
@@ -566,7 +552,12 @@ def init_distributed(backend: str | None = None) -> None:
     torch's elastic agent shares one TCP store across restart rounds, so a restarted worker
     can read the previous attempt's (dead) peer addresses and fail to connect. Every key of
     this attempt therefore lives under a prefix naming the attempt.
+
+    A launched worker also dies with its launcher (:func:`die_with_launcher`): ranks whose
+    agent was killed must not train on, and commit checkpoints, without it.
     """
+    if in_launched_worker():
+        die_with_launcher()
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         from datetime import timedelta
@@ -580,23 +571,101 @@ def init_distributed(backend: str | None = None) -> None:
         dist.init_process_group(backend)
 
 
+# The launcher's pid, set for its workers by launch(): a worker checks it is still its parent.
+LAUNCHER_PID_ENV = "CKPTLAB_LAUNCHER_PID"
+# How often a worker's watchdog thread checks that its launcher is alive.
+PARENT_POLL_SECONDS = 0.5
+
+
+def die_with_launcher(poll_seconds: float = PARENT_POLL_SECONDS) -> None:
+    """SIGKILL this worker as soon as its launcher (the elastic agent, its parent) is gone.
+
+    torch starts each worker in a session of its own, so a SIGKILLed agent takes none of them
+    with it: they would train on, and commit checkpoints, with nobody to restart or stop them.
+    On Linux the kernel sends the signal when the parent dies (``PR_SET_PDEATHSIG``); on every
+    platform a daemon thread also checks the parent every ``poll_seconds`` (a dead parent
+    makes the worker a child of another process). SIGKILL, not SIGTERM: a save it interrupts
+    is never committed, and the next run removes its leftovers.
+    """
+    expected = int(os.environ.get(LAUNCHER_PID_ENV) or os.getppid())
+    if sys.platform.startswith("linux"):
+        _set_parent_death_signal(signal.SIGKILL)
+    _kill_self_if_orphaned(expected)  # the parent may have died before the line above
+    start_parent_watchdog(expected, poll_seconds)
+
+
+def _set_parent_death_signal(signum: int) -> bool:
+    """Linux ``prctl(PR_SET_PDEATHSIG, signum)``; whether the kernel accepted it."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(pr_set_pdeathsig, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):  # no prctl here: the watchdog thread alone watches
+        return False
+
+
+def _kill_self_if_orphaned(parent: int) -> None:
+    if os.getppid() != parent:
+        sys.stderr.write(f"ckptlab: the launcher (pid {parent}) of this worker (pid "
+                         f"{os.getpid()}) is gone; stopping at once\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def start_parent_watchdog(parent: int, poll_seconds: float = PARENT_POLL_SECONDS) -> Any:
+    """A daemon thread that SIGKILLs this process once ``parent`` is no longer its parent
+    (the portable half of :func:`die_with_launcher`); returns the thread."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            _kill_self_if_orphaned(parent)
+            time.sleep(poll_seconds)
+
+    thread = threading.Thread(target=watch, name="ckptlab-parent-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
 def in_launched_worker() -> bool:
     """Whether this process is a worker started by torchrun / the elastic launcher."""
     return "TORCHELASTIC_RUN_ID" in os.environ and "WORLD_SIZE" in os.environ
 
 
+# How long the ranks of a signalled job have to finish their step and save before the elastic
+# agent SIGKILLs them. Under the usual 30 s grace period of a preempting cluster (Kubernetes,
+# Slurm's KillWait), so the launcher has exited before the cluster's own SIGKILL.
+GRACEFUL_STOP_SECONDS = 20
+
+
 def launch(args: Sequence[str], *, nproc: int, nnodes: int = 1, max_restarts: int = 0,
            rdzv_endpoint: str | None = None, rdzv_id: str | None = None,
-           monitor_interval: float = 0.2) -> None:
+           monitor_interval: float = 0.2, worker_env: Mapping[str, str] | None = None,
+           stop_seconds: int = GRACEFUL_STOP_SECONDS) -> str | None:
     """Run ``python -m ckptlab ARGS`` as ``nproc`` local ranks under torch's elastic agent.
 
     The same agent ``torchrun`` uses: a c10d rendezvous (local, or at ``rdzv_endpoint`` for
     ``nnodes`` > 1), and up to ``max_restarts`` restarts of the whole worker group when a
     worker dies.
 
+    SIGTERM or SIGINT to this process is the agent's to handle: it sends the same signal to
+    every rank, gives them ``stop_seconds`` to exit (a ckptlab rank finishes its step, the
+    ranks save once, together, and exit), then SIGKILLs any rank still running. The workers
+    die with this process if it is killed (:func:`die_with_launcher`).
+
+    Args:
+        worker_env: extra environment variables for the workers.
+
+    Returns:
+        ``None`` when the job ran to its end, or the name of the signal that stopped it
+        (``"SIGTERM"``); whether the ranks stopped cleanly is theirs to report.
+
     Raises:
         CkptlabError: the job failed after its restarts (the message names the failing rank).
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -607,9 +676,18 @@ def launch(args: Sequence[str], *, nproc: int, nnodes: int = 1, max_restarts: in
         min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc,
         run_id=rdzv_id or str(uuid.uuid4()), rdzv_backend="c10d",
         rdzv_endpoint=rdzv_endpoint or "localhost:0", max_restarts=max_restarts,
-        monitor_interval=monitor_interval, start_method="spawn")
+        monitor_interval=monitor_interval, start_method="spawn",
+        shutdown_timeout=stop_seconds)
+    # The agent gives its workers a copy of this process's environment: the only way in.
+    added = {**(worker_env or {}), LAUNCHER_PID_ENV: str(os.getpid())}
+    saved = {name: os.environ.get(name) for name in added}
+    os.environ.update(added)
     try:
         elastic_launch(config, sys.executable)("-u", "-m", "ckptlab", *args)
+    except SignalException as exc:  # the agent has passed it on and waited for the ranks
+        return signal.Signals(exc.sigval).name
+    except KeyboardInterrupt:  # Ctrl-C before the agent took over SIGINT: no rank started
+        return signal.SIGINT.name
     except ChildFailedError as exc:
         failures = "; ".join(f"rank {rank} exited with {f.exitcode}"
                              + (f" ({f.signal_name()})" if f.exitcode < 0 else "")
@@ -617,6 +695,13 @@ def launch(args: Sequence[str], *, nproc: int, nnodes: int = 1, max_restarts: in
         raise CkptlabError(f"the distributed job failed after {max_restarts} restart(s): "
                            f"{failures}; the newest committed checkpoint is intact - run the "
                            "same command again to resume") from None
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return None
 
 
 def read_sharded_state(checkpoint: str | os.PathLike[str]) -> tuple[CheckpointInfo,

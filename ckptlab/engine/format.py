@@ -1,4 +1,4 @@
-"""The on-disk format (version 3): names, the manifest, and the files' encodings, read and write.
+"""The on-disk format (versions 3 and 4): names, the manifest, and the files' encodings, read and write.
 
 Versions: 1 (ckptlab 0.1), 2 (ckptlab 0.2) and 3 (ckptlab 0.3) share the layout below. Version 2
 adds state-tree markers that version-1 readers do not know (``OrderedDict`` kept as such,
@@ -9,6 +9,12 @@ SHA-256 of each consecutive P bytes - instead of one ``sha256``; the writer uses
 :data:`.hashing.PIECEWISE_MIN` bytes on, so large files are hashed on every core. Every older
 checkpoint is read unchanged; a reader meeting a newer version says to upgrade instead of
 calling it corrupt.
+
+Version 4 (ckptlab 0.4) changes sharded checkpoints only: torch.distributed.checkpoint's part is
+stored without pickle (``dcp/index.json`` and one raw data file per rank, see
+:mod:`.dcp_storage`). A one-process save still writes version 3, which every ckptlab from 0.3
+reads. A sharded checkpoint of version 2 or 3 holds DCP's pickled index: it is refused, never
+unpickled, with the command that converts it (:func:`legacy_sharded_error`).
 
 One directory per checkpoint::
 
@@ -57,7 +63,11 @@ from .errors import (
 )
 
 FORMAT_NAME = "ckptlab-checkpoint"
+# What a one-process save writes; a sharded save writes SHARDED_FORMAT_VERSION. A reader takes
+# every version up to NEWEST_FORMAT_VERSION.
 FORMAT_VERSION = 3
+SHARDED_FORMAT_VERSION = 4
+NEWEST_FORMAT_VERSION = 4
 
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
@@ -76,11 +86,21 @@ _MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 # The member files a format-1 manifest may list: plain names, never paths.
 MEMBER_FILES = frozenset({TENSORS, STATE})
 # A sharded checkpoint (one written by several ranks, see .sharded) lists instead, one level
-# down: each rank's part (rank_00001/state.json, ...) and the DCP files (dcp/__1_0.distcp,
-# dcp/.metadata). Nothing else, and never a path that leaves the checkpoint directory.
+# down: each rank's part (rank_00001/state.json, ...) and the DCP files (dcp/index.json and
+# one data file per rank, dcp/__1_0.bin). Nothing else, and never a path that leaves the
+# checkpoint directory.
+SHARDED_KEY = "sharded"
+SHARD_INFO = "shard.json"
+DCP_DIR = "dcp"
+DCP_INDEX = "index.json"
+DCP_DATA_FILE = "__{rank}_0.bin"
 _SHARDED_MEMBER = re.compile(
     r"^(?:rank_\d{5}/(?:shard\.json|state\.json|tensors\.safetensors)"
-    r"|dcp/(?:\.metadata|__\d+_\d+\.distcp))$")
+    r"|dcp/(?:index\.json|__\d{1,6}_0\.bin))$")
+# What sharded checkpoints of versions 2 and 3 listed under dcp/: DCP's own pickled index and
+# torch.save'd items. Recognised only to refuse them with the way out.
+_LEGACY_DCP_MEMBER = re.compile(r"^dcp/(?:\.metadata|__\d+_\d+\.distcp)$")
+MAX_WORLD_SIZE = 65536
 
 
 def is_member_name(name: str, sharded: bool) -> bool:
@@ -91,9 +111,20 @@ def is_member_name(name: str, sharded: bool) -> bool:
 def _member_bound(name: str) -> int:
     leaf = name.rsplit("/", 1)[-1]
     return _MAX_MEMBER_BYTES.get(leaf, _MAX_MEMBER_BYTES[TENSORS])
+
+
+def legacy_sharded_error(checkpoint: Path) -> UnsupportedFormatError:
+    """The refusal of a sharded checkpoint written before format 4 (DCP's pickled index)."""
+    return UnsupportedFormatError(
+        f"{checkpoint} is a sharded checkpoint in the layout of ckptlab 0.3 and older, whose "
+        "DCP index is a pickle that could run code when loaded; ckptlab no longer unpickles "
+        "checkpoint files. If you trust where it came from, convert it once with 'ckptlab "
+        f"migrate-sharded {checkpoint} --trust-pickle' (writes a converted copy beside it; "
+        "the original is kept)")
 # Bounds applied before anything is read, so a hostile manifest cannot make a reader allocate
 # without limit: state.json is parsed whole, the tensor file is read whole.
-_MAX_MEMBER_BYTES = {STATE: 4 * 1024**3, TENSORS: 1024**4}
+_MAX_MEMBER_BYTES = {STATE: 4 * 1024**3, TENSORS: 1024**4, SHARD_INFO: 64 * 1024,
+                     DCP_INDEX: 256 * 1024**2}
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 # State trees of real components are a few levels deep. The reader refuses deeper ones (its
 # rebuild recurses), and the writer (serialization.split_state) refuses to write them.
@@ -357,6 +388,8 @@ def open_member(checkpoint: Path, name: str, expected_bytes: int) -> BinaryIO:
                 raise CheckpointCorruptError(f"{folder} is not a folder (a symbolic link or a "
                                              "file in its place); it is not followed")
         except FileNotFoundError:
+            if not os.path.lexists(checkpoint):  # deleted (by retention, say) meanwhile
+                raise CheckpointNotFoundError(f"{checkpoint} does not exist") from None
             raise CheckpointCorruptError(f"{folder} is missing") from None
     if isinstance(expected_bytes, bool) or not isinstance(expected_bytes, int) \
             or not 0 <= expected_bytes <= bound:
@@ -414,8 +447,11 @@ def validate_manifest(manifest: Any, path: Path) -> None:
     if not _is_int(step) or not 0 <= step < 10**15:
         raise bad(f"step {step!r} is not a non-negative whole number")
     files = manifest.get("files")
-    sharded = isinstance(manifest.get("sharded"), dict)
+    sharded = isinstance(manifest.get(SHARDED_KEY), dict)
     if sharded:
+        if manifest["format_version"] < SHARDED_FORMAT_VERSION or (isinstance(files, dict) and any(
+                isinstance(n, str) and _LEGACY_DCP_MEMBER.match(n) for n in files)):
+            raise legacy_sharded_error(path.parent)
         if not isinstance(files, dict) or not files \
                 or not all(isinstance(n, str) and is_member_name(n, True) for n in files):
             raise bad("its file table must list only ranks' parts (rank_NNNNN/...) and DCP "
@@ -433,6 +469,8 @@ def validate_manifest(manifest: Any, path: Path) -> None:
                           "per-piece SHA-256s (piece_bytes, and one digest per piece)")
         elif not isinstance(entry.get("sha256"), str) or not _HEX64.match(entry["sha256"]):
             raise bad(f"the entry for {name} needs a size in bytes and a SHA-256")
+    if sharded:
+        _validate_sharded_section(manifest[SHARDED_KEY], files, manifest, bad)
     components = manifest.get("components")
     if not isinstance(components, dict) or not all(
             isinstance(c, dict) and all(_is_int(c.get(k)) and c[k] >= 0
@@ -460,6 +498,49 @@ def validate_manifest(manifest: Any, path: Path) -> None:
         raise bad("'training_seconds' is not a number")
     if not isinstance(manifest.get("save_reasons", []), list):
         raise bad("'save_reasons' is not a list")
+
+
+_DCP_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
+
+
+def _validate_sharded_section(section: dict[str, Any], files: dict[str, Any],
+                              manifest: Mapping[str, Any], bad: Any) -> None:
+    """Type-check a sharded manifest's ``sharded`` section against its file table: a world
+    size in bounds, every rank's part and the DCP index listed, nothing of a rank that is not
+    there, and the DQN run's ``dcp_aliases`` a mapping of names."""
+    world_size = section.get("world_size")
+    if not _is_int(world_size) or not 1 <= world_size <= MAX_WORLD_SIZE:
+        raise bad(f"its world size {world_size!r} is not a whole number from 1 to "
+                  f"{MAX_WORLD_SIZE}")
+    save_id = section.get("save_id")
+    if not isinstance(save_id, str) or not 0 < len(save_id) <= 200:
+        raise bad("its save id is not a short string")
+    if section.get("dcp_dir", DCP_DIR) != DCP_DIR:
+        raise bad(f"its DCP folder is not '{DCP_DIR}'")
+    keys = section.get("dcp_keys")
+    if not isinstance(keys, list) or len(keys) > 1000 \
+            or not all(isinstance(k, str) and _DCP_KEY.match(k) for k in keys):
+        raise bad("its DCP keys are not a list of names")
+    ranks = section.get("ranks")
+    expected = [f"rank_{r:05d}" for r in range(world_size)]
+    if ranks is not None and ranks != expected:
+        raise bad(f"its list of ranks does not match its world size {world_size}")
+    if not isinstance(section.get("backend"), (str, type(None))):
+        raise bad("its backend is not a string")
+    rank_parts = {name.split("/", 1)[0] for name in files if name.startswith("rank_")}
+    if not rank_parts <= set(expected):
+        raise bad(f"it lists parts of ranks beyond its world size {world_size}")
+    data_ranks = [int(name[len(DCP_DIR) + 3:].split("_", 1)[0]) for name in files
+                  if name.startswith(DCP_DIR + "/__")]
+    if any(r >= world_size for r in data_ranks):
+        raise bad(f"it lists DCP data of ranks beyond its world size {world_size}")
+    if keys and f"{DCP_DIR}/{DCP_INDEX}" not in files:
+        raise bad(f"it lists no DCP index ({DCP_DIR}/{DCP_INDEX})")
+    aliases = manifest.get("dcp_aliases")
+    if aliases is not None and not (isinstance(aliases, dict) and all(
+            isinstance(k, str) and isinstance(v, str) and _DCP_KEY.match(v)
+            for k, v in aliases.items())):
+        raise bad("'dcp_aliases' is not a mapping of names to DCP keys")
 
 
 def read_manifest(checkpoint: Path) -> dict[str, Any]:
@@ -501,10 +582,11 @@ def read_manifest(checkpoint: Path) -> dict[str, Any]:
     version = manifest.get("format_version")
     if not _is_int(version) or version < 1:
         raise CheckpointCorruptError(f"{path}: format_version {version!r} is not valid")
-    if version > FORMAT_VERSION:
+    if version > NEWEST_FORMAT_VERSION:
         raise UnsupportedFormatError(
             f"{checkpoint} uses checkpoint format {version}, but this ckptlab "
-            f"({__version__}) reads formats up to {FORMAT_VERSION}; upgrade ckptlab to load it")
+            f"({__version__}) reads formats up to {NEWEST_FORMAT_VERSION}; upgrade ckptlab to "
+            "load it")
     try:
         self_hash = _manifest_self_hash(manifest)
     except (ValueError, RecursionError) as exc:  # 1e999 parses as infinity; deep nesting

@@ -6,38 +6,51 @@ files are split by who wrote them::
 
     step_00000400/
         manifest.json           as for one process, plus "sharded": world size, DCP keys, ranks
-        dcp/.metadata           torch.distributed.checkpoint's index (written by rank 0)
-        dcp/__0_0.distcp        model and optimizer tensors written by rank 0 ...
-        dcp/__1_0.distcp        ... and by rank 1 (DCP deduplicates replicated tensors)
+        dcp/index.json          which tensor chunk and which value is where (JSON, rank 0)
+        dcp/__0_0.bin           model and optimizer chunks written by rank 0, raw bytes ...
+        dcp/__1_0.bin           ... and by rank 1 (DCP's planner deduplicates replicated ones)
         rank_00000/shard.json   which save this part belongs to: rank, world size, step, save id
         rank_00000/state.json   rank 0's own state (its replay-buffer shard, env, RNG, ...)
         rank_00000/tensors.safetensors
         rank_00001/...
 
-The ``dcp/`` directory is a plain DCP checkpoint: ``torch.distributed.checkpoint.load`` reads
-it directly. Everything here works without ``torch.distributed``: it is what :mod:`.reader`
-calls to verify a sharded checkpoint (a missing rank, or a part from another save, is named
-precisely before any hash is checked), and what ``inspect`` uses to describe one. Saving and
-loading across ranks is in :mod:`.distributed`.
+The ``dcp/`` part is written and read by ``torch.distributed.checkpoint`` (its planner shards,
+deduplicates and reshards) through ckptlab's storage layer (:mod:`.dcp_storage`), which stores
+no pickle: nothing in a sharded checkpoint can run code when it is loaded. Everything here
+works without ``torch.distributed``: it is what :mod:`.reader` calls to verify a sharded
+checkpoint (a missing rank, or a part from another save, is named precisely), and what
+``inspect`` uses to describe one. Saving and loading across ranks is in :mod:`.distributed`.
+
+Every file read here is one the manifest lists, read through the reader's checks (a regular
+file inside the checkpoint, no symlink, of the listed size, hash-verified, bounded).
 
 Introduced in notebook ``09_when_one_machine_is_not_enough``.
 """
 
 from __future__ import annotations
 
-import json
+import os
+import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CheckpointCorruptError, IncompatibleCheckpointError
+from .errors import CheckpointCorruptError, CheckpointNotFoundError, IncompatibleCheckpointError
 from .format import (
+    DCP_DIR,
+    DCP_INDEX,
     FORMAT_NAME,
+    SHARD_INFO,
+    SHARDED_KEY,
     STATE,
     TENSORS,
     _canonical_json,
+    _load_json_bounded,
+    _member_bound,
+    _open_regular,
     parse_state_json,
     read_safetensors_bytes,
     read_tensor_table,
@@ -46,10 +59,7 @@ from .format import (
 )
 from .serialization import join_state, split_state
 
-DCP_DIR = "dcp"
-DCP_METADATA = ".metadata"
-SHARD_INFO = "shard.json"
-SHARDED_KEY = "sharded"
+_RANK_DIR = re.compile(r"^rank_(\d{5})$")
 
 
 def rank_dir_name(rank: int) -> str:
@@ -63,8 +73,9 @@ def is_sharded(manifest: Mapping[str, Any]) -> bool:
 
 
 def world_size_of(manifest: Mapping[str, Any]) -> int:
-    """The number of ranks that wrote a checkpoint (1 for an ordinary one)."""
-    return int(manifest[SHARDED_KEY]["world_size"]) if is_sharded(manifest) else 1
+    """The number of ranks that wrote a checkpoint (1 for an ordinary one); the manifest's
+    reader has checked it is a whole number in bounds."""
+    return manifest[SHARDED_KEY]["world_size"] if is_sharded(manifest) else 1
 
 
 def sharded_load_error(path: Path, manifest: Mapping[str, Any]) -> IncompatibleCheckpointError:
@@ -122,55 +133,111 @@ def decode_rank_part(files: Mapping[str, bytes], source: Path) -> dict[str, Any]
 # Verification (called by reader.verify_checkpoint before the hashes are checked)
 # --------------------------------------------------------------------------------------------
 
+def _rank_folder(checkpoint: Path, part: str) -> Path:
+    """The folder of a rank's part, refused if it is a symlink or not a folder."""
+    folder = checkpoint / part
+    try:
+        mode = os.lstat(folder).st_mode
+    except FileNotFoundError:
+        raise CheckpointCorruptError(f"{folder} is missing") from None
+    if not stat.S_ISDIR(mode):
+        raise CheckpointCorruptError(f"{folder} is not a folder (a symbolic link or a file in "
+                                     "its place); it is not followed")
+    return folder
+
+
 def check_shard_layout(checkpoint: Path, manifest: Mapping[str, Any]) -> None:
     """Check that every rank's part and every DCP file is present and from this save.
+
+    ``shard.json`` is read through the reader's checks (listed, regular, bounded, its hash
+    matched) before it is parsed.
 
     Raises:
         CheckpointCorruptError: a rank's part or a DCP file is missing, or a part belongs to
             another save; the message names the rank and what to do.
+        CheckpointNotFoundError: the checkpoint was deleted while it was being checked (by
+            retention, say): nothing is wrong with it, it is gone.
     """
+    from .reader import _read_verified  # the reader imports this module
+
     sharded = manifest[SHARDED_KEY]
-    world_size, save_id = int(sharded["world_size"]), sharded.get("save_id")
-    step = int(manifest["step"])
-    for rank in range(world_size):
-        part = checkpoint / rank_dir_name(rank)
-        info_path = part / SHARD_INFO
-        if not info_path.is_file():
+    world_size, save_id = sharded["world_size"], sharded["save_id"]
+    step = manifest["step"]
+    try:
+        for rank in range(world_size):
+            part = rank_dir_name(rank)
+            name = f"{part}/{SHARD_INFO}"
+            if not os.path.lexists(checkpoint / part) or name not in manifest["files"]:
+                raise CheckpointCorruptError(
+                    f"{checkpoint}: rank {rank}'s shard ({part}/) is missing; this checkpoint "
+                    f"was written by {world_size} ranks and cannot be resumed without it")
+            _rank_folder(checkpoint, part)
+            try:
+                data = _read_verified(checkpoint, manifest, name)
+            except CheckpointCorruptError:
+                # Name the save a foreign part came from, if it is one (the file is at most
+                # 64 KiB, parsed only to compare two fields), else report the damage as is.
+                _refuse_part_of_another_save(checkpoint, name, rank, step, save_id)
+                raise
+            _refuse_part_of_another_save(checkpoint, name, rank, step, save_id, data)
+        missing = [name for name in manifest["files"] if not os.path.lexists(checkpoint / name)]
+        if missing:
             raise CheckpointCorruptError(
-                f"{checkpoint}: rank {rank}'s shard ({part.name}/) is missing; this checkpoint "
-                f"was written by {world_size} ranks and cannot be resumed without it")
+                f"{checkpoint}: {', '.join(missing[:5])} missing (a rank's model/optimizer "
+                "shard); this checkpoint cannot be resumed")
+    except CheckpointCorruptError:
+        if not os.path.lexists(checkpoint / "manifest.json"):  # deleted (retention) meanwhile
+            raise CheckpointNotFoundError(f"{checkpoint} was deleted while it was being read "
+                                          "(by retention or a prune)") from None
+        raise
+
+
+def _refuse_part_of_another_save(checkpoint: Path, name: str, rank: int, step: int,
+                                 save_id: str, data: bytes | None = None) -> None:
+    """Raise if ``name`` (a rank's ``shard.json``) says it belongs to another save."""
+    if data is None:
         try:
-            info = json.loads(info_path.read_text("utf-8"))
-            their_step, their_id = int(info["step"]), info.get("save_id")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointCorruptError(f"{info_path} is unreadable ({exc})") from None
-        if their_step != step or their_id != save_id:
-            raise CheckpointCorruptError(
-                f"{checkpoint}: rank {rank}'s shard is from another save (step {their_step}, "
-                f"save {their_id}) than this checkpoint (step {step}, save {save_id}); shards "
-                "of different saves must never be mixed")
-    missing = [name for name in manifest.get("files", {}) if not (checkpoint / name).is_file()]
-    if missing:
+            handle, _ = _open_regular(checkpoint / name, _member_bound(name))
+            with handle:
+                data = handle.read(_member_bound(name))
+        except (OSError, CheckpointCorruptError):
+            return
+    try:
+        info = _load_json_bounded(data, str(checkpoint / name))
+    except CheckpointCorruptError:
+        if data is None:
+            return
+        raise
+    if not isinstance(info, dict) or type(info.get("step")) is not int:
+        raise CheckpointCorruptError(f"{checkpoint / name} is not a shard description")
+    their_step, their_id = info["step"], info.get("save_id")
+    if their_step != step or their_id != save_id or info.get("rank") != rank:
         raise CheckpointCorruptError(
-            f"{checkpoint}: {', '.join(missing)} missing (a rank's model/optimizer shard); "
-            "this checkpoint cannot be resumed")
+            f"{checkpoint}: rank {rank}'s shard is from another save (step {their_step}, save "
+            f"{str(their_id)[:40]}, rank {str(info.get('rank'))[:10]}) than this checkpoint "
+            f"(step {step}, save {save_id}); shards of different saves must never be mixed")
 
 
 def describe_sharded(checkpoint: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """What ``inspect`` shows of a sharded checkpoint: DCP tensors and each rank's part."""
+    """What ``inspect`` shows of a sharded checkpoint: DCP tensors and each rank's part.
+
+    Reads only the safetensors headers of the ranks' listed tensor files (bounded, no symlink
+    followed); nothing else.
+    """
     sharded = manifest[SHARDED_KEY]
     components: dict[str, Any] = {}
+    tables: dict[str, dict[str, Any]] = {}
     for name, entry in manifest.get("components", {}).items():
         detail: dict[str, Any] = {}
-        rank, _, component = name.partition("/")
-        tensors_file = checkpoint / rank / TENSORS
-        if component and tensors_file.is_file():
-            detail = {k: v for k, v in read_tensor_table(tensors_file).items()
+        part, _, component = name.partition("/")
+        if component and _RANK_DIR.match(part) and f"{part}/{TENSORS}" in manifest["files"]:
+            if part not in tables:
+                tables[part] = read_tensor_table(_rank_folder(checkpoint, part) / TENSORS)
+            detail = {f"{part}/{k}": v for k, v in tables[part].items()
                       if k.startswith(component + "/")}
-            detail = {f"{rank}/{k}": v for k, v in detail.items()}
         components[name] = {**entry, "total_bytes": entry["tensor_bytes"] + entry["json_bytes"],
                             "tensors_detail": detail}
-    return {"world_size": int(sharded["world_size"]), "dcp_keys": sharded.get("dcp_keys"),
+    return {"world_size": sharded["world_size"], "dcp_keys": sharded.get("dcp_keys"),
             "components": components}
 
 
@@ -183,11 +250,11 @@ def shard_files(checkpoint: str | Path) -> list[dict[str, Any]]:
     rows = []
     for name, entry in sorted(manifest.get("files", {}).items()):
         top, _, leaf = name.partition("/")
-        if top == DCP_DIR and leaf == DCP_METADATA:
-            writer, what = "rank 0", "DCP index: which tensor is where"
+        if top == DCP_DIR and leaf == DCP_INDEX:
+            writer, what = "rank 0", "DCP index: which tensor chunk is where (JSON)"
         elif top == DCP_DIR:
             writer = f"rank {leaf[2:].split('_')[0]}"
-            what = "model / optimizer tensors (DCP shard)"
+            what = "model / optimizer chunks (DCP shard, raw bytes)"
         elif top.startswith("rank_"):
             writer, what = f"rank {int(top[5:])}", {
                 SHARD_INFO: "which save this part belongs to", STATE: "its own state (JSON)",

@@ -55,6 +55,7 @@ from .engine import (  # noqa: E402
     EveryTSeconds,
     Final,
     ForeignFileError,
+    GlobalRNG,
     Hybrid,
     IncompatibleCheckpointError,
     KeepEveryKSteps,
@@ -74,6 +75,7 @@ from .engine import (  # noqa: E402
     load_components,
     load_parameters,
     read_decision_log,
+    seed_global_generators,
     verify_checkpoint,
 )
 
@@ -120,6 +122,7 @@ __all__ = [
     "EnvRunner", "Evaluation", "GreedyEvaluator", "make_env", "capture_env_state",
     "restore_env_state", "EpochSummary", "MetricHistory",
     "CheckpointManager", "CheckpointInfo", "CheckpointFallbackWarning", "Stateful",
+    "GlobalRNG", "seed_global_generators",
     "verify_checkpoint", "latest_valid_checkpoint", "load_checkpoint_state", "read_decision_log",
     "compare_checkpoints", "Catalog", "export_checkpoint", "load_components", "load_parameters",
     "AnyOf", "EveryNSteps", "EveryNEpisodes", "EveryTSeconds", "OnStart", "OnImprovement",

@@ -16,6 +16,7 @@ Modules:
     catalog        a SQLite index of checkpoints across runs
     compare        component-by-component equality of two checkpoints
     lock           one writer per checkpoint directory
+    global_rng     the process-global generators (Python, NumPy, torch, CUDA) as a component
     faults         crash injection for tests (``CKPTLAB_FAULT``)
     errors         the exceptions every module raises
 """
@@ -51,6 +52,7 @@ from .format import (
     read_manifest,
     read_tensor_table,
 )
+from .global_rng import GLOBAL_RNG_KEYS, GlobalRNG, seed_global_generators
 from .lock import RunLock, RunLockedError
 from .manager import CheckpointManager, SaveTimings
 from .partial import LoadReport, export_checkpoint, load_components, load_parameters
@@ -106,6 +108,7 @@ __all__ = [
     "BEST", "CHECKPOINTS_SUBDIR", "DECISIONS", "FORMAT_NAME", "FORMAT_VERSION", "LATEST",
     "MANIFEST", "STATE", "TENSORS", "checkpoint_dir_name", "checkpoint_step",
     "describe_digest", "describe_foreign_file", "library_versions", "read_manifest", "read_tensor_table",
+    "GLOBAL_RNG_KEYS", "GlobalRNG", "seed_global_generators",
     "RunLock", "RunLockedError", "CheckpointManager", "SaveTimings",
     "LoadReport", "export_checkpoint", "load_components", "load_parameters",
     "AnyOf", "BestBy", "CheckpointRecord", "Decision", "DiskBudget", "EveryNCounts",

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import ckptlab.engine.hashing as hashing_module
-import ckptlab.engine.reader as reader_module
+import ckptlab.engine.verified as verified_module
 import ckptlab.engine.writer as writer_module
 from ckptlab import (BestBy, CheckpointCorruptError, CheckpointManager, CkptlabError,
                      RollbackRequiredError, load_checkpoint_state)
@@ -95,7 +95,7 @@ def test_restore_reads_each_file_once(tmp_path, monkeypatch):
     info = saved(tmp_path, {"w": torch.randn(300_000), "b": torch.randn(7)})
     opened: list[str] = []
     bytes_read: dict[str, int] = {}
-    real_open = reader_module._open_member
+    real_open = verified_module.open_listed_file
 
     class Counting:
         def __init__(self, handle, name):
@@ -113,7 +113,7 @@ def test_restore_reads_each_file_once(tmp_path, monkeypatch):
         opened.append(name)
         return Counting(real_open(checkpoint, name, entry), name)
 
-    monkeypatch.setattr(reader_module, "_open_member", counting_open)
+    monkeypatch.setattr(verified_module, "open_listed_file", counting_open)
     restore_into(info.path)
     assert sorted(opened) == [STATE, TENSORS], "each data file is opened exactly once"
     for name in (STATE, TENSORS):
@@ -130,7 +130,7 @@ def _sha256_threads() -> list:
 def threaded_reads(monkeypatch):
     """Every file takes the large-file path: hashed by a thread, in many small pieces."""
     monkeypatch.setattr(hashing_module, "HASH_THREAD_MIN", 1024)
-    monkeypatch.setattr(reader_module, "_CHUNK", 4096)
+    monkeypatch.setattr(verified_module, "_CHUNK", 4096)
 
 
 def test_a_threaded_restore_gives_back_exactly_what_was_saved(tmp_path, threaded_reads):
@@ -169,7 +169,7 @@ def test_a_damaged_byte_anywhere_is_refused_before_any_component_is_touched(
 def test_a_file_that_shrinks_during_a_threaded_restore_is_refused(tmp_path, threaded_reads,
                                                                   monkeypatch):
     info = saved(tmp_path, {"w": torch.randn(100_000)})
-    real_open = reader_module._open_member
+    real_open = verified_module.open_listed_file
 
     class Shrinking:  # the file ends early, as if truncated after it was opened
         def __init__(self, handle):
@@ -183,7 +183,7 @@ def test_a_file_that_shrinks_during_a_threaded_restore_is_refused(tmp_path, thre
         def __getattr__(self, attribute):
             return getattr(self.handle, attribute)
 
-    monkeypatch.setattr(reader_module, "_open_member",
+    monkeypatch.setattr(verified_module, "open_listed_file",
                         lambda *args: Shrinking(real_open(*args)))
     holder = Holder({"untouched": True})
     with pytest.raises(CheckpointCorruptError, match="ended early"):
@@ -444,7 +444,7 @@ def test_a_device_restore_of_everything_keeps_numpy_arrays_on_the_host(tmp_path,
 def test_a_corrupt_byte_is_caught_on_the_device_path_with_nothing_loaded(
         tmp_path, through_host_pieces, monkeypatch):
     monkeypatch.setattr(hashing_module, "HASH_THREAD_MIN", 1024)  # hashed in another thread
-    monkeypatch.setattr(reader_module, "_CHUNK", 4096)
+    monkeypatch.setattr(verified_module, "_CHUNK", 4096)
     info = saved(tmp_path, {"w": torch.randn(50_000)})
     path = info.path / TENSORS
     data = bytearray(path.read_bytes())

@@ -75,8 +75,8 @@ from .format import (
     tensor_bytes,
 )
 from .hashing import HASH_POOL, sha256_hex
-from .reader import _read_verified  # the reader's one hardened way to read a listed file
 from .serialization import join_state, split_state
+from .verified import read_verified
 
 INDEX_FORMAT = "ckptlab-dcp-index"
 INDEX_VERSION = 1
@@ -432,7 +432,7 @@ class VerifiedDCPReader(StorageReader):
         if index_name not in listed:
             raise CheckpointCorruptError(f"{self.checkpoint}: the manifest lists no DCP index "
                                          f"({index_name})")
-        self.metadata = decode_index(_read_verified(self.checkpoint, manifest, index_name),
+        self.metadata = decode_index(read_verified(self.checkpoint, manifest, index_name),
                                      self.checkpoint / index_name, files)
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
@@ -460,7 +460,7 @@ class VerifiedDCPReader(StorageReader):
         for item in plan.items:
             by_file.setdefault(storage[item.storage_index].file, []).append(item)
         for name, items in sorted(by_file.items()):
-            data = memoryview(_read_verified(self.checkpoint, self.manifest,
+            data = memoryview(read_verified(self.checkpoint, self.manifest,
                                              f"{DCP_DIR}/{name}"))
             for item in items:
                 where = storage[item.storage_index]

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, TypeVar, Union, runtime_checkable
+from typing import Any, Protocol, TypeVar, Union, runtime_checkable
 
 import torch
 
@@ -31,23 +31,24 @@ from .errors import (
     IncompatibleCheckpointError,
 )
 from .format import (
+    _STEP_DIR,
     CHECKPOINTS_SUBDIR,
     DECISIONS,
     LATEST,
     MANIFEST,
+    SHARDED_KEY,
     STATE,
     TENSORS,
-    _STEP_DIR,
     _foreign_error,
+    _open_regular,
     describe_foreign_file,
-    open_member,
     parse_state_json,
     read_manifest,
     read_safetensors,
 )
-from .hashing import PieceDigests, PieceHasher
 from .serialization import join_state, referenced_tensor_keys
 from .sharded import check_shard_layout, is_sharded, sharded_load_error
+from .verified import VerifiedFile, read_verified, verify_file
 
 
 class CheckpointFallbackWarning(UserWarning):
@@ -64,160 +65,6 @@ class Stateful(Protocol):
 
 
 
-# Bytes read and hashed per system call: large enough that the per-call cost vanishes, small
-# enough that the hash reads them back from the CPU cache soon after the read wrote them.
-_CHUNK = 4 * 1024 * 1024
-# Pieces read ahead of the hashing thread before a read waits for it: keeps the pieces hot in
-# the cache and bounds the scratch memory of skip(), which hands the thread fresh buffers.
-_READ_AHEAD = 4
-
-
-def _open_member(checkpoint: Path, name: str, entry: Mapping[str, Any]) -> BinaryIO:
-    """Open the manifest-listed file ``name`` of ``checkpoint`` for reading.
-
-    Every data file of a checkpoint is opened here and nowhere else, so the rules for what
-    may be opened (a regular file inside the checkpoint, of the recorded size) live in one
-    place.
-    """
-    # format.open_member: a name the format allows, a regular file (no symlink, FIFO or
-    # device) of the recorded size, within a bound; otherwise a CheckpointCorruptError.
-    return open_member(checkpoint, name, entry.get("bytes"))  # type: ignore[arg-type]
-
-
-class _VerifiedFile:
-    """One manifest-listed file, read front to back exactly once and hashed as it is read.
-
-    Whatever consumes the bytes (a JSON parse, the tensor decoder) sees them before the hash
-    is known, so nothing read here may reach a component before :meth:`finish` has compared
-    the SHA-256 with the manifest. A large file is hashed by a second thread while the next
-    piece is read (:class:`.hashing.PieceHasher`): a buffer given to :meth:`readinto` must
-    not be changed before :meth:`finish` (the thread may not have hashed it yet), and
-    :meth:`close` always joins the thread.
-    """
-
-    def __init__(self, checkpoint: Path, manifest: Mapping[str, Any], name: str) -> None:
-        entry = manifest.get("files", {}).get(name)
-        self.path = checkpoint / name
-        if not isinstance(entry, Mapping):
-            raise CheckpointCorruptError(f"{checkpoint}: manifest does not list {name}")
-        # Either one SHA-256 of the whole file or, from format 3 on for large files, one per
-        # piece (format.validate_manifest has checked the entry's shape).
-        self.expected_sha256 = entry.get("sha256")
-        self.expected_pieces = entry.get("sha256_pieces")
-        self.size = entry.get("bytes")
-        if type(self.size) is not int or self.size < 0:
-            raise CheckpointCorruptError(f"{checkpoint}: manifest records no valid size "
-                                         f"for {name}")
-        self._file = _open_member(checkpoint, name, entry)
-        self._position = 0
-        try:
-            actual = os.fstat(self._file.fileno()).st_size
-        except OSError as exc:
-            self._file.close()
-            raise CheckpointCorruptError(f"{self.path} cannot be read ({exc})") from None
-        if actual != self.size:
-            self._file.close()
-            raise CheckpointCorruptError(
-                f"{self.path} has {actual} bytes but the manifest records {self.size} "
-                "(truncated or overwritten)")
-        # Started last: nothing above can leave its thread running.
-        try:
-            self._hash: PieceHasher | PieceDigests = (
-                PieceHasher.for_size(self.size, max_pending=_READ_AHEAD)
-                if self.expected_pieces is None
-                else PieceDigests(self.expected_pieces["piece_bytes"], max_pending=_READ_AHEAD))
-        except BaseException:  # no thread could be started: the file must not stay open
-            self._file.close()
-            raise
-
-    def __enter__(self) -> _VerifiedFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self._hash.close()
-        finally:
-            self._file.close()
-
-    def readinto(self, buffer: memoryview) -> None:
-        """Fill ``buffer`` with the next bytes of the file, hashing them."""
-        buffer = buffer.cast("B")
-        if self._position + len(buffer) > self.size:
-            raise ValueError("read past the recorded size")
-        done = 0
-        while done < len(buffer):
-            piece = buffer[done:done + _CHUNK]
-            try:
-                got = self._file.readinto(piece)
-            except OSError as exc:
-                raise CheckpointCorruptError(f"{self.path} cannot be read ({exc})") from None
-            if not got:  # shrank since it was opened
-                raise CheckpointCorruptError(f"{self.path} ended early (truncated while "
-                                             "being read)")
-            self._hash.update(piece[:got])
-            done += got
-        self._position += done
-
-    def read(self, n: int) -> bytes:
-        """The next ``n`` bytes of the file, hashed."""
-        buffer = bytearray(n)
-        self.readinto(memoryview(buffer))
-        return bytes(buffer)
-
-    def skip(self, n: int) -> None:
-        """Pass over the next ``n`` bytes: hashed, not kept."""
-        scratch = None
-        while n:
-            step = min(n, _CHUNK)
-            # The hashing thread may still be reading the previous piece: never overwrite it.
-            if scratch is None or self._hash.threaded:
-                scratch = memoryview(bytearray(step))
-            self.readinto(scratch[:step])
-            n -= step
-
-    def finish(self) -> None:
-        """Hash whatever was not read, then compare with the manifest.
-
-        Raises:
-            CheckpointCorruptError: the SHA-256 differs from the manifest's.
-        """
-        self.skip(self.size - self._position)
-        if isinstance(self._hash, PieceHasher):
-            if self._hash.hexdigest() != self.expected_sha256:
-                raise CheckpointCorruptError(f"{self.path}: SHA-256 does not match the "
-                                             "manifest (the file is corrupted)")
-            return
-        piece_bytes, recorded = self.expected_pieces["piece_bytes"], \
-            self.expected_pieces["digests"]
-        digests = self._hash.digests()
-        if len(digests) != len(recorded):  # validate_manifest rules it out; never zip short
-            raise CheckpointCorruptError(f"{self.path}: the manifest records {len(recorded)} "
-                                         f"piece digests for {len(digests)} pieces")
-        for index, (actual, expected) in enumerate(zip(digests, recorded)):
-            if actual != expected:
-                start = index * piece_bytes
-                end = min(start + piece_bytes, self.size)
-                raise CheckpointCorruptError(
-                    f"{self.path}: the SHA-256 of bytes {start}-{end - 1} (piece {index}) does "
-                    "not match the manifest (the file is corrupted)")
-
-
-def _read_verified(checkpoint: Path, manifest: Mapping[str, Any], name: str) -> bytes:
-    """The whole content of a (small) manifest-listed file, verified."""
-    with _VerifiedFile(checkpoint, manifest, name) as file:
-        data = file.read(file.size)
-        file.finish()
-    return data
-
-
-def _verify_file(checkpoint: Path, manifest: Mapping[str, Any], name: str) -> None:
-    with _VerifiedFile(checkpoint, manifest, name) as file:
-        file.finish()
-
-
 def _read_verified_tensors(checkpoint: Path, manifest: Mapping[str, Any],
                            wanted: Container[str] | None,
                            placement: Mapping[str, torch.device] | None = None,
@@ -228,7 +75,7 @@ def _read_verified_tensors(checkpoint: Path, manifest: Mapping[str, Any],
     structure (the rest is hashed before a decoding error is reported), so every kind of
     damage reads the same.
     """
-    with _VerifiedFile(checkpoint, manifest, TENSORS) as file:
+    with VerifiedFile(checkpoint, manifest, TENSORS) as file:
         try:
             tensors = read_safetensors(file, wanted, placement)
         except ValueError as exc:
@@ -283,7 +130,14 @@ def verify_checkpoint(checkpoint: str | os.PathLike[str]) -> CheckpointInfo:
     if is_sharded(manifest):  # [sharded] name a missing rank or a mixed-in part precisely
         check_shard_layout(path, manifest)
     for name in manifest.get("files", {}):
-        _verify_file(path, manifest, name)
+        verify_file(path, manifest, name)
+    if is_sharded(manifest) and manifest[SHARDED_KEY]["dcp_keys"]:
+        # [sharded] the DCP index must also make sense: every item inside a listed file, of
+        # the length its dtype and shape take (imported here: torch.distributed is slow to
+        # import and one-process checkpoints never need it)
+        from .dcp_storage import VerifiedDCPReader
+
+        VerifiedDCPReader(path, manifest)
     return CheckpointInfo(path, manifest)
 
 
@@ -330,8 +184,8 @@ def load_checkpoint_state(checkpoint: str | os.PathLike[str],
             raise CheckpointCorruptError(f"{path}: manifest does not list {name}")
     for name in listed:
         if name not in (STATE, TENSORS):
-            _verify_file(path, manifest, name)
-    tree = parse_state_json(_read_verified(path, manifest, STATE), path / STATE)
+            verify_file(path, manifest, name)
+    tree = parse_state_json(read_verified(path, manifest, STATE), path / STATE)
     wanted = list(tree) if keys is None else list(keys)
     missing = [k for k in wanted if k not in tree]
     if keys is None and isinstance(device, Mapping):  # a component placed but not saved
@@ -605,11 +459,13 @@ def read_pointer(directory: str | os.PathLike[str], name: str) -> str | None:
 def read_pointer_record(directory: str | os.PathLike[str], name: str) -> dict[str, Any] | None:
     """The whole pointer file (``checkpoint``, ``step``; ``best`` also records ``metric`` and
     ``mode``), or ``None`` when it is missing or damaged. A pointer naming anything but a
-    checkpoint directory name (a path, ``..``) counts as damaged."""
+    checkpoint directory name (a path, ``..``) counts as damaged, and so does anything but a
+    regular file (a FIFO would block the reader, a symlink could point anywhere)."""
     try:
-        with open(Path(directory) / name, "rb") as f:
-            data = json.loads(f.read(65536).decode("utf-8"))
-    except (OSError, ValueError, RecursionError):
+        handle, _ = _open_regular(Path(directory) / name, 65536)
+        with handle:
+            data = json.loads(handle.read(65536).decode("utf-8"))
+    except (OSError, ValueError, RecursionError, CheckpointCorruptError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("checkpoint"), str) \
             or not _STEP_DIR.match(data["checkpoint"]):

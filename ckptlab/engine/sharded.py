@@ -58,6 +58,7 @@ from .format import (
     state_json,
 )
 from .serialization import join_state, split_state
+from .verified import read_verified
 
 _RANK_DIR = re.compile(r"^rank_(\d{5})$")
 
@@ -158,8 +159,6 @@ def check_shard_layout(checkpoint: Path, manifest: Mapping[str, Any]) -> None:
         CheckpointNotFoundError: the checkpoint was deleted while it was being checked (by
             retention, say): nothing is wrong with it, it is gone.
     """
-    from .reader import _read_verified  # the reader imports this module
-
     sharded = manifest[SHARDED_KEY]
     world_size, save_id = sharded["world_size"], sharded["save_id"]
     step = manifest["step"]
@@ -173,7 +172,7 @@ def check_shard_layout(checkpoint: Path, manifest: Mapping[str, Any]) -> None:
                     f"was written by {world_size} ranks and cannot be resumed without it")
             _rank_folder(checkpoint, part)
             try:
-                data = _read_verified(checkpoint, manifest, name)
+                data = read_verified(checkpoint, manifest, name)
             except CheckpointCorruptError:
                 # Name the save a foreign part came from, if it is one (the file is at most
                 # 64 KiB, parsed only to compare two fields), else report the damage as is.

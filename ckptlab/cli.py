@@ -247,6 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="whether a higher or lower --metric is better (default: as "
                             "recorded, else max)")
 
+    migrate = sub.add_parser(
+        "migrate-sharded", help="convert a sharded checkpoint of ckptlab 0.3 or older (pickled "
+        "DCP index) into a new run directory, pickle-free",
+        description="Convert one sharded checkpoint written by ckptlab 0.3 or older, whose DCP "
+                    "index is a pickle, into a new run directory in today's pickle-free "
+                    "format. Unpickling can run code: only for checkpoints you trust.")
+    migrate.add_argument("path", type=Path, metavar="CKPT", help="the old checkpoint directory")
+    migrate.add_argument("--out", type=Path, required=True, metavar="NEW_RUN_DIR",
+                         help="a new (or empty) run directory for the converted checkpoint")
+    migrate.add_argument("--trust-pickle", action="store_true",
+                         help="required: you trust who wrote this checkpoint")
+
     for name, text in (("inspect", "show what a checkpoint contains and how big each part is"),
                        ("verify", "check every file hash; exit 1 if anything fails")):
         p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
@@ -539,6 +551,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_migrate_sharded(args: argparse.Namespace) -> int:
+    from .engine.migrate import migrate_legacy_sharded
+
+    info = migrate_legacy_sharded(args.path, args.out, trust_pickle=args.trust_pickle)
+    print(f"converted {args.path} into {info.path} (format {info.manifest['format_version']}, "
+          "no pickle; verified). The original is unchanged. Resume with: ckptlab train "
+          f"--nproc {info.manifest['sharded']['world_size']} --run-dir {args.out} "
+          "--resume auto")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     demo_main = import_layer("ckptlab.dqn.demo").main
 
@@ -560,7 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.raw_argv = list(sys.argv[1:] if argv is None else argv)  # [distributed] for workers
     commands = {"train": cmd_train, "inspect": cmd_inspect, "verify": cmd_verify,
-                "demo": cmd_demo, "ls": cmd_ls, "export": cmd_export, "prune": cmd_prune}
+                "demo": cmd_demo, "ls": cmd_ls, "export": cmd_export, "prune": cmd_prune,
+                "migrate-sharded": cmd_migrate_sharded}
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning  # one readable line per warning
         try:

@@ -119,8 +119,8 @@ def legacy_sharded_error(checkpoint: Path) -> UnsupportedFormatError:
         f"{checkpoint} is a sharded checkpoint in the layout of ckptlab 0.3 and older, whose "
         "DCP index is a pickle that could run code when loaded; ckptlab no longer unpickles "
         "checkpoint files. If you trust where it came from, convert it once with 'ckptlab "
-        f"migrate-sharded {checkpoint} --trust-pickle' (writes a converted copy beside it; "
-        "the original is kept)")
+        f"migrate-sharded {checkpoint} --trust-pickle --out NEW_RUN_DIR' (a converted copy in "
+        "a new run directory; the original is not changed) and resume from there")
 # Bounds applied before anything is read, so a hostile manifest cannot make a reader allocate
 # without limit: state.json is parsed whole, the tensor file is read whole.
 _MAX_MEMBER_BYTES = {STATE: 4 * 1024**3, TENSORS: 1024**4, SHARD_INFO: 64 * 1024,

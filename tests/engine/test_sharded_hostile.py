@@ -524,3 +524,68 @@ def test_fuzzed_sharded_checkpoints_load_exactly_or_fail_with_a_ckptlab_error(ru
         shutil.rmtree(target)
     assert outcomes["refused"] > 50, outcomes
     assert time.monotonic() - started < 60
+
+
+# --------------------------------------------------------------------------------------------
+# The way out for an old checkpoint one trusts: migrate-sharded
+# --------------------------------------------------------------------------------------------
+
+def _rewrite_in_the_old_layout(checkpoint: Path) -> None:
+    """What ckptlab 0.3 wrote: DCP's own FileSystemWriter (pickled .metadata, torch.save'd
+    .distcp), manifest format 3. Made from a new checkpoint so both hold the same state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    from ckptlab.engine.dcp_storage import VerifiedDCPReader
+
+    reader = VerifiedDCPReader(checkpoint, read_manifest(checkpoint))
+    flat = {fqn: torch.empty(tuple(m.size), dtype=m.properties.dtype)
+            if hasattr(m, "size") else None
+            for fqn, m in reader.metadata.state_dict_metadata.items()}
+    from ckptlab.engine.distributed import _dcp_load
+
+    _dcp_load(flat, reader, no_dist=True)
+    shutil.rmtree(checkpoint / "dcp")
+    dcp.save(flat, storage_writer=FileSystemWriter(str(checkpoint / "dcp")), no_dist=True)
+    listed = {f"dcp/{p.name}": p.read_bytes() for p in (checkpoint / "dcp").iterdir()}
+
+    def old(manifest):
+        manifest["format_version"] = 3
+        for name in ("dcp/index.json", "dcp/__0_0.bin"):
+            manifest["files"].pop(name)
+
+    _reseal(checkpoint, listed, edit=old)
+
+
+def test_migrate_sharded_converts_a_trusted_old_checkpoint_and_changes_nothing_else(
+        run, tmp_path, capsys):
+    run_dir, weights = run
+    checkpoint = _newest(run_dir)
+    expected = _load_everything(checkpoint)
+    _rewrite_in_the_old_layout(checkpoint)
+    assert (checkpoint / "dcp" / ".metadata").exists()
+    before = {p: p.read_bytes() for p in checkpoint.rglob("*") if p.is_file()}
+    with pytest.raises(UnsupportedFormatError, match="migrate-sharded"):
+        read_manifest(checkpoint)
+    # without the explicit word, nothing happens
+    assert main(["migrate-sharded", str(checkpoint), "--out", str(tmp_path / "new")]) != 0
+    assert "--trust-pickle" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    assert main(["migrate-sharded", str(checkpoint), "--out", str(tmp_path / "new"),
+                 "--trust-pickle"]) == 0
+    assert "Resume with" in capsys.readouterr().out
+    converted = tmp_path / "new" / "checkpoints" / "step_00000020"
+    info = verify_checkpoint(converted)
+    assert info.manifest["format_version"] == 4 and info.manifest["migrated_from"]
+    loaded = _load_everything(converted)
+    for part in ("model", "optim"):
+        torch.testing.assert_close(loaded[part], expected[part], rtol=0, atol=0)
+    assert read_sharded_state(converted)[1]["rank_00000"]["box"] == {"value": 20}
+    assert newest_valid_checkpoint(tmp_path / "new" / "checkpoints").path == converted
+    assert before == {p: p.read_bytes() for p in checkpoint.rglob("*") if p.is_file()}
+    # a used output directory is refused; a damaged old file is refused before unpickling
+    assert main(["migrate-sharded", str(checkpoint), "--out", str(tmp_path / "new"),
+                 "--trust-pickle"]) != 0
+    (checkpoint / "dcp" / ".metadata").write_bytes(b"\x80\x04N.")
+    assert main(["migrate-sharded", str(checkpoint), "--out", str(tmp_path / "other"),
+                 "--trust-pickle"]) != 0
+    assert "does not match the manifest" in capsys.readouterr().err

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy
 import torch
 from torch.distributed._shard._utils import narrow_tensor_by_index
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
@@ -76,7 +75,7 @@ from .format import (
 )
 from .hashing import HASH_POOL, sha256_hex
 from .serialization import join_state, split_state
-from .verified import read_verified
+from .verified import VerifiedFile, read_verified
 
 INDEX_FORMAT = "ckptlab-dcp-index"
 INDEX_VERSION = 1
@@ -395,6 +394,13 @@ def decode_index(data: bytes, source: Path, files: Mapping[str, int]) -> Metadat
         if key in storage:
             raise bad(f"{fqn!r} is stored twice")
         storage[key] = ItemLocation(name, at, length)
+    by_file: dict[str, list[ItemLocation]] = {}
+    for where in storage.values():
+        by_file.setdefault(where.file, []).append(where)
+    for name, places in by_file.items():  # items never overlap: each file is read in order
+        places.sort(key=lambda w: w.offset)
+        if any(a.offset + a.length > b.offset for a, b in zip(places, places[1:])):
+            raise bad(f"two items overlap in {name}")
     for fqn, meta in state_dict_metadata.items():  # every key is stored somewhere
         wanted = [MetadataIndex(fqn)] if isinstance(meta, BytesStorageMetadata) else \
             [MetadataIndex(fqn, c.offsets) for c in meta.chunks]
@@ -460,21 +466,13 @@ class VerifiedDCPReader(StorageReader):
         for item in plan.items:
             by_file.setdefault(storage[item.storage_index].file, []).append(item)
         for name, items in sorted(by_file.items()):
-            data = memoryview(read_verified(self.checkpoint, self.manifest,
-                                             f"{DCP_DIR}/{name}"))
-            for item in items:
-                where = storage[item.storage_index]
-                piece = data[where.offset:where.offset + where.length]
+            stored = self._read_items(name, {item.storage_index for item in items})
+            for item in items:  # only now, with the whole file's hash matched
+                data = stored[item.storage_index]
                 if item.type == LoadItemType.BYTE_IO:
-                    planner.load_bytes(item, io.BytesIO(piece))
+                    planner.load_bytes(item, io.BytesIO(data))
                     continue
-                meta = self.metadata.state_dict_metadata[item.storage_index.fqn]
-                sizes = next(c.sizes for c in meta.chunks
-                             if c.offsets == item.storage_index.offset)
-                chunk = torch.empty(sizes, dtype=meta.properties.dtype)
-                if where.length:  # copied: aligned, writable, and the file's buffer can go
-                    tensor_bytes(chunk)[:] = numpy.frombuffer(piece, dtype=numpy.uint8)
-                source = narrow_tensor_by_index(chunk, item.storage_offsets, item.lengths)
+                source = narrow_tensor_by_index(data, item.storage_offsets, item.lengths)
                 target = planner.resolve_tensor(item).detach()
                 if target.size() != source.size():
                     raise CheckpointCorruptError(
@@ -486,6 +484,30 @@ class VerifiedDCPReader(StorageReader):
         future: Future[None] = Future()
         future.set_result(None)
         return future
+
+    def _read_items(self, name: str, wanted: set[MetadataIndex]) -> dict[MetadataIndex, Any]:
+        """Read the ``wanted`` items of data file ``name`` front to back, straight into fresh
+        tensors (and bytes for values), hashing the whole file as it goes; return them only
+        once the file's SHA-256 matched the manifest."""
+        storage = self.metadata.storage_data
+        out: dict[MetadataIndex, Any] = {}
+        with VerifiedFile(self.checkpoint, self.manifest, f"{DCP_DIR}/{name}") as file:
+            position = 0
+            for key in sorted(wanted, key=lambda k: storage[k].offset):
+                where = storage[key]
+                file.skip(where.offset - position)  # hashed, not kept
+                meta = self.metadata.state_dict_metadata[key.fqn]
+                if isinstance(meta, BytesStorageMetadata):
+                    out[key] = file.read(where.length)
+                else:
+                    sizes = next(c.sizes for c in meta.chunks if c.offsets == key.offset)
+                    chunk = torch.empty(sizes, dtype=meta.properties.dtype)
+                    if where.length:
+                        file.readinto(memoryview(tensor_bytes(chunk)))
+                    out[key] = chunk
+                position = where.offset + where.length
+            file.finish()
+        return out
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:

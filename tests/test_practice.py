@@ -202,3 +202,14 @@ def test_check_body_pattern(runs, answer, status, words):
     net, _ = practice.load_policy(root / "original" / "checkpoints")
     result = practice.check_body_pattern(answer, net)
     assert result.passed is status and words in result.message
+
+
+def test_catalog_rows_say_which_step_each_eval_return_was_measured_at(runs):
+    """A checkpoint saved between epochs carries the evaluation of the last epoch end: the
+    ranking shows it, so nobody reads an old evaluation as the checkpoint's own (issue 24)."""
+    root, _ = runs
+    rows = practice.catalog_rows(root, sort="eval_return", top=20)
+    measured = [(r["step"], r["evaluated at step"]) for r in rows
+                if r["evaluated at step"] is not None]
+    assert measured and all(at <= step for step, at in measured)
+    assert any(at < step for step, at in measured)   # the branch saves between evaluations

@@ -39,10 +39,14 @@ WHY_IT_MATTERS = {
     "weights": "what the agent knows; without them it starts from scratch",
     "optimizer": "Adam's running averages of past gradients; without them the first updates "
                  "after the resume are too large and in different directions",
-    "replay_buffer": "the experience it learns from; an empty buffer means different batches "
-                     "and a pause in learning until it refills",
+    "replay_buffer": "the experience it learns from; resumed empty, learning does not pause: "
+                     "the step counter is past learning_starts, so updates go on at once, each "
+                     "drawing a whole batch (with replacement) from the handful of transitions "
+                     "collected since the resume - the loss spikes, then settles as the buffer "
+                     "refills",
     "counters": "step and episode counters and the exploration schedule; without them epsilon "
-                "jumps back to 1 and the agent explores at random again",
+                "jumps back to 1 (random actions again), and with the step counter back at 0 "
+                "no update happens until it passes learning_starts again: learning pauses",
     "rng": "the random generators; without them exploration and batch sampling draw other "
            "numbers from the very first step, so learning takes another path at once",
     "env": "the episode in progress; without it the environment resets and the resumed run "
@@ -126,27 +130,39 @@ def continue_training(trainer: Trainer, steps: int, eval_key_step: int) -> After
         final_greedy_return=evaluation.mean_return)
 
 
+def first_update(run: AfterResume) -> int | None:
+    """The step (after the resume) of ``run``'s first gradient update; ``None`` if none."""
+    return int(run.loss_steps[0]) if len(run.loss_steps) else None
+
+
 def separation_step(run: AfterResume, reference: AfterResume, tolerance: float = 0.05,
                     window: int = 25) -> int | None:
-    """The first step after the resume at which the two runs' smoothed losses are more than
-    ``tolerance`` (relative) apart, update by update; ``None`` if they never are."""
+    """The first step after the resume at which both runs made an update and their smoothed
+    losses (each over its own last ``window`` updates) are more than ``tolerance`` (relative)
+    apart; ``None`` if they never are.
+
+    Updates are matched by step: a run that makes no update where the reference does (it
+    paused, see :func:`first_update`) is compared where both updated, so a pause shows as a
+    pause, not as a separation at the reference's first update.
+    """
     from .lessons import smooth
 
-    n = min(len(run.losses), len(reference.losses))
-    if n == 0:
+    if len(run.losses) == 0 or len(reference.losses) == 0:
         return None
-    a, b = smooth(run.losses[:n], window), smooth(reference.losses[:n], window)
-    apart = np.abs(a - b) > tolerance * np.abs(b)
-    if run.loss_steps[:n].tolist() != reference.loss_steps[:n].tolist():
-        apart |= run.loss_steps[:n] != reference.loss_steps[:n]  # updates at other steps
+    a, b = smooth(run.losses, window), smooth(reference.losses, window)
+    common, ia, ib = np.intersect1d(run.loss_steps, reference.loss_steps, assume_unique=True,
+                                    return_indices=True)
+    apart = np.abs(a[ia] - b[ib]) > tolerance * np.abs(b[ib])
     hits = np.flatnonzero(apart)
-    return int(reference.loss_steps[hits[0]]) if hits.size else None
+    return int(common[hits[0]]) if hits.size else None
 
 
 def divergence(run: AfterResume, reference: AfterResume) -> dict[str, float | int | None]:
-    """How far ``run`` strays from ``reference``: the first step (after the resume) at which
-    an update's loss differs at all, the step at which the runs visibly separate (smoothed
-    losses more than 5% apart), the gap in final greedy return, the final weight distance."""
+    """How far ``run`` strays from ``reference``: its first update (a run that restarts its
+    step counter pauses until ``learning_starts``), the first step (after the resume) at which
+    an update's loss differs at all (or an update happens in one run and not the other), the
+    step at which the runs visibly separate (smoothed losses more than 5% apart where both
+    updated), the gap in final greedy return, the final weight distance."""
     first = None
     n = min(len(run.losses), len(reference.losses))
     for i in range(n):
@@ -158,7 +174,8 @@ def divergence(run: AfterResume, reference: AfterResume) -> dict[str, float | in
     distance = float(torch.sqrt(sum(((run.final_weights[k].double() -
                                       reference.final_weights[k].double()) ** 2).sum()
                                     for k in reference.final_weights)))
-    return {"first divergence (steps after resume)": first,
+    return {"first update (steps after resume)": first_update(run),
+            "first divergence (steps after resume)": first,
             "separates (>5% apart) at": separation_step(run, reference),
             "final greedy return": run.final_greedy_return,
             "return gap": abs(run.final_greedy_return - reference.final_greedy_return),
@@ -214,10 +231,19 @@ def resume_with(checkpoint: str | os.PathLike[str], config: DQNConfig, pieces: o
 
 
 def separation_title(run: AfterResume, reference: AfterResume) -> str:
-    """"identical", or when the run's smoothed loss separates from the reference's."""
+    """"identical", or what the run's loss does against the reference's: a pause in learning
+    (no update until later than the reference's first), and where the smoothed losses
+    separate."""
     first = divergence(run, reference)["first divergence (steps after resume)"]
     if first is None:
         return "identical to the full resume"
+    mine, theirs = first_update(run), first_update(reference)
+    paused = mine is None or (theirs is not None and mine > theirs)
+    if paused:
+        pause = ("no update at all" if mine is None
+                 else f"no update until +{mine} (learning paused)")
+        apart = separation_step(run, reference)
+        return pause + (f", then apart at +{apart}" if apart is not None else "")
     apart = separation_step(run, reference)
     return (f"separates at step +{apart}" if apart is not None else
             f"differs from +{first}, never more than 5% apart")

@@ -36,11 +36,13 @@ from .failures import flip_byte
 #: newest checkpoint after a clean run.
 FAULTS: dict[str, str] = {
     "kill:step": "SIGKILL between two saves (mid-training)",
-    "kill:save:files-written": "SIGKILL after the checkpoint's files are written, before the "
-                               "rename that commits them",
-    "kill:save:committed": "SIGKILL after the rename, before the latest pointer is updated",
-    "kill:save:pointer-temp": "SIGKILL after the new pointer is written to a temporary file, "
-                              "before it replaces the old one",
+    "kill:save:files-written": "SIGKILL after the checkpoint's files are written and fsynced "
+                               "(the next latest pointer already waits beside them in a "
+                               "temporary file), before the rename that commits them",
+    "kill:save:committed": "SIGKILL right after the rename, before the latest pointer is swapped",
+    "kill:save:pointer-temp": "SIGKILL just before the temporary pointer replaces latest: the "
+                              "same state as the line above, since that temporary file was "
+                              "written with the checkpoint's files, before the commit",
     "kill:save:pointer-updated": "SIGKILL after the pointer is updated, before old checkpoints "
                                  "are pruned",
     "corrupt:tensors": "one bit flipped in the newest checkpoint's tensors.safetensors",

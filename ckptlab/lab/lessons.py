@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine import MANIFEST, describe_digest, read_manifest
+from ..engine import MANIFEST, CkptlabError, describe_digest, read_manifest
 from ..dqn.metrics import MetricHistory
 
 # --------------------------------------------------------------------------------------------
@@ -185,9 +185,20 @@ def plot_q_values(ax: Any, q_values: Sequence[float],
     pad = 0.4 * ((hi - lo) or 1.0)
     ax.set_xlim(lo - (pad if lo < 0 else 0.0), hi + pad)
     ax.axvline(0, color="black", linewidth=0.5)
-    ax.set_xlabel("Q-value = estimated return after the action", fontsize=8)
+    ax.set_xlabel("Q-value = estimated discounted return after the action", fontsize=8)
     ax.set_title(f"Q-values ({q.size} actions): greedy = {action_names[greedy]}", fontsize=9)
     ax.tick_params(labelsize=7)
+
+
+def discounted_return(rewards: int | Sequence[float], gamma: float) -> float:
+    """The discounted return of a reward sequence: sum of ``gamma**k * reward_k``. An integer
+    stands for that many rewards of 1 (CartPole: one per step the pole stays up), so
+    ``discounted_return(n, g) == (1 - g**n) / (1 - g)``, never more than ``1 / (1 - g)``.
+    Introduced in ``02_prediction_trace``."""
+    if not 0.0 < gamma <= 1.0:
+        raise CkptlabError(f"gamma must be in (0, 1], not {gamma}")
+    values = [1.0] * int(rewards) if isinstance(rewards, int) else [float(r) for r in rewards]
+    return float(sum(r * gamma ** k for k, r in enumerate(values)))
 
 
 # --------------------------------------------------------------------------------------------

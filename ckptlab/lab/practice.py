@@ -354,17 +354,39 @@ def read_export(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 # The catalog: checkpoints across runs
 # --------------------------------------------------------------------------------------------
 
+def evaluated_at_step(checkpoint: str | os.PathLike[str]) -> int | None:
+    """The step of the evaluation whose ``eval_return`` a DQN checkpoint's manifest carries:
+    the last one in its metric history (``None`` when it holds no evaluation).
+
+    A checkpoint saved between epochs carries the evaluation of the last epoch end, not of its
+    own step: a run that saves every few episodes writes several checkpoints with the same
+    evaluation, and a ranking by ``eval_return`` ranks those evaluations.
+    """
+    from ..engine import load_checkpoint_state
+
+    _, states = load_checkpoint_state(Path(checkpoint), keys=["metrics"])
+    steps = states.get("metrics", {}).get("eval_step")
+    return int(steps[-1]) if steps is not None and len(steps) else None
+
+
 def catalog_rows(root: str | os.PathLike[str], *, sort: str | None = None,
                  ascending: bool = False, top: int | None = None,
                  metrics: Sequence[str] = ("eval_return", "loss")) -> list[dict[str, Any]]:
-    """``ckptlab ls ROOT --sort METRIC``, as table rows (the catalog is rebuilt first)."""
+    """``ckptlab ls ROOT --sort METRIC``, as table rows (the catalog is rebuilt first), with the
+    step each checkpoint's ``eval_return`` was measured at (see :func:`evaluated_at_step`)."""
     catalog = Catalog(root)
     catalog.rebuild()
-    return [{"run": row.run, "checkpoint": Path(row.path).name, "step": row.step,
-             **{m: row.metrics.get(m) for m in metrics}, "status": row.status,
-             "started from": (f"{Path(row.parent).parent.parent.name}/{Path(row.parent).name}"
-                              if row.parent else "-")}
-            for row in catalog.query(sort=sort, ascending=ascending, top=top)]
+    rows = []
+    for row in catalog.query(sort=sort, ascending=ascending, top=top):
+        entry = {"run": row.run, "checkpoint": Path(row.path).name, "step": row.step,
+                 **{m: row.metrics.get(m) for m in metrics}}
+        if "eval_return" in metrics:
+            entry["evaluated at step"] = evaluated_at_step(Path(root) / row.path)
+        entry.update({"status": row.status,
+                      "started from": (f"{Path(row.parent).parent.parent.name}/"
+                                       f"{Path(row.parent).name}" if row.parent else "-")})
+        rows.append(entry)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -626,20 +648,54 @@ def interval_view(save_seconds: float = 0.05, mtbf_hours: float = 10.0,
                  f"{run_hours:.3g} h run. " + checkpoint_advice(save_seconds, mtbf_hours, run_hours)]
 
 
+def expected_completion_time(work_s: float, mtbf_s: float, *, interval_s: float | None = None,
+                             save_s: float = 0.0) -> float:
+    """Expected wall time to finish ``work_s`` seconds of training when failures strike at
+    random (a Poisson process, one every ``mtbf_s`` on average) and each failure sends the run
+    back to its last checkpoint (restarts themselves taken as instant).
+
+    Without checkpoints (``interval_s=None``) every failure restarts the run from zero, and the
+    expectation is ``M (e^(T/M) - 1)``: it grows exponentially with the run, because a long run
+    rarely gets through in one piece. With a save every ``interval_s`` seconds of work (each
+    save costing ``save_s``, the last one at the end, and a failure during a save losing that
+    segment), the run is a chain of independent segments of ``interval_s + save_s`` seconds,
+    each taking ``M (e^(segment/M) - 1)`` on average.
+
+    Raises:
+        CkptlabError: a non-positive run length, interval or time between failures, or a
+            negative save cost.
+    """
+    if work_s <= 0 or mtbf_s <= 0 or save_s < 0 or (interval_s is not None and interval_s <= 0):
+        raise CkptlabError("run length, interval and time between failures must be positive, "
+                           "and the save cost non-negative")
+
+    def segment(seconds: float) -> float:
+        return mtbf_s * math.expm1(min(seconds / mtbf_s, 700.0))  # e^700: beyond any run
+
+    if interval_s is None:
+        return segment(work_s)
+    full, rest = divmod(work_s, interval_s)
+    return full * segment(interval_s + save_s) + (segment(rest + save_s) if rest > 0 else 0.0)
+
+
 def checkpoint_advice(save_seconds: float, mtbf_hours: float, run_hours: float) -> str:
-    """Often, rarely or not at all, from the numbers (one line of reasoning)."""
+    """Often, rarely or not at all, from the numbers: the best interval (Young's rule) and the
+    expected time to finish with it and without any checkpoint
+    (:func:`expected_completion_time`)."""
     mtbf, run = mtbf_hours * 3600, run_hours * 3600
     best = optimal_interval(save_seconds, mtbf)
     p_fail = 1 - math.exp(-run / mtbf)  # failures as a Poisson process
-    no_ckpt_loss = p_fail * run / 2      # a failure costs half the run on average
+    without = expected_completion_time(run, mtbf)
+    finish = (f"without any checkpoint (a failure restarts from zero) {_duration(without)}")
     if best >= run:
         return (f"The best interval ({_duration(best)}) is longer than the run "
                 f"({_duration(run)}): save at the end only (and maybe once in between). "
-                f"Without checkpoints you would expect to redo {_duration(no_ckpt_loss)}.")
-    saves = run / best
-    return (f"Save every {_duration(best)} (about {saves:.0f} saves in {_duration(run)}). "
-            f"Chance of a failure during the run: {100 * p_fail:.0f}%; without checkpoints "
-            f"you would expect to redo {_duration(no_ckpt_loss)} of work.")
+                f"Chance of a failure during the run: {100 * p_fail:.2g}%; expected time to "
+                f"finish {finish}.")
+    with_saves = expected_completion_time(run, mtbf, interval_s=best, save_s=save_seconds)
+    return (f"Save every {_duration(best)} (about {run / best:.0f} saves in {_duration(run)}). "
+            f"Chance of a failure during the run: {100 * p_fail:.0f}%; expected time to "
+            f"finish: with these saves {_duration(with_saves)}, {finish}.")
 
 
 def _duration(seconds: float) -> str:
@@ -647,7 +703,9 @@ def _duration(seconds: float) -> str:
         return f"{seconds:.3g} s"
     if seconds < 2 * 3600:
         return f"{seconds / 60:.3g} min"
-    return f"{seconds / 3600:.3g} h"
+    if seconds < 1e5 * 3600:
+        return f"{seconds / 3600:.3g} h"
+    return f"{seconds / 3600:.1e} h (about {seconds / (3600 * 24 * 365.25):.2g} years)"
 
 
 # --------------------------------------------------------------------------------------------

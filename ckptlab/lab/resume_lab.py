@@ -9,6 +9,8 @@ the work a crash loses against what saving costs.
 * :func:`plot_save_tradeoff` puts the expected and worst-case lost steps of a save interval next
   to the save overhead measured by :func:`ckptlab.dqn.demo.lost_work_by_interval` (instant: it
   trains nothing).
+* :func:`write_then_sigkill` shows what a SIGKILL test cannot see: bytes a process wrote but
+  never fsynced are all there after the kill, because the kernel (and its page cache) lives on.
 
 The kill here happens in the notebook's own process: the interrupted attempt's ``Trainer`` is
 dropped after the kill step without another save, so exactly what a SIGKILL leaves survives -
@@ -24,6 +26,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -323,3 +328,56 @@ def plot_save_tradeoff(measured: Sequence[LostWork], save_every: int) -> list[An
               bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
     fig.tight_layout()
     return [fig, show_table([chosen], floatfmt=".4g")]
+
+
+# -- what SIGKILL models, and what it cannot ------------------------------------------------
+
+@dataclass(frozen=True)
+class UnsyncedWrite:
+    """A file written without fsync by a process that then SIGKILLed itself."""
+
+    exit_status: int        # -9: the process died of SIGKILL
+    bytes_written: int      # what the process handed to write()
+    bytes_read_back: int    # what the file holds after the kill
+    intact: bool            # every byte read back equals the byte written
+
+    def describe(self) -> str:
+        """One line for the lesson."""
+        return (f"the writer exited with status {self.exit_status} (killed by SIGKILL) without "
+                f"ever calling fsync; the file holds {self.bytes_read_back:,} of the "
+                f"{self.bytes_written:,} bytes written, "
+                + ("every one of them intact." if self.intact else "NOT all of them intact."))
+
+
+_WRITE_THEN_KILL = """\
+import os, signal, sys
+data = bytes(range(256)) * (int(sys.argv[2]) // 256)
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, data)                      # into the kernel's page cache; no fsync, no close
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def write_then_sigkill(path: str | os.PathLike[str], size: int = 1 << 20) -> UnsyncedWrite:
+    """Start a process that writes ``size`` bytes to ``path`` with a plain ``write()`` - no
+    fsync, not even a close - and SIGKILLs itself; then read the file back.
+
+    The bytes are all there: a SIGKILL ends the process, not the kernel, and the kernel writes
+    its page cache out to the disk later whether or not anyone called fsync. A power cut or an
+    operating-system crash at that moment could have lost them. That is why a SIGKILL test can
+    never catch a missing or misordered fsync.
+
+    Raises:
+        CkptlabError: ``size`` is not a positive multiple of 256, or the platform has no
+            SIGKILL (Windows).
+    """
+    if not hasattr(signal, "SIGKILL"):
+        raise CkptlabError("this demonstration needs SIGKILL, which Windows does not have")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % 256:
+        raise CkptlabError(f"size must be a positive multiple of 256 bytes, not {size!r}")
+    target = Path(path)
+    done = subprocess.run([sys.executable, "-c", _WRITE_THEN_KILL, str(target), str(size)],
+                          capture_output=True, timeout=60, check=False)
+    expected = bytes(range(256)) * (size // 256)
+    read_back = target.read_bytes() if target.exists() else b""
+    return UnsyncedWrite(done.returncode, size, len(read_back), read_back == expected)

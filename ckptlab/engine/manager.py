@@ -700,8 +700,14 @@ class CheckpointManager:
         lines = "".join(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **e}) + "\n"
                         for e in events)
         if lines:
-            with open(self.directory / DECISIONS, "a", encoding="utf-8") as f:
-                f.write(lines)
+            with open(self.directory / DECISIONS, "a+b") as f:
+                # The log is not fsynced: a power cut may keep only the start of the last
+                # append. Begin on a new line, or that torn line would swallow this one.
+                if f.seek(0, os.SEEK_END):
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        lines = "\n" + lines
+                f.write(lines.encode("utf-8"))
 
     def _log_save(self, name: str, step: int, metrics: Mapping[str, Any]) -> None:
         history = self.history()
@@ -996,14 +1002,21 @@ class CheckpointManager:
         if aside.exists():
             aside = aside.with_name(f"{aside.name}-{uuid.uuid4().hex[:6]}")
         aside.mkdir(parents=True)
+        # Persistence (docs/crash-consistency.md; checked by the crash explorer, workload
+        # `rollback`): the new folders' names are durable before anything moves into them (or
+        # a power cut could orphan what moved), and each move before the next, oldest first,
+        # so a power cut leaves a prefix of the moves: the newest checkpoint in place stays the
+        # old newest until the last one has moved.
+        _fsync_dir(aside.parent)
+        _fsync_dir(self.directory)
         moved = []
         for path in newer:
             os.replace(path, aside / path.name)
+            _fsync_dir(aside)
+            _fsync_dir(self.directory)
             self._manifests.pop(path.name, None)
             self._unusable.discard(path.name)
             moved.append(aside / path.name)
-        _fsync_dir(aside)
-        _fsync_dir(self.directory)
         self._log([{"event": "rolled_back", "checkpoint": target.name, "step": step,
                     "moved": [p.name for p in newer],
                     "moved_to": str(aside.relative_to(self.directory)), "reason": reason}])

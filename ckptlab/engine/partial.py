@@ -226,7 +226,13 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
         meta = {"format": "ckptlab-export", **source_meta, **described}
         files["metadata.json"] = json.dumps(meta, indent=1).encode("utf-8")
     try:
+        created = [p for p in (out, *out.parents) if not p.exists()]
         out.mkdir(parents=True, exist_ok=True)
+        # A folder made here must have a durable name before the files in it are published,
+        # or a power cut after the export returned could lose it whole (found by the crash
+        # explorer, workload `export`).
+        for directory in reversed(created):
+            _fsync_dir(directory.parent)
         for leftover in out.glob(".tmp-export-*"):  # of a killed export: ours to remove
             leftover.unlink(missing_ok=True)
         written = [_publish(out, name, data) for name, data in files.items()]

@@ -561,13 +561,22 @@ def set_aside_non_pointer(directory: Path, pointer: str) -> tuple[Path, str] | N
 
 def delete_checkpoints(directory: Path, names: Sequence[str]) -> None:
     """Delete checkpoint directories; each is renamed aside first, so a crash mid-delete never
-    leaves a half-deleted directory under a committed name."""
+    leaves a half-deleted directory under a committed name.
+
+    The renames are made durable before anything inside is removed: a disk that may reorder
+    un-synced changes could otherwise keep a removal and lose the rename (found by the crash
+    explorer, ``crash_recovery`` workload ``delete``). What is left aside is removed by the next
+    writer if a crash interrupts the removal.
+    """
+    trashed = []
     for name in names:
         trash = directory / f"{_TRASH_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
         os.replace(directory / name, trash)
-        _remove_entry(trash)
-    if names:
+        trashed.append(trash)
+    if trashed:
         _fsync_dir(directory)
+    for trash in trashed:
+        _remove_entry(trash)
 
 
 def _remove_entry(path: Path) -> None:

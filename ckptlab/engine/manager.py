@@ -530,27 +530,14 @@ class CheckpointManager:
             temp.mkdir()
             tensor_chunks = safetensors_chunks(snap.tensors, {"format": FORMAT_NAME})
             pointer = _canonical_json({"checkpoint": final.name, "step": step}, readable=True)
-            # Crash consistency, with two rounds of flushes where there were three:
-            #  1. data files, the manifest, the next `best` (a temporary file) and the entries
-            #     of the temporary directory are fsynced together, in parallel threads;
-            #  2. only after all of them succeeded is the directory renamed into place (and the
-            #     pointers swapped); one fsync of the parent makes all the renames durable.
-            # Five fsyncs in all (six when `best` moves), where there were six (eight). The next
-            # `latest` is written but not fsynced: a power loss after its rename became
-            # durable may leave it empty or stale, and every reader already takes a damaged
-            # `latest` as absent (`read_pointer_record`), resume finds the newest valid
-            # checkpoint by scanning the directories, and the next manager to open the
-            # directory rewrites the pointer (`_repair_latest`). `best` keeps its fsync: a
-            # manager without its own rule protects the checkpoint it names, by the metric it
-            # records, from retention - losing it could delete the best checkpoint.
-            # The temporary directory's fsync used to wait for the file fsyncs; it need not:
-            # it only has to make the names durable, and its result is only used (by the
-            # rename) after every file's own fsync has also returned. So a power loss before
-            # round 2 leaves an invisible temporary directory (removed by the next writer);
-            # after the rename, every byte and name below it is already durable; retention
-            # deletes nothing before both rounds end. SIGKILL at any phase never loses what
-            # the kernel already has; the files are hashed from the very buffers written, so
-            # a file torn by a crash fails its hash instead of loading.
+            # Durability (docs/crash-consistency.md). Persistence model: file data is durable
+            # once the file's fsync returns, a name once its directory's fsync returns, and a
+            # rename is atomic. So: every file, the next `best` and the temporary folder's
+            # names are fsynced (in parallel) before the folder is renamed into place; one
+            # fsync of the parent then covers the renames. The next `latest` is not fsynced
+            # (readers take a damaged one as absent, resume scans the folders, the next writer
+            # repairs it). Checked, crash state by crash state under an ordered and an
+            # adversarial model, by engine/crash_recovery.py (workloads `save*`).
             with _ParallelFlush() as flush:
                 try:
                     pending = {TENSORS: flush.start(temp / TENSORS, tensor_chunks)}
@@ -617,9 +604,9 @@ class CheckpointManager:
             os.replace(pointer_temp, self.directory / LATEST)
             if best_temp is not None:
                 os.replace(best_temp, self.directory / BEST)
-            # One directory fsync makes all the renames durable: journaling filesystems commit
-            # them in order, so a pointer can never survive a crash that its target did not.
-            # (Resume scans the directories anyway; the pointers are for people and tools.)
+            # One fsync of the parent makes the commit and the pointers durable. Before it, a
+            # disk may keep any of the renames (a pointer naming a folder that is not there):
+            # no reader trusts a pointer for that, and the next writer repairs it.
             _fsync_dir(self.directory)
             fault_point("save:pointer-updated", step)
             self._log_save(final.name, step, snap.metrics)

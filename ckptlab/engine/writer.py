@@ -3,10 +3,16 @@
 A save writes its files into ``.tmp-step_...`` beside the final name, hashing each from the
 same buffers while writing it, fsyncs every file and the directory (all at once, in parallel),
 renames the directory into place, swaps ``latest`` (temporary file + ``os.replace``; no
-symlinks, so it works on Windows and macOS) and fsyncs the parent once for both renames. A
-crash at any moment leaves either the old set of checkpoints or the new one; leftovers are
-ignored by readers and removed by the next writer (:func:`remove_leftovers`). Async saves
-copy the state into a reusable :class:`StagingBuffer` first.
+symlinks, so it works on Windows and macOS) and fsyncs the parent once for both renames.
+Leftovers are ignored by readers and removed by the next writer (:func:`remove_leftovers`).
+Async saves copy the state into a reusable :class:`StagingBuffer` first.
+
+Durability rests on one persistence model: a file's data is durable once its fsync returns, a
+name once its directory's fsync returns, and a rename is atomic; nothing else is assumed
+(un-synced changes may be lost or reordered). That every write path here keeps the previous
+committed state or the new one after a power cut, under that model, is not argued in
+comments but checked crash state by crash state: :mod:`.crash_states`, :mod:`.crash_recovery`
+and ``docs/crash-consistency.md``.
 """
 
 from __future__ import annotations

@@ -37,9 +37,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.4.0"
-
-from .engine import (  # noqa: E402
+from .engine import (
     FORMAT_VERSION,
     AnyOf,
     BestBy,
@@ -62,6 +60,7 @@ from .engine import (  # noqa: E402
     KeepEveryTSeconds,
     KeepLastN,
     KeepTopK,
+    MissingExtraError,
     OnImprovement,
     OnStart,
     RollbackRequiredError,
@@ -78,6 +77,7 @@ from .engine import (  # noqa: E402
     seed_global_generators,
     verify_checkpoint,
 )
+from .engine.version import __version__
 
 # Names of the DQN run, imported on first use: the engine must work without its extra.
 _LAZY = {name: "ckptlab.dqn" for name in (
@@ -85,28 +85,44 @@ _LAZY = {name: "ckptlab.dqn" for name in (
     "DQNConfig", "diff_configs", "Trainer", "TrainProgress", "TrainResult", "EnvRunner",
     "Evaluation", "GreedyEvaluator", "make_env", "capture_env_state", "restore_env_state",
     "EpochSummary", "MetricHistory", "UnsupportedEnvironmentError", "EveryNEpisodes")}
-_EXTRAS = {"ckptlab.dqn": ("rl", "gymnasium and tqdm"),
-           "ckptlab.lab": ("lab", "JupyterLab, ipywidgets, matplotlib, nbval and papermill")}
+# Which extra each optional layer needs, and what it installs.
+_EXTRAS = {"ckptlab.dqn": ("rl", "gymnasium, tqdm"),
+           "ckptlab.sb3": ("sb3", "stable-baselines3"),
+           "ckptlab.lab": ("lab", "JupyterLab, ipywidgets, matplotlib, nbval, papermill")}
 
 
-def import_layer(module: str) -> Any:
-    """Import ``ckptlab.dqn`` or ``ckptlab.lab``; if an extra is missing, say which to install."""
+def install_command(extra: str) -> str:
+    """The command that installs ``extra`` with the tested versions (the README's, run in
+    ckptlab's repository: ckptlab is not on a public index, and requirements.txt holds the
+    pins, torch's included)."""
+    return f'pip install -c requirements.txt "ckptlab[{extra}]"'
+
+
+def import_layer(module: str, needed_by: str | None = None) -> Any:
+    """Import ``ckptlab.dqn``, ``ckptlab.sb3`` or ``ckptlab.lab`` (or a module inside one).
+
+    If a library of its extra is missing, raise :class:`MissingExtraError` (an ``ImportError``)
+    whose one-line message says what needs it, which extra to install and how.
+    """
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        extra, what = _EXTRAS[module.split(".")[0] + "." + module.split(".")[1]]
-        if exc.name and exc.name.split(".")[0] == "ckptlab":
-            raise
-        raise ImportError(
-            f"{module} needs {exc.name}, which is not installed: install the '{extra}' extra "
-            f"({what}) with: pip install \"ckptlab[{extra}]\"") from exc
+        missing = (exc.name or "").split(".")[0]
+        layer = ".".join(module.split(".")[:2])
+        if not missing or missing == "ckptlab" or layer not in _EXTRAS:
+            raise  # a bug in ckptlab itself, not an extra to install
+        extra, libraries = _EXTRAS[layer]
+        raise MissingExtraError(
+            f"{needed_by or module} needs {missing}, which is not installed: install the "
+            f"'{extra}' extra ({libraries}) with: {install_command(extra)}  (in ckptlab's "
+            "repository; see the README's Install)", name=missing) from None
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: the DQN run's names, loaded when first used
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ckptlab' has no attribute {name!r}")
-    value = getattr(import_layer(module), name)
+    value = getattr(import_layer(module, needed_by=f"ckptlab.{name}"), name)
     globals()[name] = value
     return value
 
@@ -128,6 +144,7 @@ __all__ = [
     "AnyOf", "EveryNSteps", "EveryNEpisodes", "EveryTSeconds", "OnStart", "OnImprovement",
     "Hybrid", "Final", "KeepLastN", "KeepTopK", "KeepEveryKSteps", "KeepEveryTSeconds", "BestBy",
     "CheckpointWriteError", "RunLockedError", "RollbackRequiredError",
-    "CkptlabError", "CheckpointCorruptError", "CheckpointNotFoundError", "ForeignFileError",
+    "CkptlabError", "MissingExtraError", "CheckpointCorruptError", "CheckpointNotFoundError",
+    "ForeignFileError",
     "IncompatibleCheckpointError", "UnsupportedEnvironmentError", "UnsupportedFormatError",
 ]

@@ -317,9 +317,9 @@ def _save_policy_from(args: argparse.Namespace, config: DQNConfig) -> SavePolicy
 def cmd_train(args: argparse.Namespace) -> int:
     # [distributed] --nproc launches ranks; a launched worker trains one rank
     if args.nproc is not None or args.nnodes > 1 or os.environ.get("TORCHELASTIC_RUN_ID"):
-        return import_layer("ckptlab.dqn.distributed").cmd_train_distributed(
+        return import_layer("ckptlab.dqn.distributed", "ckptlab train").cmd_train_distributed(
             args, args.raw_argv, _config_for, _retention_from, _save_policy_from)
-    dqn = import_layer("ckptlab.dqn")
+    dqn = import_layer("ckptlab.dqn", "ckptlab train")
     info = dqn.find_resume_checkpoint(args.run_dir, args.resume)
     if info is not None and is_sharded(info.manifest):  # [distributed]
         raise sharded_load_error(info.path, info.manifest)
@@ -563,7 +563,7 @@ def cmd_migrate_sharded(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    demo_main = import_layer("ckptlab.dqn.demo").main
+    demo_main = import_layer("ckptlab.dqn.demo", "ckptlab demo").main
 
     if args.run_dir is not None and args.run_dir.exists() and any(args.run_dir.iterdir()):
         raise CkptlabError(f"--run-dir {args.run_dir} is not empty; choose a new directory")

@@ -4,10 +4,13 @@ gymnasium, matplotlib or ipywidgets, and works installed alone from a wheel."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -88,23 +91,48 @@ def test_lessons_quizzes_and_exercise_checks_work_from_an_installed_wheel(wheel,
     assert "wheel install ok" in result.stdout
 
 
+def _fresh_venv(path: Path) -> Path:
+    """A venv with no packages at all (not even pip: this environment's pip installs into
+    it with ``--python``); returns its interpreter."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    return path / "bin" / "python"
+
+
+def _pip_into(python: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pip", "--python", str(python), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _site_packages(python: Path) -> Path:
+    return Path(subprocess.run([str(python), "-c", "import sysconfig; "
+                                "print(sysconfig.get_path('purelib'))"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+@pytest.fixture(scope="module")
+def engine_only_venv(wheel, tmp_path_factory) -> Path:
+    """A fresh venv with the wheel installed (console script included) and nothing but the
+    engine's dependencies: torch, numpy and safetensors from this environment (same
+    versions, no download), through a .pth naming a folder of links to just those."""
+    base = tmp_path_factory.mktemp("engine-only")
+    python = _fresh_venv(base / "venv")
+    _link_engine_dependencies(base / "engine-deps")
+    (_site_packages(python) / "engine-deps.pth").write_text(f"{base / 'engine-deps'}\n")
+    done = _pip_into(python, "install", "-q", "--no-index", "--no-deps", str(wheel))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return python
+
+
 @pytest.mark.skipif(os.environ.get("CKPTLAB_SKIP_WHEEL_TEST") == "1",
                     reason="CKPTLAB_SKIP_WHEEL_TEST=1")
-def test_engine_works_from_a_wheel_with_only_its_own_dependencies(wheel, tmp_path):
+def test_engine_works_from_a_wheel_with_only_its_own_dependencies(engine_only_venv, tmp_path):
     """Install the wheel into a fresh venv that has torch, numpy and safetensors only, and
     checkpoint a plain torch module + optimizer from outside the source tree."""
-    venv = tmp_path / "venv"
-    # The engine's dependencies come from this environment (same versions, no download), and
-    # nothing else does: a fresh venv whose .pth names a folder of links to just those.
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    py = venv / "bin" / "python"
-    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
-                    site, str(wheel)], check=True)
-    deps = tmp_path / "engine-deps"
-    _link_engine_dependencies(deps)
-    (Path(site) / "engine-deps.pth").write_text(f"{deps}\n")
+    py = engine_only_venv
     script = textwrap.dedent("""
         import importlib.util, sys
         import torch
@@ -144,27 +172,47 @@ def test_engine_works_from_a_wheel_with_only_its_own_dependencies(wheel, tmp_pat
     assert "engine-only install ok" in result.stdout
 
 
-def _link_engine_dependencies(target: Path) -> None:
-    """Symlink into ``target`` the top-level modules of torch, numpy, safetensors and what
-    they require (transitively), and nothing else from this environment."""
-    import importlib.metadata as md
-    import re
+ENGINE_DEPENDENCIES = ("torch", "numpy", "safetensors")
 
-    wanted, seen = ["torch", "numpy", "safetensors"], set()
-    target.mkdir()
-    while wanted:
-        name = wanted.pop()
-        key = re.sub(r"[-_.]+", "-", name).lower()
-        if key in seen:
-            continue
-        seen.add(key)
+
+def _link_engine_dependencies(target: Path) -> dict[str, str]:
+    """Symlink into ``target`` torch, numpy, safetensors and what they require."""
+    return _link_distributions(target, ENGINE_DEPENDENCIES)
+
+
+def _link_distributions(target: Path, requirements: Iterable[str],
+                        exclude: Iterable[str] = ()) -> dict[str, str]:
+    """Symlink into ``target`` the top-level modules (and metadata, so pip sees them as
+    installed) of this environment's distributions that ``requirements`` need, transitively,
+    extras and environment markers included, and nothing else (nor ``exclude``, nor what only
+    they need). Returns {name: version} of what it linked."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    target.mkdir(exist_ok=True)
+    pending, seen, linked = [Requirement(r) for r in requirements], set(), {}
+    while pending:
+        requirement = pending.pop()
         try:
-            dist = md.distribution(name)
+            dist = md.distribution(requirement.name)
         except md.PackageNotFoundError:
             continue
-        for req in dist.requires or []:
-            if "extra ==" not in req:
-                wanted.append(re.match(r"[A-Za-z0-9_.-]+", req).group(0))
+        name = canonicalize_name(dist.metadata["Name"])
+        if name in {canonicalize_name(n) for n in exclude}:
+            continue
+        for extra in ("", *sorted(requirement.extras)):
+            if (name, extra) in seen:
+                continue
+            seen.add((name, extra))
+            for text in dist.requires or []:
+                needed = Requirement(text)
+                if needed.marker is None or needed.marker.evaluate({"extra": extra}):
+                    pending.append(needed)
+        if name in linked:
+            continue
+        linked[name] = dist.version
         roots = {str(f).split("/")[0] for f in dist.files or [] if not str(f).startswith("..")}
         base = Path(str(dist.locate_file("")))
         for root in roots:
@@ -173,3 +221,195 @@ def _link_engine_dependencies(target: Path) -> None:
             link = target / root
             if not link.exists() and (base / root).exists():
                 link.symlink_to(base / root)
+    return linked
+
+
+# --------------------------------------------------------------------------------------------
+# Without an extra: one `error:` line naming the extra and the install command
+# --------------------------------------------------------------------------------------------
+
+MISSING_RL = 'install the \'rl\' extra (gymnasium, tqdm) with: pip install -c requirements.txt ' \
+             '"ckptlab[rl]"'
+
+
+@pytest.mark.skipif(os.environ.get("CKPTLAB_SKIP_WHEEL_TEST") == "1",
+                    reason="CKPTLAB_SKIP_WHEEL_TEST=1")
+@pytest.mark.parametrize("command", [["train", "--run-dir", "run", "--steps", "3000"],
+                                     ["train", "--nproc", "2", "--run-dir", "run"],
+                                     ["demo"]], ids=["train", "train-nproc", "demo"])
+def test_a_command_without_its_extra_prints_one_error_line(engine_only_venv, tmp_path, command):
+    """The installed console script, with only the engine's dependencies: no traceback."""
+    script = engine_only_venv.parent / "ckptlab"
+    done = subprocess.run([str(script), *command], cwd=tmp_path, env=_clean_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: ckptlab {command[0]} needs gymnasium, which is not "
+                               "installed: "), lines[0]
+    assert MISSING_RL in lines[0]
+    assert not (tmp_path / "run").exists(), "a refused command created its run directory"
+
+
+@pytest.mark.skipif(os.environ.get("CKPTLAB_SKIP_WHEEL_TEST") == "1",
+                    reason="CKPTLAB_SKIP_WHEEL_TEST=1")
+def test_every_lazily_imported_name_without_its_extra_names_the_extra(engine_only_venv,
+                                                                      tmp_path):
+    import ckptlab
+
+    script = textwrap.dedent("""
+        import json, sys
+        import ckptlab
+        from ckptlab import MissingExtraError, import_layer
+        found = {}
+        for name in sys.argv[1:]:
+            try:
+                getattr(ckptlab, name)
+            except MissingExtraError as exc:
+                assert isinstance(exc, ImportError) and exc.name == "gymnasium", exc
+                found[name] = str(exc)
+        for module in ("ckptlab.lab.lessons", "ckptlab.dqn.distributed"):
+            try:
+                import_layer(module)
+            except MissingExtraError as exc:
+                found[module] = str(exc)
+        print(json.dumps(found))
+    """)
+    names = sorted(ckptlab._LAZY)
+    done = subprocess.run([str(engine_only_venv), "-c", script, *names], cwd=tmp_path,
+                          env=_clean_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = json.loads(done.stdout)
+    assert sorted(found) == sorted([*names, "ckptlab.lab.lessons", "ckptlab.dqn.distributed"])
+    for name in names:
+        assert found[name].startswith(f"ckptlab.{name} needs gymnasium"), found[name]
+        assert MISSING_RL in found[name] and "\n" not in found[name]
+    assert 'pip install -c requirements.txt "ckptlab[lab]"' in found["ckptlab.lab.lessons"]
+    assert MISSING_RL in found["ckptlab.dqn.distributed"]
+
+
+# --------------------------------------------------------------------------------------------
+# Installing the extras from the wheel, against the pins
+# --------------------------------------------------------------------------------------------
+
+def _pins() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO / "requirements.txt").read_text("utf-8").splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def _wheel_extras(wheel: Path) -> dict[str, list[str]]:
+    """{extra: its requirements} from the wheel's own metadata, ``ckptlab[x]`` expanded."""
+    from packaging.requirements import Requirement
+
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = archive.read(metadata).decode().splitlines()
+    extras = {line.split(":", 1)[1].strip(): [] for line in lines
+              if line.startswith("Provides-Extra:")}
+    for line in lines:
+        if line.startswith("Requires-Dist:"):
+            requirement = Requirement(line.split(":", 1)[1].strip())
+            for extra in extras:
+                if requirement.marker and requirement.marker.evaluate({"extra": extra}):
+                    extras[extra].append(requirement)
+
+    def expand(extra: str) -> list[str]:
+        out = []
+        for requirement in extras[extra]:
+            if requirement.name == "ckptlab":
+                out += [r for inner in sorted(requirement.extras) for r in expand(inner)]
+            else:
+                out.append(f"{requirement.name}{requirement.specifier}")
+        return out
+
+    return {extra: expand(extra) for extra in extras}
+
+
+@pytest.mark.skipif(os.environ.get("CKPTLAB_SKIP_WHEEL_TEST") == "1",
+                    reason="CKPTLAB_SKIP_WHEEL_TEST=1")
+def test_each_extra_installs_from_the_wheel_against_the_pins_and_works(wheel, tmp_path):
+    """One fresh venv; for each extra in turn, its libraries are made available at the pinned
+    versions (links to this environment's copies, which must equal the pins: no download,
+    no second torch), then ``pip install --no-index -c requirements.txt ckptlab-*.whl[extra]``
+    must resolve every requirement of the extra against them and install, and the extra's
+    part of ckptlab must work from the installed wheel."""
+    extras = _wheel_extras(wheel)
+    assert {"rl", "lab"} <= set(extras), extras
+    pins = _pins()
+    python, deps = _fresh_venv(tmp_path / "venv"), tmp_path / "deps"
+    (_site_packages(python) / "deps.pth").write_text(f"{deps}\n")
+    _link_engine_dependencies(deps)
+    checks = {
+        "rl": [str(python.parent / "ckptlab"), "train", "--run-dir", "run", "--steps", "300",
+               "--quiet"],
+        "sb3": [str(python), "-c", "import ckptlab.sb3"],
+        "lab": [str(python), "-c", "import ckptlab.lab.widgets, ckptlab.lab.lessons, "
+                "jupyterlab, nbval, papermill"],
+    }
+    from packaging.version import Version
+
+    for extra in sorted(extras, key=lambda e: len(extras[e])):  # rl, sb3, lab
+        linked = _link_distributions(deps, extras[extra])
+        stale = {name: (version, pins[name]) for name, version in linked.items()
+                 if name in pins and Version(version).public != pins[name]}
+        assert not stale, f"this environment differs from requirements.txt ({stale}): run " \
+                          "make setup"
+        done = _pip_into(python, "install", "--no-index", "--no-compile", "-c",
+                         str(REPO / "requirements.txt"), f"{wheel}[{extra}]")
+        assert done.returncode == 0, f"[{extra}]: {done.stdout}{done.stderr}"
+        if extra in checks:
+            ran = subprocess.run(checks[extra], cwd=tmp_path, env=_clean_env(),
+                                 capture_output=True, text=True, timeout=300)
+            assert ran.returncode == 0, f"[{extra}]: {ran.stdout}{ran.stderr}"
+            if extra == "rl":
+                assert "Finished at step 300" in ran.stdout, ran.stdout
+    assert set(checks) <= set(extras), "an extra the checks know is no longer declared"
+
+
+_OFFLINE = ("NewConnectionError", "ConnectTimeout", "Temporary failure in name resolution",
+            "Network is unreachable", "ProxyError", "Could not fetch URL",
+            "Read timed out", "Max retries exceeded")
+
+
+@pytest.mark.skipif(os.environ.get("CKPTLAB_SKIP_WHEEL_TEST") == "1",
+                    reason="CKPTLAB_SKIP_WHEEL_TEST=1")
+def test_installing_with_the_pins_resolves_the_tested_torch_and_no_cuda_packages(wheel,
+                                                                                 tmp_path):
+    """What pip itself resolves (a dry run) for ``pip install -c requirements.txt
+    ckptlab-*.whl[lab]``, every extra, into a venv without torch: the tested torch, no
+    nvidia-* or triton package, every pinned package at its pin. The libraries that do not
+    depend on torch are already there (linked at their pins, checked by the test above), so
+    only torch and what it alone needs come from the package index: seconds, not minutes."""
+    extras = _wheel_extras(wheel)
+    python = _fresh_venv(tmp_path / "venv")
+    (_site_packages(python) / "deps.pth").write_text(f"{tmp_path / 'deps'}\n")
+    present = _link_distributions(tmp_path / "deps",
+                                  [*extras["lab"], *ENGINE_DEPENDENCIES], exclude=["torch"])
+    assert "torch" not in present and "jupyterlab" in present, sorted(present)
+    report = tmp_path / "report.json"
+    done = _pip_into(python, "install", "--dry-run", "--quiet", "--report", str(report),
+                     "--timeout", "20", "--retries", "1", "-c", str(REPO / "requirements.txt"),
+                     f"{wheel}[lab]")
+    if done.returncode != 0 and any(word in done.stdout + done.stderr for word in _OFFLINE):
+        pytest.skip("the package index is unreachable (no network?): nothing to resolve")
+    assert done.returncode == 0, done.stdout + done.stderr
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    resolved = {canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"]
+                for item in json.loads(report.read_text())["install"]}
+    assert Version(resolved["torch"]).public == _pins()["torch"], resolved["torch"]
+    heavy = sorted(n for n in resolved if n.startswith(("nvidia-", "cuda-", "triton")))
+    assert not heavy, f"CUDA packages would be installed: {heavy}"
+    off_pin = {n: (v, _pins()[n]) for n, v in resolved.items()
+               if n in _pins() and Version(v).public != _pins()[n]}
+    assert not off_pin, off_pin
+    assert "ckptlab" in resolved and "torch" in resolved, sorted(resolved)

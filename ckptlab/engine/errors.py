@@ -39,3 +39,9 @@ class UnsupportedValueError(CkptlabError, TypeError):
 class RollbackRequiredError(CkptlabError):
     """Saving or resuming here would continue from an older checkpoint while newer valid
     ones of the same run exist; ask for a rollback explicitly (newer ones are moved aside)."""
+
+
+class MissingExtraError(CkptlabError, ImportError):
+    """A part of ckptlab needs an optional extra (``rl``, ``sb3``, ``lab``) whose libraries are
+    not installed; the one-line message names the extra and the command that installs it. Also
+    an ``ImportError``, which is what a failed import raised before."""

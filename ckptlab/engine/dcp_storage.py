@@ -69,12 +69,11 @@ from .format import (
     MAX_STATE_DEPTH,
     _canonical_json,
     _load_json_bounded,
-    parse_state_json,
     state_json,
     tensor_bytes,
 )
 from .hashing import HASH_POOL, sha256_hex
-from .serialization import join_state, split_state
+from .serialization import join_state, parse_state_json, split_state
 from .verified import VerifiedFile, read_verified
 
 INDEX_FORMAT = "ckptlab-dcp-index"

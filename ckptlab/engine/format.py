@@ -53,7 +53,6 @@ from typing import Any, BinaryIO, Protocol
 import numpy
 import torch
 
-from .. import __version__
 from .errors import (
     CheckpointCorruptError,
     CheckpointNotFoundError,
@@ -61,6 +60,7 @@ from .errors import (
     ForeignFileError,
     UnsupportedFormatError,
 )
+from .version import __version__
 
 FORMAT_NAME = "ckptlab-checkpoint"
 # What a one-process save writes; a sharded save writes SHARDED_FORMAT_VERSION. A reader takes
@@ -597,68 +597,6 @@ def read_manifest(checkpoint: Path) -> dict[str, Any]:
                                      "(the file was modified or damaged)")
     validate_manifest(manifest, path)
     return manifest
-
-
-def parse_state_json(data: bytes, source: Path) -> dict[str, Any]:
-    """Parse a (hash-verified) ``state.json`` and validate it (:func:`validate_state_tree`)."""
-    tree = _load_json_bounded(data, f"{source}")
-    validate_state_tree(tree, source)
-    return tree
-
-
-def validate_state_tree(tree: Any, source: Path) -> None:
-    """Check that a state.json tree is what :func:`~.serialization.split_state` writes.
-
-    An object of component names, each a tree of JSON values in which every marker object
-    has the payload its marker needs (a tensor key string, a list for a tuple, key/value
-    pairs with scalar keys, a float's text). :func:`~.serialization.join_state` can then
-    rebuild it without meeting a type it does not expect.
-
-    Raises:
-        CheckpointCorruptError: what is malformed, and where.
-    """
-    from .serialization import MARKERS, _FLOAT, _NDARRAY, _ODICT, _PAIRS, _TENSOR, _TUPLE
-
-    if not isinstance(tree, dict):
-        raise CheckpointCorruptError(f"{source}: the top level is not an object of components")
-
-    def fail(where: str, what: str) -> CheckpointCorruptError:
-        return CheckpointCorruptError(f"{source}: {what} at '{where}'")
-
-    # Iterative, with a depth bound: join_state recurses, so the depth it meets is bounded here.
-    stack: list[tuple[Any, str, int]] = [(v, k, 1) for k, v in tree.items()]
-    while stack:
-        node, where, depth = stack.pop()
-        if depth > MAX_STATE_DEPTH:
-            raise fail(where, f"nesting deeper than {MAX_STATE_DEPTH} levels")
-        depth += 1
-        if isinstance(node, list):
-            stack.extend((v, f"{where}/{i}", depth) for i, v in enumerate(node))
-        elif isinstance(node, dict):
-            marker = next(iter(node)) if len(node) == 1 else None
-            if marker in (_TENSOR, _NDARRAY) or (marker or "").startswith("__ndarray"):
-                if marker not in MARKERS or not isinstance(node[marker], str):
-                    raise fail(where, "a malformed array reference")
-            elif marker == _FLOAT:
-                if node[marker] not in ("nan", "inf", "-inf"):
-                    raise fail(where, "a malformed non-finite float")
-            elif marker == _TUPLE:
-                if not isinstance(node[marker], list):
-                    raise fail(where, "a malformed tuple")
-                stack.extend((v, f"{where}/{i}", depth) for i, v in enumerate(node[marker]))
-            elif marker in (_PAIRS, _ODICT):
-                pairs = node[marker]
-                if not isinstance(pairs, list) or not all(
-                        isinstance(p, list) and len(p) == 2
-                        and isinstance(p[0], (str, int, bool, type(None))) for p in pairs):
-                    raise fail(where, "malformed key/value pairs")
-                stack.extend((p[1], f"{where}/{p[0]}", depth) for p in pairs)
-            elif marker is not None and marker.startswith("__"):
-                raise fail(where, f"an unknown marker {marker!r} (written by a newer ckptlab?)")
-            else:
-                stack.extend((v, f"{where}/{k}", depth) for k, v in node.items())
-        elif not isinstance(node, (str, int, float, bool, type(None))):
-            raise fail(where, f"a value of type {type(node).__name__}")
 
 
 def _json_copy(value: Any) -> Any:

@@ -42,11 +42,10 @@ from .format import (
     _foreign_error,
     _open_regular,
     describe_foreign_file,
-    parse_state_json,
     read_manifest,
     read_safetensors,
 )
-from .serialization import join_state, referenced_tensor_keys
+from .serialization import join_state, parse_state_json, referenced_tensor_keys
 from .sharded import check_shard_layout, is_sharded, sharded_load_error
 from .verified import VerifiedFile, read_verified, verify_file
 

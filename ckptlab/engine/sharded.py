@@ -51,13 +51,12 @@ from .format import (
     _load_json_bounded,
     _member_bound,
     _open_regular,
-    parse_state_json,
     read_safetensors_bytes,
     read_tensor_table,
     safetensors_chunks,
     state_json,
 )
-from .serialization import join_state, split_state
+from .serialization import join_state, parse_state_json, split_state
 from .verified import read_verified
 
 _RANK_DIR = re.compile(r"^rank_(\d{5})$")

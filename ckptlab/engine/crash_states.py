@@ -1185,6 +1185,18 @@ Check = Callable[[Path, bool], list[tuple[str, str]]]
 had returned (the crash came after its last call), return ``(invariant, message)`` pairs."""
 
 
+def without_leftover_bytes(tree: Tree, prefixes: Sequence[str] = (".tmp-", ".trash-")) -> Tree:
+    """``tree`` with the bytes of every file below an entry named with one of ``prefixes``
+    dropped (names kept): the unfinished saves and half-deleted checkpoints no reader opens
+    and the next writer removes whole. For layers above the engine whose checks are costly;
+    the engine's own explorations check those bytes too."""
+    def leftover(path: str) -> bool:
+        return any(part.startswith(prefixes) for part in path.split("/"))
+
+    return {path: (kind, b"" if kind == "file" and leftover(path) else data)
+            for path, (kind, data) in tree.items()}
+
+
 @contextmanager
 def fsyncs_skipped() -> Iterator[None]:
     """Make ``os.fsync``/``os.fdatasync`` no-ops (for setting up and checking throwaway
@@ -1200,13 +1212,18 @@ def fsyncs_skipped() -> Iterator[None]:
 
 
 def explore(recording: Recording, model: str, check: Check, *, operation: str = "",
-            crash_points: Iterable[int] | None = None, max_violations: int = 50) -> Exploration:
+            crash_points: Iterable[int] | None = None, max_violations: int = 50,
+            same_for_check: Callable[[Tree], Tree] | None = None) -> Exploration:
     """Check every crash state of ``recording`` under ``model``.
 
     Each distinct disk is materialised at the recording's workspace path (so absolute paths
     written into files stay right) and ``check`` runs on it with fsyncs skipped. A disk seen
     at several crash points is checked once, plus once more if it is also a state after the
     operation returned (that check may demand more: durability).
+
+    ``same_for_check`` maps a disk to what the check can tell apart (for example
+    :func:`without_leftover_bytes`): disks it maps to the same value are checked once. Every
+    crash state is still constructed and counted.
 
     The workspace directory is replaced by each state in turn and left holding the last one.
     """
@@ -1228,6 +1245,8 @@ def explore(recording: Recording, model: str, check: Check, *, operation: str = 
                     continue
                 at_point.add(key)
                 states += 1
+                if same_for_check is not None:
+                    key = tree_key(same_for_check(state.tree))
                 if (key, final) not in results:
                     if workspace.exists():
                         shutil.rmtree(workspace)

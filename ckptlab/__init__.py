@@ -84,7 +84,8 @@ _LAZY = {name: "ckptlab.dqn" for name in (
     "DQNAgent", "LinearSchedule", "QNetwork", "ReplayBuffer", "RNGStates", "seed_everything",
     "DQNConfig", "diff_configs", "Trainer", "TrainProgress", "TrainResult", "EnvRunner",
     "Evaluation", "GreedyEvaluator", "make_env", "capture_env_state", "restore_env_state",
-    "EpochSummary", "MetricHistory", "UnsupportedEnvironmentError", "EveryNEpisodes")}
+    "EpochSummary", "MetricHistory", "UnsupportedEnvironmentError", "EveryNEpisodes",
+    "UnsavedRunWarning")}
 # Which extra each optional layer needs, and what it installs.
 _EXTRAS = {"ckptlab.dqn": ("rl", "gymnasium, tqdm"),
            "ckptlab.sb3": ("sb3", "stable-baselines3"),
@@ -134,7 +135,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "__version__", "FORMAT_VERSION",
     "DQNAgent", "LinearSchedule", "QNetwork", "ReplayBuffer", "RNGStates", "seed_everything",
-    "DQNConfig", "diff_configs", "Trainer", "TrainProgress", "TrainResult",
+    "DQNConfig", "diff_configs", "Trainer", "TrainProgress", "TrainResult", "UnsavedRunWarning",
     "EnvRunner", "Evaluation", "GreedyEvaluator", "make_env", "capture_env_state",
     "restore_env_state", "EpochSummary", "MetricHistory",
     "CheckpointManager", "CheckpointInfo", "CheckpointFallbackWarning", "Stateful",

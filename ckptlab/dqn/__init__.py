@@ -37,7 +37,7 @@ from .resume import (
     plan_resume,
 )
 from .rng import RNGStates, seed_everything
-from .train import Trainer, TrainProgress, TrainResult, format_epoch
+from .train import Trainer, TrainProgress, TrainResult, UnsavedRunWarning, format_epoch
 
 __all__ = [
     "DQNAgent", "LinearSchedule", "QNetwork", "resolve_device", "ConfigChange", "DQNConfig",
@@ -45,5 +45,5 @@ __all__ = [
     "capture_env_state", "make_env", "restore_env_state", "EpochSummary", "MetricHistory",
     "ReplayBuffer", "EveryNEpisodes", "EPISODE_END", "EPOCH_END", "ResumePlan", "check_config_compatible", "checkpoint_config",
     "find_resume_checkpoint", "plan_resume", "RNGStates", "seed_everything", "Trainer",
-    "TrainProgress", "TrainResult", "format_epoch",
+    "TrainProgress", "TrainResult", "UnsavedRunWarning", "format_epoch",
 ]

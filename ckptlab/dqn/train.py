@@ -25,6 +25,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ from .config import DQNConfig
 from .envs import EnvRunner, Evaluation, GreedyEvaluator
 from ..engine import CkptlabError, IncompatibleCheckpointError
 from ..engine.faults import fault_point
+from ..engine.policies import first_scheduled_save
 from .metrics import EpochSummary, MetricHistory
 from .policies import EPISODE_END, EPOCH_END
 from ..engine import (
@@ -83,6 +85,21 @@ class TrainProgress:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step, self.episode, self.epoch = (int(state[k]) for k in ("step", "episode",
                                                                        "epoch"))
+
+
+class UnsavedRunWarning(UserWarning):
+    """A new run whose save policy writes no checkpoint before its last step: a crash or a
+    kill before then loses the whole run. Emitted when :meth:`Trainer.train` starts."""
+
+
+def _suggested_interval(steps: int) -> int:
+    """A round save interval (1, 2 or 5 times a power of ten) of at most a fifth of ``steps``."""
+    goal, interval = max(1, steps // 5), 1
+    for power in range(12):
+        for factor in (1, 2, 5):
+            if factor * 10**power <= goal:
+                interval = factor * 10**power
+    return interval
 
 
 @dataclass(frozen=True)
@@ -245,6 +262,7 @@ class Trainer:
                 "continue that run, or use another run_dir (nothing was changed)")
         target = cfg.total_steps if until_step is None else min(until_step, cfg.total_steps)
         start, started = self.progress.step, time.perf_counter()
+        self._warn_if_nothing_is_saved_before_the_end(start, target)
         self._loop_started = started
         saves_before, save_seconds_before = self.saves, self.save_seconds
         last_checkpoint: CheckpointInfo | None = None
@@ -297,6 +315,20 @@ class Trainer:
             save_seconds=self.save_seconds - save_seconds_before,
             saves=self.saves - saves_before, last_checkpoint=last_checkpoint,
             interrupted_by=interrupted_by)
+
+    def _warn_if_nothing_is_saved_before_the_end(self, start: int, target: int) -> None:
+        """Before a new run trains to its end: if its save policy writes no checkpoint before
+        the last step, say what a crash would cost and how to save along the way."""
+        total = self.config.total_steps
+        if (self.checkpoints is None or start != 0 or self._restored_from is not None
+                or target != total or first_scheduled_save(self.save_policy, 0, total) != total):
+            return
+        every = _suggested_interval(total)
+        warnings.warn(UnsavedRunWarning(
+            f"this run saves no checkpoint before its last step ({total}): a crash or kill "
+            f"before then loses all {total} steps, and the next run starts from step 0. To "
+            f"save along the way, pass --save-every {every} on the command line "
+            f"(save_every_steps={every} in DQNConfig)."), stacklevel=3)
 
     def _context(self, *events: str, new_metrics: bool = False) -> SaveContext:
         # Built every step, so it reuses the metrics computed at the last epoch end (they only

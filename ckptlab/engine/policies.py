@@ -286,6 +286,28 @@ def Hybrid(metric: str, every_steps: int, mode: Mode = "max",  # noqa: N802 - a 
     return AnyOf(OnImprovement(metric, mode, min_delta), EveryNSteps(every_steps))
 
 
+def first_scheduled_save(policy: SavePolicy, after_step: int, last_step: int) -> int | None:
+    """The first step after ``after_step`` at which ``policy`` saves by its schedule, or
+    ``last_step`` when it certainly saves nothing before then.
+
+    Only step schedules are predictable: :class:`EveryNSteps` (its next multiple),
+    :class:`OnStart` (the baseline, before ``after_step``) and :class:`Final`. A policy
+    driven by time, metrics, counters or unknown to the engine may save at any step, so the
+    answer is then ``None`` (cannot tell). A loop uses this to warn, before it starts, that a
+    crash before its last step would lose everything since ``after_step``.
+    """
+    if isinstance(policy, AnyOf):
+        firsts = [first_scheduled_save(p, after_step, last_step) for p in policy.policies]
+        return None if None in firsts else min(firsts, default=last_step)
+    if isinstance(policy, (OnStart, Final)):
+        return last_step
+    if type(policy) is EveryNSteps:  # a subclass may change when it saves
+        if policy.n == 0:
+            return last_step
+        return min(last_step, (after_step // policy.n + 1) * policy.n)
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # Retention policies
 # --------------------------------------------------------------------------------------------

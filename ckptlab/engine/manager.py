@@ -36,16 +36,15 @@ from .errors import (
 )
 from .faults import fault_point
 from .format import (
+    _TEMP_PREFIX,
     ABANDONED_SUBDIR,
     BEST,
-    DECISIONS,
     FORMAT_NAME,
     FORMAT_VERSION,
     LATEST,
     MANIFEST,
     STATE,
     TENSORS,
-    _TEMP_PREFIX,
     _canonical_json,
     _json_copy,
     _manifest_self_hash,
@@ -66,7 +65,6 @@ from .policies import (
     DiskBudget,
     KeepLastN,
     RetentionPolicy,
-    decide_retention,
 )
 from .reader import (
     CheckpointInfo,
@@ -83,22 +81,29 @@ from .reader import (
     restore_components,
     verify_checkpoint,
 )
+from .retention import (
+    RetentionPlan,
+    append_events,
+    history_from_events,
+    plan_retention,
+    saved_event,
+    with_save,
+)
 from .serialization import split_state
 from .writer import (
     CheckpointWriteError,
     PointerSetAsideWarning,
     ReplacedButUnsyncedError,
+    StagingBuffer,
     _describe_os_error,
     _fsync_dir,
     _ParallelFlush,
-    StagingBuffer,
     commit_directory,
     delete_checkpoints,
     remove_leftovers,
     set_aside_non_pointer,
     write_pointer,
 )
-
 
 # Managers with an async save in flight. A script that ends without close() must not lose
 # its last save: at interpreter exit concurrent.futures stops accepting work (the save's
@@ -134,16 +139,6 @@ def _record(name: str, manifest: Mapping[str, Any]) -> CheckpointRecord:
     return CheckpointRecord(name, int(manifest["step"]), dict(manifest.get("metrics") or {}),
                             sum(int(f["bytes"]) for f in manifest["files"].values()),
                             float(created) if created is not None else None)
-
-
-@dataclass(frozen=True)
-class _RetentionPlan:
-    """What retention decided, and where the ``best`` pointer should point, before any of it
-    is carried out (see ``CheckpointManager._plan_retention``)."""
-
-    decisions: list[Decision]
-    best_record: dict[str, Any] | None  # what the `best` pointer must now hold (None: as is)
-    drop_best: bool                     # remove the `best` pointer (it names nothing kept)
 
 
 @dataclass
@@ -668,40 +663,15 @@ class CheckpointManager:
         """``(step, metrics)`` of every save recorded in the decision log, deleted ones too
         (saves abandoned by a rollback are forgotten)."""
         if self._history is None:
-            latest_by_step: dict[int, dict[str, Any]] = {}
-            for event in read_decision_log(self.directory):
-                try:
-                    if event.get("event") == "saved":
-                        metrics = event.get("metrics")
-                        latest_by_step[int(event["step"])] = \
-                            dict(metrics) if isinstance(metrics, dict) else {}
-                    elif event.get("event") == "rolled_back":
-                        to = int(event["step"])
-                        latest_by_step = {s: m for s, m in latest_by_step.items() if s <= to}
-                except (KeyError, TypeError, ValueError):
-                    continue  # a damaged line: the log is a record, not a dependency
-            self._history = sorted(latest_by_step.items())
+            self._history = history_from_events(read_decision_log(self.directory))
         return self._history
 
     def _log(self, events: Iterable[Mapping[str, Any]]) -> None:
-        lines = "".join(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **e}) + "\n"
-                        for e in events)
-        if lines:
-            with open(self.directory / DECISIONS, "a+b") as f:
-                # The log is not fsynced: a power cut may keep only the start of the last
-                # append. Begin on a new line, or that torn line would swallow this one.
-                if f.seek(0, os.SEEK_END):
-                    f.seek(-1, os.SEEK_END)
-                    if f.read(1) != b"\n":
-                        lines = "\n" + lines
-                f.write(lines.encode("utf-8"))
+        append_events(self.directory, events)
 
     def _log_save(self, name: str, step: int, metrics: Mapping[str, Any]) -> None:
-        history = self.history()
-        history[:] = [h for h in history if h[0] != step] + [(step, dict(metrics))]
-        history.sort(key=lambda h: h[0])
-        self._log([{"event": "saved", "checkpoint": name, "step": step,
-                    "metrics": dict(metrics)}])
+        self._history = with_save(self.history(), step, metrics)
+        self._log([saved_event(name, step, metrics)])
 
     def _hold_lock(self) -> None:
         """Take the run's writer lock, if this manager does not hold it already."""
@@ -796,7 +766,7 @@ class CheckpointManager:
             return BestBy(metric, mode), {}
         return None, {record["checkpoint"]: "named by the best pointer (never deleted)"}
 
-    def _update_best_pointer(self, plan: _RetentionPlan) -> None:
+    def _update_best_pointer(self, plan: RetentionPlan) -> None:
         if plan.best_record is not None:
             record = dict(plan.best_record)
             write_pointer(self.directory, BEST, record.pop("checkpoint"), record.pop("step"),
@@ -871,7 +841,7 @@ class CheckpointManager:
                                latest=latest)
 
     def _plan_retention(self, records: list[CheckpointRecord], *, latest: str | None,
-                        saved: tuple[int, dict[str, Any]] | None = None) -> _RetentionPlan:
+                        saved: tuple[int, dict[str, Any]] | None = None) -> RetentionPlan:
         """Decide retention and the ``best`` pointer for ``records``, changing nothing.
 
         ``saved`` is the ``(step, metrics)`` of a save not yet in the history (a save plans
@@ -879,47 +849,24 @@ class CheckpointManager:
         """
         history = self.history()
         if saved is not None:
-            history = sorted([h for h in history if h[0] != saved[0]] + [saved],
-                             key=lambda h: h[0])
+            history = with_save(history, *saved)
         rule, protect = self._best_rule()
-        decisions = decide_retention(records, self.retention, best=rule, budget=self.budget,
-                                     history=history, latest=latest, protect=protect)
-        current = read_pointer_record(self.directory, BEST)
-        pick = rule.pick(records) if rule is not None else None
-        best_record, drop_best = None, False
-        if pick is not None and rule is not None:
-            wanted = {"checkpoint": pick.name, "step": pick.step, "metric": rule.metric,
-                      "mode": rule.mode}
-            if current is None or any(current.get(k) != v for k, v in wanted.items()):
-                best_record = wanted
-        elif current is None:  # missing, or unreadable: never leave a damaged pointer
-            drop_best = (self.directory / BEST).exists()
-        else:  # never name a checkpoint that is gone, or that retention is about to delete
-            doomed = {d.name for d in decisions if not d.keep}
-            drop_best = (current["checkpoint"] not in {r.name for r in records}
-                         or current["checkpoint"] in doomed)
-        return _RetentionPlan(decisions, best_record, drop_best)
+        return plan_retention(records, self.retention, history=history, best=rule,
+                              protect=protect, budget=self.budget, latest=latest,
+                              current_best=read_pointer_record(self.directory, BEST),
+                              best_pointer_present=(self.directory / BEST).exists())
 
-    def _carry_out(self, plan: _RetentionPlan, latest: str | None,
+    def _carry_out(self, plan: RetentionPlan, latest: str | None,
                    best_written: bool = False) -> list[Decision]:
         """Move the ``best`` pointer (unless ``best_written``: the save already did), log the
         decisions and delete what retention dropped."""
         if not best_written:
             self._update_best_pointer(plan)  # the best is protected, so it survives
-        decisions = plan.decisions
-        if self.retention or self.budget is not None:
-            # After a save only what changed is logged (deletions, and why the new one is
-            # kept), so the log grows by a few lines per save, not by every survivor.
-            shown = decisions if latest is None else \
-                [d for d in decisions if not d.keep or d.name == latest]
-            self._log({"event": "retention", "checkpoint": d.name, "step": d.step,
-                       "action": "keep" if d.keep else "delete", "reasons": list(d.reasons)}
-                      for d in shown)
-        doomed = [d.name for d in decisions if not d.keep]
-        for name in doomed:
+        self._log(plan.events)
+        for name in plan.doomed:
             self._manifests.pop(name, None)
-        delete_checkpoints(self.directory, doomed)
-        return decisions
+        delete_checkpoints(self.directory, plan.doomed)
+        return plan.decisions
 
     def prune(self) -> list[Decision]:
         """Apply retention now (the manager must be writable); returns the decisions."""

@@ -38,13 +38,13 @@ from ..engine import (
     SaveContext,
     SavePolicy,
     checkpoint_step,
-    decide_retention,
     load_checkpoint_state,
     load_parameters,
     read_decision_log,
     read_manifest,
     verify_checkpoint,
 )
+from ..engine.retention import plan_retention, saved_event, with_save
 
 
 @dataclass
@@ -235,8 +235,8 @@ def _record(c: RecordedCheckpoint) -> CheckpointRecord:
 
 def simulate_strategy(run: RecordedRun, strategy: Strategy) -> Outcome:
     """Replay ``run`` through ``strategy`` in memory: the same decisions, log and disk totals
-    as :func:`replay_strategy` (both call :func:`~ckptlab.engine.decide_retention` with the
-    same inputs), without writing files - fast enough for a live control."""
+    as :func:`replay_strategy` (both go through :func:`ckptlab.engine.retention.plan_retention`,
+    the manager's own planning), without writing files - fast enough for a live control."""
     best = BestBy(run.metric) if strategy.protect_best else None
     budget = DiskBudget(strategy.disk_budget_bytes) \
         if strategy.disk_budget_bytes is not None else None
@@ -252,21 +252,14 @@ def simulate_strategy(run: RecordedRun, strategy: Strategy) -> Outcome:
                 continue
             policy.saved(ctx)
         present[c.name] = _record(c)
-        history = sorted([h for h in history if h[0] != c.step] + [(c.step, dict(c.metrics))])
-        outcome.decisions.append({"event": "saved", "checkpoint": c.name, "step": c.step,
-                                  "metrics": dict(c.metrics)})
-        decisions = decide_retention(list(present.values()), strategy.retention, best=best,
-                                     budget=budget, history=history, latest=c.name)
-        if strategy.retention or budget is not None:
-            # Like the manager's log after a save: what changed (deletions) and why the new
-            # checkpoint is kept.
-            outcome.decisions.extend(
-                {"event": "retention", "checkpoint": d.name, "step": d.step,
-                 "action": "keep" if d.keep else "delete", "reasons": list(d.reasons)}
-                for d in decisions if not d.keep or d.name == c.name)
-        for d in decisions:
-            if not d.keep:
-                del present[d.name]
+        history = with_save(history, c.step, c.metrics)
+        outcome.decisions.append(saved_event(c.name, c.step, c.metrics))
+        # The manager's own planning function: the same decisions and log lines it writes.
+        plan = plan_retention(list(present.values()), strategy.retention, history=history,
+                              best=best, budget=budget, latest=c.name)
+        outcome.decisions.extend(plan.events)
+        for name in plan.doomed:
+            del present[name]
         outcome.saved_steps.append(c.step)
         _observe_records(present, outcome, c.step)
     outcome.final_steps = sorted(r.step for r in present.values())

@@ -29,6 +29,7 @@ but the rollout in progress (``n_steps * n_envs`` steps, usually seconds).
 
 from __future__ import annotations
 
+import copy
 import enum
 import math
 from collections import deque
@@ -159,7 +160,12 @@ class TorchPart:
         return recursive_getattr(self.model, self.name).state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        recursive_getattr(self.model, self.name).load_state_dict(state)
+        target = recursive_getattr(self.model, self.name)
+        if isinstance(target, torch.optim.Optimizer):
+            # An optimizer adopts the given tensors and then updates them in place: a copy
+            # keeps the decoded state reusable (the lessons restore one state several times).
+            state = copy.deepcopy(state)
+        target.load_state_dict(state)
 
     def check(self, state: Mapping[str, Any]) -> None:
         target = recursive_getattr(self.model, self.name)

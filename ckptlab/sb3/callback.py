@@ -54,7 +54,7 @@ from ..engine import (
     RetentionPolicy,
     SaveContext,
     SavePolicy,
-    load_checkpoint_state,
+    load_latest_valid,
     load_newest_valid,
     read_manifest,
     wall_clock,
@@ -434,8 +434,8 @@ def resume(run_dir: str | os.PathLike[str], build: Callable[[], BaseAlgorithm], 
         if not directory.is_dir() or not any(directory.glob("step_*")):
             return model
         info, states = load_newest_valid(directory)
-    else:
-        info, states = load_checkpoint_state(checkpoint)
+    else:  # a checkpoint, or another run's directory (a foreign file is refused by name)
+        info, states = load_latest_valid(checkpoint)
     apply_state(model, states, str(info.path), allow_config_change=allow_config_change)
     return model
 

@@ -21,7 +21,8 @@ setup: $(VENV)/.installed
 # local IPC sockets instead of TCP - which is also what silences ipykernel's repeated
 # "Kernel is running over TCP without encryption" warning (harmless on a laptop: the ports
 # only listen on 127.0.0.1). Rooted at the repository so the start page's picture (docs/)
-# shows; it opens on notebooks/00_start_here.ipynb.
+# shows; it opens on notebooks/00_start_here.ipynb. A lesson only read keeps its bytes even on
+# another Python than the tested one (ckptlab/lab/jupyter_hooks.py): git status stays clean.
 LAB_DIR = $(VENV)/lab
 LAB_NOTIFICATIONS = $(LAB_DIR)/settings/@jupyterlab/apputils-extension/notification.jupyterlab-settings
 
@@ -31,6 +32,7 @@ lab: setup  ## open the lessons in JupyterLab
 	JUPYTERLAB_SETTINGS_DIR=$(LAB_DIR)/settings JUPYTERLAB_WORKSPACES_DIR=$(LAB_DIR)/workspaces \
 	$(PY) -m jupyter lab --ServerApp.root_dir=. \
 		--LabApp.default_url=/lab/tree/notebooks/00_start_here.ipynb \
+		--ContentsManager.pre_save_hook=ckptlab.lab.jupyter_hooks.keep_tracked_language_info \
 		--KernelManager.transport=ipc $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 .PHONY: present

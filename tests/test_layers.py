@@ -18,12 +18,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = REPO / "ckptlab" / "engine"
 FORBIDDEN = ("gymnasium", "gym", "matplotlib", "ipywidgets", "IPython", "tqdm", "ckptlab.dqn",
-             "ckptlab.lab")
+             "ckptlab.lab", "ckptlab.sb3", "stable_baselines3")
+DQN = REPO / "ckptlab" / "dqn"
+# The DQN run is ckptlab's own: the Stable-Baselines3 integration sits beside it, never below.
+DQN_FORBIDDEN = ("ckptlab.sb3", "stable_baselines3", "ckptlab.lab")
 
 
-def imported_modules(path: Path) -> list[tuple[int, str]]:
+def imported_modules(path: Path, package: str = "ckptlab.engine") -> list[tuple[int, str]]:
     """Every module a source file imports (absolute names; relative ones resolved)."""
-    package = "ckptlab.engine"
     found = []
     for node in ast.walk(ast.parse(path.read_text("utf-8"))):
         if isinstance(node, ast.Import):
@@ -47,11 +49,32 @@ def test_the_engine_imports_nothing_from_the_rl_run_the_lab_or_their_libraries()
     assert not offenders, offenders
 
 
+def test_the_dqn_run_imports_nothing_from_stable_baselines3_or_the_lab():
+    offenders = [f"{path.name}:{line} imports {name}"
+                 for path in sorted(DQN.glob("*.py"))
+                 for line, name in imported_modules(path, "ckptlab.dqn")
+                 if any(name == f or name.startswith(f + ".") for f in DQN_FORBIDDEN)]
+    assert not offenders, offenders
+
+
+def test_importing_ckptlab_and_its_dqn_run_does_not_load_stable_baselines3():
+    script = ("import sys, ckptlab, ckptlab.dqn, ckptlab.engine\n"
+              "from ckptlab import Trainer, CheckpointManager\n"
+              "print(sorted(m for m in sys.modules\n"
+              "             if m.split('.')[0] == 'stable_baselines3' or m == 'ckptlab.sb3'))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_the_boundary_check_would_catch_a_forbidden_import(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("from ..dqn import Trainer\nimport gymnasium as gym\n")
+    bad.write_text("from ..dqn import Trainer\nimport gymnasium as gym\n"
+                   "from ..sb3 import CkptlabCallback\n")
     names = [name for _, name in imported_modules(bad)]
-    assert "ckptlab.dqn" in names and "gymnasium" in names
+    assert "ckptlab.dqn" in names and "gymnasium" in names and "ckptlab.sb3" in names
+    assert "ckptlab.sb3" in [name for _, name in imported_modules(bad, "ckptlab.dqn")]
 
 
 @pytest.fixture(scope="module")

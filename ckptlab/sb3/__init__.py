@@ -21,10 +21,16 @@ from __future__ import annotations
 
 try:
     import stable_baselines3 as _sb3  # noqa: F401 - only to say early what is missing
-except ModuleNotFoundError as _missing:  # pragma: no cover - depends on the installation
-    raise ImportError(
-        f"ckptlab.sb3 needs {_missing.name}, which is not installed: install the 'sb3' extra "
-        "with: pip install \"ckptlab[sb3]\"") from None
+except ModuleNotFoundError as _missing:
+    from .. import install_command
+    from ..engine import MissingExtraError
+
+    _name = (_missing.name or "stable_baselines3").split(".")[0]
+    # One line, as ckptlab.import_layer says it for every extra.
+    raise MissingExtraError(
+        f"ckptlab.sb3 needs {_name}, which is not installed: install the 'sb3' extra "
+        f"(stable-baselines3) with: {install_command('sb3')}  (in ckptlab's repository; see "
+        "the README's Install)", name=_name) from None
 
 from ._envs import WALL_CLOCK, UnsupportedEnvironmentError  # noqa: E402
 from ._state import COUNTERS, PIECES, UnsupportedRunError, apply_state  # noqa: E402

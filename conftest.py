@@ -131,6 +131,15 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 _KERNEL_TMPDIR = pytest.StashKey[Path]()
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Quiz answers and exercise checks record the learner's progress (ckptlab/lab/progress.py):
+    under pytest - every test and every lesson's kernel, which inherits the variable - they go
+    to a temporary file, never to the user's own record."""
+    if "CKPTLAB_PROGRESS_FILE" not in os.environ:
+        folder = session.config._tmp_path_factory.mktemp("progress")  # type: ignore[attr-defined]
+        os.environ["CKPTLAB_PROGRESS_FILE"] = str(folder / "progress.json")
+
+
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item):
     """Start each lesson's kernel with its own TMPDIR (the kernel starts in the setup of the

@@ -259,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--trust-pickle", action="store_true",
                          help="required: you trust who wrote this checkpoint")
 
+    progress = sub.add_parser(
+        "progress", help="show your progress through the lessons (kept on this machine only)",
+        description="Print the progress map the start page shows: lessons done, first-try quiz "
+                    "scores, exercises passed and the questions to revisit. The record is one "
+                    "file on this machine (CKPTLAB_PROGRESS_FILE or CKPTLAB_DATA_DIR move it).")
+    progress.add_argument("--reset", action="store_true",
+                          help="start a new record; the old file is kept beside it, renamed")
+    progress.add_argument("--json", action="store_true", help="print the raw record")
+
     for name, text in (("inspect", "show what a checkpoint contains and how big each part is"),
                        ("verify", "check every file hash; exit 1 if anything fails")):
         p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
@@ -562,6 +571,23 @@ def cmd_migrate_sharded(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_progress(args: argparse.Namespace) -> int:
+    # [lab] the learner's progress record (ckptlab/lab/progress.py documents the file)
+    progress = import_layer("ckptlab.lab.progress", "ckptlab progress")
+    path = progress.progress_path()
+    if args.reset:
+        moved = progress.reset_progress(path)
+        print(f"progress reset; the old record was kept as {moved}" if moved else
+              f"nothing to reset: no progress file at {path}")
+        return EXIT_OK
+    record = progress.read_progress(path)
+    if args.json:
+        print(json.dumps(record, indent=1, ensure_ascii=False))
+    else:
+        print(progress.progress_text(progress.summarise(record), path))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     demo_main = import_layer("ckptlab.dqn.demo", "ckptlab demo").main
 
@@ -584,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.raw_argv = list(sys.argv[1:] if argv is None else argv)  # [distributed] for workers
     commands = {"train": cmd_train, "inspect": cmd_inspect, "verify": cmd_verify,
                 "demo": cmd_demo, "ls": cmd_ls, "export": cmd_export, "prune": cmd_prune,
-                "migrate-sharded": cmd_migrate_sharded}
+                "migrate-sharded": cmd_migrate_sharded, "progress": cmd_progress}
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning  # one readable line per warning
         try:

@@ -281,7 +281,7 @@ class _Recorder:
         self.ns_ops: dict[int, list[int]] = {}       # directory -> ids of its entry changes
         self.outside: list[str] = []
         self.dropped = False
-        self.pending: dict[int, concurrent.futures.Future[Any]] = {}  # fsync ticket -> future
+        self.pending: dict[tuple[int, str, int], concurrent.futures.Future[Any]] = {}
         self.tickets = itertools.count()
         self.stopping = False
         self.saved: dict[tuple[Any, str], Any] = {}
@@ -505,7 +505,9 @@ class _Recorder:
                 return None
             covers = frozenset(self.ns_ops.get(held.inode, ()) if held.is_dir
                                else self.data_ops.get(held.inode, ()))
-            ticket = next(self.tickets)
+            # fsyncs released together complete in the order of what they cover (as the
+            # thread pool's start order varies from run to run, this keeps recordings alike)
+            ticket = (max(covers, default=-1), held.rel, next(self.tickets))
             future = _current_future()
             if future is not None:
                 self.pending[ticket] = future
@@ -516,16 +518,21 @@ class _Recorder:
             self._append("fsync", held.rel, held.inode, is_dir=held.is_dir, covers=covers)
         return None
 
-    def _wait_until_awaited(self, ticket: int, future: concurrent.futures.Future[Any]) -> None:
+    def _wait_until_awaited(self, ticket: tuple[int, str, int],
+                            future: concurrent.futures.Future[Any]) -> None:
         """Hold an fsync made on a pool thread until someone waits for it (the slowest disk
-        the caller could meet); several complete in the order they began."""
+        the caller could meet); several released together complete in ``ticket`` order."""
         deadline = time.monotonic() + 30.0
+        eligible_since = None
         while time.monotonic() < deadline:
             with self.lock:
                 if self.stopping or _awaited(future):
+                    now = time.monotonic()
+                    eligible_since = eligible_since or now
                     earlier = [t for t, f in self.pending.items()
                                if t < ticket and (self.stopping or _awaited(f))]
-                    if not earlier:
+                    # (a moment's grace lets the other fsyncs of the same wait register)
+                    if not earlier and now - eligible_since >= 0.002:
                         return
             time.sleep(0.0005)
         warnings.warn("an fsync waited 30 s for a waiter and completed anyway", stacklevel=2)
@@ -1211,6 +1218,42 @@ def fsyncs_skipped() -> Iterator[None]:
             setattr(os, name, original)
 
 
+Results = dict[tuple[str, bool], list[tuple[str, str]]]
+"""What a check found, by ``(disk key, after the operation returned)``: shared by the calls
+that explore one recording, so that each distinct disk is checked once."""
+
+
+def checked_states(recording: Recording, crash_point: int, model: str, check: Check, *,
+                   results: Results | None = None,
+                   same_for_check: Callable[[Tree], Tree] | None = None
+                   ) -> list[tuple[CrashState, list[tuple[str, str]]]]:
+    """The distinct crash states after ``crash_point`` calls under ``model``, each with what
+    ``check`` found on it (see :func:`explore`, which calls this for every crash point).
+
+    Call it inside :func:`fsyncs_skipped`; ``results`` carries the checks already made.
+    """
+    results = {} if results is None else results
+    final = crash_point == len(recording.ops)
+    found: list[tuple[CrashState, list[tuple[str, str]]]] = []
+    seen: set[str] = set()
+    for state in states_at(recording, crash_point, model):
+        key = tree_key(state.tree)
+        if key in seen:
+            continue
+        seen.add(key)
+        if same_for_check is not None:
+            key = tree_key(same_for_check(state.tree))
+        if (key, final) not in results:
+            if recording.workspace.exists():
+                shutil.rmtree(recording.workspace)
+            materialise(state.tree, recording.workspace)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # fallbacks past torn checkpoints are expected
+                results[(key, final)] = check(recording.workspace, final)
+        found.append((state, results[(key, final)]))
+    return found
+
+
 def explore(recording: Recording, model: str, check: Check, *, operation: str = "",
             crash_points: Iterable[int] | None = None, max_violations: int = 50,
             same_for_check: Callable[[Tree], Tree] | None = None) -> Exploration:
@@ -1228,31 +1271,16 @@ def explore(recording: Recording, model: str, check: Check, *, operation: str = 
     The workspace directory is replaced by each state in turn and left holding the last one.
     """
     started = time.perf_counter()
-    workspace = recording.workspace
     points = range(len(recording.ops) + 1) if crash_points is None else crash_points
-    results: dict[tuple[str, bool], list[tuple[str, str]]] = {}
+    results: Results = {}
     violations: list[Violation] = []
     seen_violations: set[tuple[str, str]] = set()
     states = violating = 0
-    with fsyncs_skipped(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with fsyncs_skipped():
         for point in points:
-            final = point == len(recording.ops)
-            at_point: set[str] = set()
-            for state in states_at(recording, point, model):
-                key = tree_key(state.tree)
-                if key in at_point:
-                    continue
-                at_point.add(key)
+            for state, found in checked_states(recording, point, model, check, results=results,
+                                               same_for_check=same_for_check):
                 states += 1
-                if same_for_check is not None:
-                    key = tree_key(same_for_check(state.tree))
-                if (key, final) not in results:
-                    if workspace.exists():
-                        shutil.rmtree(workspace)
-                    materialise(state.tree, workspace)
-                    results[(key, final)] = check(workspace, final)
-                found = results[(key, final)]
                 violating += bool(found)
                 for invariant, message in found:
                     # the first crash sequence of each distinct finding is the example

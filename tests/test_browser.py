@@ -4,7 +4,8 @@ Opens lesson 1 in JupyterLab (served on loopback from a temporary copy of the no
 nothing is written into the repository), runs all cells, checks that the plots render as
 images, answers the quiz in the page - a wrong choice first: its explanation shows, the answer does
 not; then the right one: "Correct", and the score keeps the first try ("first try 0/5 · now
-1/5"); then a typed recall answer - and saves a screenshot to ``test-artifacts/``. No static
+1/5"); then a typed recall answer in other words than the bank's ("Adam's state" for "the
+optimizer") - and saves a screenshot to ``test-artifacts/``. No static
 answers block shows under the live widget.
 
 Needs Debian's Chromium at /usr/bin/chromium (``.ci/run`` installs it); skips, saying so,
@@ -52,23 +53,23 @@ def test_lesson_runs_renders_plots_and_quiz_works_in_a_real_browser(jupyter_lab)
             first = quiz.locator(".widget-radio-box").first
             check = quiz.get_by_role("button", name="Check").first
             feedback = quiz.locator(".widget-html-content", has_text="Not quite")
-            first.get_by_text("To make the replay buffer larger").click()
+            first.get_by_text("A larger replay buffer for the rest of the run").click()
             check.click()
             expect(feedback.first).to_be_visible(timeout=15_000)
-            expect(quiz).to_contain_text("adds no new transitions")  # why that choice is wrong
+            expect(quiz).to_contain_text("it adds no transitions")  # why that choice is wrong
             # ...without giving the answer away on a first attempt
-            expect(feedback.first).not_to_contain_text("To save progress so that work is not lost")
+            expect(feedback.first).not_to_contain_text("Training that continues from step 35,000")
             expect(quiz).to_contain_text(f"Score: first try 0/{questions} · now 0/{questions}")
 
-            first.get_by_text("To save progress so that work is not lost").click()
+            first.get_by_text("Training that continues from step 35,000 exactly").click()
             check.click()
             expect(quiz).to_contain_text("Correct.", timeout=15_000)
             # the score keeps the first try: right now, but wrong at first
             expect(quiz).to_contain_text(f"Score: first try 0/{questions} · now 1/{questions}")
 
-            # a recall question, typed and auto-checked, right at the first try
-            recall = quiz.locator(".widget-vbox", has_text="largest weight difference").last
-            recall.locator("input").fill("0")
+            # a recall question, typed in the learner's words and auto-checked, right at once
+            recall = quiz.locator(".widget-vbox", has_text="leave out? (its name)").last
+            recall.locator("input").fill("Adam's state")
             recall.get_by_role("button", name="Check").click()
             expect(recall).to_contain_text("Correct.", timeout=15_000)
             expect(quiz).to_contain_text(f"Score: first try 1/{questions} · now 2/{questions}")

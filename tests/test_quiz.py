@@ -1,6 +1,8 @@
-"""Quiz engine: banks validated against the schema and balanced (no position, no length tells
-the answer), seeded shuffles, first-attempt scoring, feedback that withholds the answer until a
-second attempt or "Show answer", recall questions, and the static view."""
+"""Quiz engine: banks validated against the schema and balanced (no position, no length, no
+justification clause or absolute word tells the answer), seeded shuffles, first-attempt scoring,
+feedback that withholds the answer until a second attempt or "Show answer", recall questions
+graded fairly (equivalents, required ideas, self-checks; never whole-string equality), and the
+static view."""
 
 from __future__ import annotations
 
@@ -13,11 +15,24 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from ckptlab.lab.quiz import (QUIZ_DIR, Question, QuizError, QuizWidget, choice_order, grade,
-                              grade_recall, load_quiz, quiz_static_html, session_seed)
+from ckptlab.lab.quiz import (
+    QUIZ_DIR,
+    Idea,
+    Question,
+    Quiz,
+    QuizError,
+    QuizWidget,
+    choice_order,
+    grade,
+    grade_recall,
+    load_quiz,
+    quiz_static_html,
+    session_seed,
+)
 
 # Every bank in the package, including lessons added later (09_*, 10_*, ...).
 BANKS = sorted(p for p in QUIZ_DIR.glob("*.json") if p.name != "schema.json")
+CLOSING_REVIEW = "12_closing_review"   # the cumulative review at the end of the path
 SCHEMA = json.loads((QUIZ_DIR / "schema.json").read_text())
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -41,7 +56,10 @@ def test_bank_matches_schema_and_rules(bank):
     jsonschema.validate(data, SCHEMA)
     quiz = load_quiz(bank)  # the semantic rules the schema cannot express
     recall = [q for q in quiz.questions if q.kind == "recall"]
-    assert 1 <= len(recall) <= 2, f"{bank.stem}: {len(recall)} recall questions, want 1-2"
+    if bank.stem == CLOSING_REVIEW:  # weighted to scenarios and recall, about 15 questions
+        assert 3 <= len(recall) and 12 <= len(quiz.questions) <= 18, len(quiz.questions)
+    else:
+        assert 1 <= len(recall) <= 2, f"{bank.stem}: {len(recall)} recall questions, want 1-2"
     assert len(quiz.questions) - len(recall) >= 3
     for q in quiz.questions:
         for c in q.choices:  # an explanation says why, not just "Yes (lesson 1)."
@@ -58,9 +76,14 @@ def test_schema_knows_the_recall_kind_and_rejects_bad_questions():
                            "explanation": "because this is the reason it is wrong"}]}
     jsonschema.validate({"title": "t", "questions": [choice, {**choice, "id": "b"}, recall]},
                         SCHEMA)
+    ideas = {**{k: v for k, v in recall.items() if k != "accept"},
+             "ideas": [{"idea": "the reason", "any": ["because", "since"]}]}
+    jsonschema.validate({"title": "t", "questions": [choice, {**choice, "id": "b"}, ideas]},
+                        SCHEMA)
     for bad in ({**recall, "model_answer": ""}, {**recall, "accept": [True]},
                 {**recall, "choices": []}, {**choice, "kind": "recall"},
-                {**choice, "choices": [{"text": "x", "correct": True}]}):
+                {**choice, "choices": [{"text": "x", "correct": True}]},
+                {**ideas, "accept": [4]}, {**ideas, "ideas": [{"idea": "x y z", "any": []}]}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({"title": "t", "questions": [choice, choice, bad]}, SCHEMA)
 
@@ -90,6 +113,78 @@ def test_banks_are_balanced_across_the_suite():
     assert longest <= 0.40 * n, f"the longest choice is correct in {longest} of {n}"
     assert shortest <= 0.40 * singles, f"the shortest choice is correct in {shortest}"
     assert all_but_last <= 0.40 * multiples and tick_all <= 0.40 * multiples
+
+
+# A justification clause or an absolute word in a choice: test-takers learn that these mark
+# distractors. Measured on the choice text (explanations may say anything).
+CLAUSE = re.compile(r"\bbecause\b|\bsince\b|\bso that\b|,\s*so\b|:\s|\s[\u2014\u2013]\s|\s-\s|;"
+                    r"|\bas it\b|\bwhich\b", re.I)
+ABSOLUTE = re.compile(r"\b(never|always|every|all|any|only|none|nothing|cannot|can't|must|"
+                      r"entire(ly)?|whole|completely|guarantee[sd]?|impossible)\b", re.I)
+
+
+def cued(text):
+    return bool(CLAUSE.search(text) or ABSOLUTE.search(text))
+
+
+def test_skipping_choices_with_a_clause_or_an_absolute_does_not_beat_chance():
+    """A test-taker who rules out every choice with a justification clause ("because ...",
+    "X: ...") or an absolute ("never", "always") and guesses among the rest must not score
+    better than one who guesses blindly; and clauses and absolutes must not be much more
+    frequent in distractors than in correct choices."""
+    cue_strategy = chance = 0.0
+    cued_wrong = cued_right = wrong = right = 0
+    for _, q in choice_questions():
+        for c in q.choices:
+            if c.correct:
+                right += 1
+                cued_right += cued(c.text)
+            else:
+                wrong += 1
+                cued_wrong += cued(c.text)
+        plain = [c for c in q.choices if not cued(c.text)] or list(q.choices)
+        if q.kind == "single":   # a uniform guess among the plain choices
+            cue_strategy += sum(c.correct for c in plain) / len(plain)
+            chance += 1 / len(q.choices)
+        else:                    # tick exactly the plain choices
+            cue_strategy += {i for i, c in enumerate(q.choices) if c in plain} == \
+                set(q.correct_indices)
+            chance += 1 / (2 ** len(q.choices) - 1)
+    print(f"cue strategy {cue_strategy:.2f} vs chance {chance:.2f}; cued distractors "
+          f"{cued_wrong}/{wrong}, cued correct choices {cued_right}/{right}")
+    assert cue_strategy <= chance, (cue_strategy, chance)
+    assert cued_wrong / wrong <= cued_right / right + 0.10
+
+
+def test_multiple_choice_questions_vary_how_many_choices_are_right():
+    """Not "all but one": the number of correct choices varies, and questions with exactly one
+    wrong choice are a minority."""
+    multiples = [q for _, q in choice_questions() if q.kind == "multiple"]
+    correct_counts = Counter(len(q.correct_indices) for q in multiples)
+    one_wrong = sum(len(q.choices) - len(q.correct_indices) == 1 for q in multiples)
+    assert len(correct_counts) >= 3, correct_counts
+    assert one_wrong <= 0.4 * len(multiples), (one_wrong, len(multiples))
+
+
+def test_recall_asks_for_reasons_and_causes_not_file_names():
+    """No recall question asks which file something is in (trivia), and prose answers are
+    graded by ideas or self-checked, never by one exact keyword."""
+    for bank in BANKS:
+        for q in load_quiz(bank).questions:
+            if q.kind != "recall":
+                continue
+            assert "(a file name)" not in q.prompt and "Which file" not in q.prompt, q.id
+            if "own words" in q.prompt or "sentence" in q.prompt:
+                assert not q.accept, (bank.stem, q.id)
+
+
+def test_the_closing_review_is_the_last_bank_and_spans_the_lessons():
+    stems = [b.stem for b in BANKS]
+    assert stems[-1] == CLOSING_REVIEW, stems
+    review = load_quiz(CLOSING_REVIEW)
+    cited = {int(n) for q in review.questions for c in q.choices
+             for n in re.findall(r"lessons? (\d+)", c.explanation)}
+    assert len(cited) >= 6, cited   # its explanations send the learner back to many lessons
 
 
 def test_no_two_lessons_open_with_the_same_question():
@@ -242,43 +337,105 @@ def test_multiple_choice_first_feedback_does_not_name_the_correct_ticks():
     assert "should not be there" in text and "not ticked" in text
 
 
-def test_recall_questions_are_auto_checked_where_checkable():
-    numeric = Question("n", "How many?", "recall", model_answer="Four, because...",
-                       accept=(4,))
-    named = Question("f", "Which file?", "recall", model_answer="manifest.json lists...",
-                     accept=("manifest.json",))
-    free = Question("w", "Why?", "recall", model_answer="Because...")
-    assert grade_recall(numeric, " 4 ").correct and grade_recall(numeric, "4.0").correct
-    assert not grade_recall(numeric, "3").correct and not grade_recall(numeric, "four").correct
-    assert grade_recall(named, "Manifest.JSON").correct
-    assert grade_recall(named, "`manifest.json`.").correct
-    assert not grade_recall(named, "state.json").correct
+def test_recall_numbers_and_names_accept_obvious_equivalents():
+    numeric = Question("n", "How many?", "recall", model_answer="Zero, because...",
+                       accept=(0,))
+    steps = Question("s", "From which step?", "recall", model_answer="2000: ...", accept=(2000,))
+    named = Question("c", "Which piece?", "recall", model_answer="The counters...",
+                     accept=("counters", "step counter"))
+    manifest = Question("f", "Which file?", "recall", model_answer="manifest.json lists...",
+                        accept=("manifest.json",))
+    for right in ("0", " 0.0 ", "zero", "exactly zero", "Exactly 0.", "no difference"):
+        assert grade_recall(numeric, right).correct, right
+    for wrong in ("1", "0 or 1", "small", "nearly zero, about 1e-6"):
+        assert not grade_recall(numeric, wrong).correct, wrong
+    for right in ("2000", "2,000", "step 2000", "from step_2000", "At step 2_000."):
+        assert grade_recall(steps, right).correct, right
+    assert not grade_recall(steps, "2345").correct
+    assert not grade_recall(steps, "2000 or 2345").correct
+    for right in ("counters", "the counters", "Counter", "step counter", "the step counters.",
+                  "`counters`"):
+        assert grade_recall(named, right).correct, right
+    for wrong in ("optimizer", "counters and optimizer", "not the counters"):
+        assert not grade_recall(named, wrong).correct, wrong
+    assert grade_recall(manifest, "`Manifest.JSON`.").correct
+    assert not grade_recall(manifest, "state.json").correct
     with pytest.raises(QuizError, match="type an answer"):
         grade_recall(named, "  ")
-    with pytest.raises(QuizError, match="no automatic check"):
+
+
+def _committer():
+    return Question("why", "In your own words: why one committer?", "recall",
+                    model_answer="Every rank finishes (barrier), then one rename by one rank.",
+                    ideas=(Idea("every rank has finished writing first",
+                                ("barrier", "all ranks", "every rank")),
+                           Idea("one rename makes it appear at once",
+                                ("one rank", "rank 0", "one rename", "atomic", "at once"))))
+
+
+def test_prose_recall_is_graded_by_the_ideas_it_contains_not_by_one_keyword():
+    """Issue 24: a correct sentence was marked wrong and the single word "atomic" right."""
+    q = _committer()
+    sentence = ("All ranks must finish writing their shards before rank 0 renames the "
+                "directory, so the checkpoint appears in one step.")
+    assert grade_recall(q, sentence).correct
+    assert grade_recall(q, "Waiting at a barrier, then one rename, atomically").correct
+    for keyword in ("atomic", "barrier", "one rename"):
+        assert not grade_recall(q, keyword).correct, keyword
+    result = grade_recall(q, "barrier")
+    assert [(name, found) for name, found, _ in result.feedback] == [
+        ("every rank has finished writing first", True),
+        ("one rename makes it appear at once", False)]
+
+
+def test_self_checked_recall_is_counted_apart_from_the_graded_score():
+    free = Question("w", "Why?", "recall", model_answer="Because the whole state matters.")
+    assert free.self_checked and not free.scored
+    with pytest.raises(QuizError, match="self-checked"):
         grade_recall(free, "because")
-    assert not free.scored and numeric.scored
+    quiz = Quiz("t", (free, _committer()))
+    widget = QuizWidget(quiz, seed=0)
+    assert widget.score.total == 1 and widget.score.self_total == 1
+    with pytest.raises(QuizError, match="compare with the model answer first"):
+        widget.mark_self_check(0, True)
+    had_it, missed = widget.self_check_buttons[0]
+    assert had_it.layout.display == "none"          # no verdict before the comparison
+    widget.selectors[0].value = "The optimizer, the buffer and the generators decide it."
+    widget.reveal_buttons[0].click()
+    assert html_escape(free.model_answer) in widget.feedback[0].value
+    assert "Your answer:" in widget.feedback[0].value and had_it.layout.display is None
+    missed.click()
+    assert "self-checked: 0 of 1" in widget.score_label.value
+    had_it.click()                                   # the latest verdict counts
+    assert "self-checked: 1 of 1" in widget.score_label.value
+    assert widget.score.first_correct == 0 and "first try 0/1" in widget.score_label.value
 
 
 def test_recall_in_the_widget_hides_the_model_answer_until_asked():
-    quiz = load_quiz("07_failure_modes")
+    named = Question("f", "Which piece pauses learning? (its name)", "recall",
+                     model_answer="The counters: the step count restarts.",
+                     accept=("counters",))
+    quiz = Quiz("t", (named, _committer()))
     widget = QuizWidget(quiz, seed=0)
-    i = next(k for k, q in enumerate(quiz.questions) if q.kind == "recall")
-    question = quiz.questions[i]
-    widget.selectors[i].value = "state.json"
-    widget.buttons[i].click()
-    assert "Not what" in widget.feedback[i].value
-    assert question.model_answer not in widget.feedback[i].value
-    widget.selectors[i].value = "manifest.json"
-    widget.buttons[i].click()
-    assert "Correct" in widget.feedback[i].value
-    assert widget.score.grades[question.id].correct and not widget.score.first[question.id]
-    free_quiz = load_quiz("08_review")
-    widget = QuizWidget(free_quiz, seed=0)
-    k = next(k for k, q in enumerate(free_quiz.questions) if q.kind == "recall" and not q.scored)
-    assert widget.score.total == sum(q.scored for q in free_quiz.questions)
-    widget.reveal_buttons[k].click()
-    assert html_escape(free_quiz.questions[k].model_answer) in widget.feedback[k].value
+    widget.selectors[0].value = "optimizer"
+    widget.buttons[0].click()
+    assert "Not what" in widget.feedback[0].value
+    assert named.model_answer not in widget.feedback[0].value
+    widget.selectors[0].value = "the counters"
+    widget.buttons[0].click()
+    assert "Correct" in widget.feedback[0].value
+    assert widget.score.grades["f"].correct and not widget.score.first["f"]
+    # ideas: the first miss says how many ideas are there, not which, nor the model answer
+    widget.selectors[1].value = "atomic"
+    widget.buttons[1].click()
+    shown = widget.feedback[1].value
+    assert "1 of the 2 ideas" in shown and "barrier" not in shown
+    assert html_escape(quiz.questions[1].model_answer) not in shown
+    widget.selectors[1].value = "atomic, really"
+    widget.buttons[1].click()   # a second miss reveals the ideas and the model answer
+    shown = widget.feedback[1].value
+    assert "every rank has finished writing first" in shown
+    assert html_escape(quiz.questions[1].model_answer) in shown
 
 
 def html_escape(text):

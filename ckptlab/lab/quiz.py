@@ -5,9 +5,18 @@ Question banks live in ``ckptlab/lab/quizzes/<lesson>.json``, shipped as package
 
 * ``single`` / ``multiple``: recognition; every choice carries its own explanation of *why*
   it is right or wrong.
-* ``recall``: the learner types an answer; a ``model_answer`` is shown on request, and where
-  the answer is checkable (a number, a file name, a component) ``accept`` lists the answers
-  graded as correct (case-insensitive strings, or numbers).
+* ``recall``: the learner types an answer, and a ``model_answer`` is shown on request. It is
+  graded in one of three ways, never by comparing whole sentences:
+
+  - ``accept``: a number or a name (a component, a file). Obvious equivalents count: ``0``,
+    ``zero`` and ``exactly zero``; ``2,000`` and ``step 2000``; ``the counters`` and
+    ``counter`` (articles, punctuation, plurals and filler words are ignored; see
+    :func:`normalise_name` and :func:`numbers_in`).
+  - ``ideas``: prose checked by the ideas it must contain, each found by any of its phrasings
+    (:func:`ideas_found`): a correct sentence in the learner's own words passes, a lone keyword
+    does not.
+  - neither: **self-checked**. The learner compares their answer with the model answer and
+    marks it; that mark is counted apart from the graded score (:class:`Score`).
 
 What keeps the quiz honest (a learner who guesses should not score):
 
@@ -66,9 +75,18 @@ class Choice:
 
 
 @dataclass(frozen=True)
+class Idea:
+    """One idea a typed answer must contain: ``name`` (shown once the answer is revealed) and
+    the ``phrasings`` that count as saying it (any one is enough)."""
+
+    name: str
+    phrasings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Question:
-    """One question. ``choices`` is empty for ``recall``; ``model_answer`` and ``accept`` are
-    used by ``recall`` only."""
+    """One question. ``choices`` is empty for ``recall``; ``model_answer``, ``accept`` and
+    ``ideas`` are used by ``recall`` only (at most one of ``accept`` and ``ideas``)."""
 
     id: str
     prompt: str
@@ -76,6 +94,7 @@ class Question:
     choices: tuple[Choice, ...] = ()
     model_answer: str = ""
     accept: tuple[str | float, ...] = ()
+    ideas: tuple[Idea, ...] = ()
 
     @property
     def correct_indices(self) -> frozenset[int]:
@@ -83,8 +102,14 @@ class Question:
 
     @property
     def scored(self) -> bool:
-        """Counts in the score: every recognition question, and recall that can be checked."""
-        return self.kind != "recall" or bool(self.accept)
+        """Counts in the graded score: every recognition question, and recall that is checked
+        by ``accept`` or ``ideas``."""
+        return self.kind != "recall" or bool(self.accept) or bool(self.ideas)
+
+    @property
+    def self_checked(self) -> bool:
+        """A recall question the learner checks against the model answer themselves."""
+        return self.kind == "recall" and not self.scored
 
 
 @dataclass(frozen=True)
@@ -99,8 +124,10 @@ def _parse_question(q: Any, source: str, n: int) -> Question:
         if kind == "recall":
             accept = tuple(a if isinstance(a, (int, float)) and not isinstance(a, bool)
                            else str(a) for a in q.get("accept", []))
+            ideas = tuple(Idea(str(i["idea"]), tuple(str(p) for p in i["any"]))
+                          for i in q.get("ideas", []))
             return Question(str(q["id"]), str(q["prompt"]), kind,
-                            model_answer=str(q["model_answer"]), accept=accept)
+                            model_answer=str(q["model_answer"]), accept=accept, ideas=ideas)
         choices = tuple(Choice(str(c["text"]), bool(c["correct"]), str(c["explanation"]))
                         for c in q["choices"])
         return Question(str(q["id"]), str(q["prompt"]), kind, choices)
@@ -124,6 +151,12 @@ def _parse(data: Any, source: str) -> Quiz:
             if not question.model_answer.strip():
                 raise QuizError(f"{source}: recall question {question.id!r} needs a "
                                 "model_answer")
+            if question.accept and question.ideas:
+                raise QuizError(f"{source}: recall question {question.id!r} has both accept "
+                                "and ideas; give one (or neither, to self-check)")
+            if any(not idea.phrasings or not all(normalise_name(p) for p in idea.phrasings)
+                   for idea in question.ideas):
+                raise QuizError(f"{source}: every idea of {question.id!r} needs phrasings")
             questions.append(question)
             continue
         n_correct = len(question.correct_indices)
@@ -218,40 +251,95 @@ def grade(question: Question, selected: int | Sequence[int] | None) -> Grade:
     return Grade(question.id, correct, chosen, feedback)
 
 
-def _normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().strip("`'\".").lower())
+_NUMBER_WORDS = {word: n for n, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty".split())}
+_NUMBER_WORDS["no"] = 0  # "no difference", "no steps"
+# Words that change nothing in a short answer naming a thing or a number.
+_FILLER = frozenset("the a an its their this that of piece component state exactly just only "
+                    "it is was be".split())
 
 
-def _as_number(text: str) -> float | None:
-    try:
-        return float(text.replace(",", "").replace("_", "").strip())
-    except ValueError:
-        return None
+def _words(text: str) -> list[str]:
+    text = re.sub(r"(?<=\d)[,_](?=\d)", "", text.lower())   # 2,000 and 2_000 are 2000
+    text = re.sub(r"['\u2019]s\b", "", text)                  # Adam's -> Adam
+    return re.findall(r"[a-z0-9]+(?:\.[a-z0-9]+)*", text)
+
+
+def _stem(word: str) -> str:
+    """A crude singular: counters -> counter, metrics -> metric (not progress, not 500s)."""
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") \
+        and not word[:-1].isdigit() else word
+
+
+def normalise_name(text: str) -> str:
+    """A short answer reduced to what it names: lower case, no punctuation, quotes or
+    articles, no filler words, plurals made singular. ``"The counters."``,
+    ``"counter"`` and ``"`counters`"`` all become ``"counter"``."""
+    return " ".join(_stem(w) for w in _words(text) if w not in _FILLER)
+
+
+def numbers_in(text: str) -> set[float]:
+    """The distinct numbers a short answer states, in digits or words (zero to twenty):
+    ``"exactly zero"`` -> {0}, ``"from step 2,000"`` -> {2000}."""
+    found: set[float] = set()
+    for word in _words(text):
+        if word in _NUMBER_WORDS:
+            found.add(float(_NUMBER_WORDS[word]))
+        else:
+            try:
+                found.add(float(word))
+            except ValueError:
+                continue
+    return found
+
+
+def ideas_found(question: Question, answer: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Which of ``question.ideas`` a typed answer contains, and which it lacks: an idea is
+    found when any of its phrasings appears in the answer as whole words (compared after
+    :func:`normalise_name`, so case, punctuation and plurals do not matter)."""
+    text = f" {normalise_name(answer)} "
+    found, missing = [], []
+    for idea in question.ideas:
+        hit = any(f" {normalise_name(p)} " in text for p in idea.phrasings)
+        (found if hit else missing).append(idea.name)
+    return tuple(found), tuple(missing)
 
 
 def grade_recall(question: Question, answer: str | float | None) -> Grade:
-    """Grade a typed answer against ``question.accept`` (case and surrounding spaces, quotes
-    and a final full stop ignored; numbers compared as numbers, so ``1,200`` = ``1200``).
+    """Grade a typed answer.
+
+    * ``accept`` with numbers: right when the answer states exactly one distinct number and it
+      is an accepted one (``0``, ``zero``, ``exactly zero``; ``2,000``, ``step 2000``).
+    * ``accept`` with names: right when the answer names an accepted one, compared after
+      :func:`normalise_name` (``the counters`` = ``counter``).
+    * ``ideas``: right when every idea is found (:func:`ideas_found`); ``feedback`` lists
+      ``(idea, found)`` pairs, shown only once the answer may be revealed.
 
     Raises:
-        QuizError: an empty answer, a question that is not ``recall``, or a recall question
-            without ``accept`` (it is checked against the model answer by the learner).
+        QuizError: an empty answer, a question that is not ``recall``, or a self-checked
+            recall question (it is compared with the model answer by the learner).
     """
     if question.kind != "recall":
         raise QuizError(f"question {question.id!r} is a choice question: use grade")
     text = "" if answer is None else str(answer)
     if not text.strip():
         raise QuizError("type an answer first")
+    if question.ideas:
+        found, missing = ideas_found(question, text)
+        feedback = tuple((name, name in found, "") for name in
+                         (idea.name for idea in question.ideas))
+        return Grade(question.id, not missing, (), feedback, answer_text=text)
     if not question.accept:
-        raise QuizError("this question has no automatic check: compare your answer with the "
-                        "model answer")
-    typed_number = _as_number(text)
+        raise QuizError("this question is self-checked: compare your answer with the model "
+                        "answer, then mark it")
+    stated, named = numbers_in(text), normalise_name(text)
     correct = False
     for accepted in question.accept:
         if isinstance(accepted, (int, float)):
-            correct |= typed_number is not None and abs(typed_number - accepted) < 1e-9
+            correct |= stated == {float(accepted)}
         else:
-            correct |= _normalise(text) == _normalise(accepted)
+            correct |= bool(named) and named == normalise_name(accepted)
     return Grade(question.id, correct, (), (), answer_text=text)
 
 
@@ -266,6 +354,8 @@ class Score:
     total: int
     first: dict[str, bool] = field(default_factory=dict)
     grades: dict[str, Grade] = field(default_factory=dict)
+    self_total: int = 0                                   # self-checked questions
+    self_marks: dict[str, bool] = field(default_factory=dict)
 
     def record(self, result: Grade) -> None:
         self.first.setdefault(result.question_id, result.correct)
@@ -274,6 +364,11 @@ class Score:
     def record_revealed(self, question_id: str) -> None:
         """The answer was shown before any attempt: the first try is lost."""
         self.first.setdefault(question_id, False)
+
+    def record_self_check(self, question_id: str, had_it: bool) -> None:
+        """The learner's own verdict on a self-checked answer (the latest one counts); kept
+        apart from the graded score."""
+        self.self_marks[question_id] = bool(had_it)
 
     @property
     def first_correct(self) -> int:
@@ -284,8 +379,12 @@ class Score:
         return sum(g.correct for g in self.grades.values())
 
     def __str__(self) -> str:
-        return (f"Score: first try {self.first_correct}/{self.total} · "
-                f"now {self.correct}/{self.total}")
+        graded = (f"Score: first try {self.first_correct}/{self.total} · "
+                  f"now {self.correct}/{self.total}")
+        if not self.self_total:
+            return graded
+        return (graded + f" · self-checked: {sum(self.self_marks.values())} of "
+                f"{self.self_total} marked right by you")
 
 
 def feedback_html(result: Grade, *, reveal: bool) -> str:
@@ -319,11 +418,28 @@ def feedback_html(result: Grade, *, reveal: bool) -> str:
             f"{tail} Think again and try once more, or press <i>Show answer</i>.")
 
 
+def _ideas_html(result: Grade) -> str:
+    return "<ul style='margin:4px 0'>" + "".join(
+        f"<li>{'&#10003;' if found else '&#10007;'} {html.escape(name)}</li>"
+        for name, found, _ in result.feedback) + "</ul>"
+
+
 def _recall_feedback_html(question: Question, result: Grade | None, *, reveal: bool) -> str:
     model = (f"<div><i>Model answer:</i> {html.escape(question.model_answer)}</div>"
              if reveal or (result is not None and result.correct) else "")
     if result is None:
         return model
+    if question.ideas:
+        found = sum(ok for _, ok, _ in result.feedback)
+        if result.correct:
+            return (f"<b style='color:#1a7f37'>Correct.</b> Your answer has every idea the "
+                    f"answer needs:{_ideas_html(result)}{model}")
+        if reveal:
+            return (f"<b style='color:#cf222e'>Not yet.</b> The ideas the answer needs, and "
+                    f"whether yours has them:{_ideas_html(result)}{model}")
+        return (f"<b style='color:#cf222e'>Not yet.</b> Your answer has {found} of the "
+                f"{len(question.ideas)} ideas the answer needs. Say what is missing and try "
+                "again, or press <i>Show answer</i>.")
     if result.correct:
         return f"<b style='color:#1a7f37'>Correct.</b>{model}"
     return (f"<b style='color:#cf222e'>Not what the lesson showed.</b> "
@@ -337,10 +453,15 @@ class QuizWidget:
     Text box (recall) in a seeded order, Check and Show answer buttons and a feedback area;
     the score (first try and now) underneath.
 
+    A self-checked recall question has *Compare with the model answer* instead of Check and
+    Show answer; once the model answer is shown, *I had it* and *I missed something* record the
+    learner's own verdict (:meth:`Score.record_self_check`).
+
     Attributes for headless use: ``orders`` (per question, the bank indices in display order),
     ``selectors`` (a RadioButtons, a list of Checkbox widgets, or a Text), ``buttons`` (Check),
-    ``reveal_buttons`` (Show answer), ``feedback`` (HTML widgets), ``score`` and
-    ``score_label``.
+    ``reveal_buttons`` (Show answer, or Compare for a self-checked question),
+    ``self_check_buttons`` (per question ``(had it, missed)`` or ``None``), ``feedback`` (HTML
+    widgets), ``score`` and ``score_label``.
     """
 
     def __init__(self, quiz: Quiz, seed: int | None = None) -> None:
@@ -349,12 +470,14 @@ class QuizWidget:
         self.quiz = quiz
         self.seed = session_seed() if seed is None else int(seed)
         self.orders = [choice_order(q, self.seed) for q in quiz.questions]
-        self.score = Score(sum(q.scored for q in quiz.questions))
+        self.score = Score(sum(q.scored for q in quiz.questions),
+                           self_total=sum(q.self_checked for q in quiz.questions))
         self.attempts = [0] * len(quiz.questions)
         self.revealed = [False] * len(quiz.questions)
         self.selectors: list[Any] = []
         self.buttons: list[Any] = []
         self.reveal_buttons: list[Any] = []
+        self.self_check_buttons: list[tuple[Any, Any] | None] = []
         self.feedback: list[Any] = []
         self.score_label = w.HTML(f"<b>{html.escape(str(self.score))}</b>")
         boxes = [w.HTML(f"<h4>{html.escape(quiz.title)}</h4><small>choice order "
@@ -372,22 +495,38 @@ class QuizWidget:
                 control = w.VBox(selector)
                 note = " <i>(choose all that apply)</i>"
             else:
-                selector = w.Text(placeholder="type your answer",
-                                  layout=w.Layout(width="60%"))
+                selector = w.Textarea(placeholder="type your answer",
+                                      layout=w.Layout(width="70%", height="4em")) \
+                    if question.ideas or question.self_checked else \
+                    w.Text(placeholder="type your answer", layout=w.Layout(width="60%"))
                 control = selector
-                note = (" <i>(then compare with the model answer)</i>" if not question.scored
-                        else " <i>(type the answer)</i>")
+                note = (" <i>(in your own words; then compare with the model answer and mark "
+                        "it yourself)</i>" if question.self_checked else
+                        " <i>(in your own words; checked for the ideas it needs)</i>"
+                        if question.ideas else " <i>(type the answer)</i>")
             check = w.Button(description="Check", button_style="primary")
-            reveal = w.Button(description="Show answer")
+            reveal = w.Button(description="Compare with the model answer"
+                              if question.self_checked else "Show answer",
+                              layout=w.Layout(width="auto"))
             feedback = w.HTML()
             check.on_click(lambda _, i=n - 1: self.check(i))
             reveal.on_click(lambda _, i=n - 1: self.reveal(i))
-            buttons = [check, reveal] if question.scored else [reveal]
+            marks = None
+            if question.self_checked:
+                marks = (w.Button(description="I had it", button_style="success"),
+                         w.Button(description="I missed something", button_style="warning",
+                                  layout=w.Layout(width="auto")))
+                for box in marks:
+                    box.layout.display = "none"   # shown with the model answer
+                marks[0].on_click(lambda _, i=n - 1: self.mark_self_check(i, True))
+                marks[1].on_click(lambda _, i=n - 1: self.mark_self_check(i, False))
+            buttons = [check, reveal] if question.scored else [reveal, *marks]
             boxes.append(w.VBox([w.HTML(f"<b>{n}. {html.escape(question.prompt)}</b>{note}"),
                                  control, w.HBox(buttons), feedback]))
             self.selectors.append(selector)
             self.buttons.append(check)
             self.reveal_buttons.append(reveal)
+            self.self_check_buttons.append(marks)
             self.feedback.append(feedback)
         boxes.append(self.score_label)
         self.widget = w.VBox(boxes)
@@ -455,7 +594,19 @@ class QuizWidget:
         self.revealed[index] = True
         if question.scored:
             self.score.record_revealed(question.id)
-        if question.kind == "recall":
+        if question.self_checked:
+            typed = str(self.selectors[index].value or "").strip()
+            mine = (f"<div><i>Your answer:</i> {html.escape(typed)}</div>" if typed else
+                    "<div><i>(You typed nothing: write your answer first, then compare.)</i>"
+                    "</div>")
+            self.feedback[index].value = (mine + _recall_feedback_html(question, None,
+                                                                       reveal=True)
+                                          + "<div>Did yours say the same, in any words?</div>")
+            marks = self.self_check_buttons[index]
+            if marks is not None and typed:
+                for box in marks:
+                    box.layout.display = None
+        elif question.kind == "recall":
             self.feedback[index].value = _recall_feedback_html(question, None, reveal=True)
         else:
             correct = sorted(question.correct_indices)
@@ -464,6 +615,17 @@ class QuizWidget:
                 for i in correct))
             self.feedback[index].value = feedback_html(fake, reveal=True).replace(
                 "Not quite.</b> The answer, explained:", "Answer:</b>")
+        self._update_score()
+
+    def mark_self_check(self, index: int, had_it: bool) -> None:
+        """Record the learner's verdict on self-checked question ``index`` (what *I had it*
+        and *I missed something* do)."""
+        question = self.quiz.questions[index]
+        if not question.self_checked:
+            raise QuizError(f"question {question.id!r} is graded, not self-checked")
+        if not self.revealed[index]:
+            raise QuizError("compare with the model answer first")
+        self.score.record_self_check(question.id, had_it)
         self._update_score()
 
     def _update_score(self) -> None:
@@ -493,15 +655,20 @@ def quiz_static_html(quiz: Quiz, seed: int = 0) -> str:
                      + (" <i>(choose all that apply)</i>" if q.kind == "multiple" else "")
                      + "</p>")
         if q.kind == "recall":
+            how = ("Write your answer, then compare it with the model answer." if q.self_checked
+                   else "Write your answer; it is checked for these ideas: " + "; ".join(
+                       html.escape(i.name) for i in q.ideas) + "." if q.ideas else
+                   "Write your answer, then compare it with the model answer.")
             parts.append(f"<details><summary>Model answer</summary><p>"
-                         f"{html.escape(q.model_answer)}</p></details>")
+                         f"{html.escape(q.model_answer)}</p><p><i>{how}</i></p></details>")
             continue
         order = choice_order(q, seed)
         letters = "ABCDEFGHIJ"
         parts.append("<ol type='A'>" + "".join(
             f"<li>{html.escape(q.choices[i].text)}</li>" for i in order) + "</ol>")
         items = "".join(
-            f"<li><b>{letters[pos]}</b> {'&#10003; right' if q.choices[i].correct else '&#10007; wrong'}"
+            f"<li><b>{letters[pos]}</b> "
+            f"{'&#10003; right' if q.choices[i].correct else '&#10007; wrong'}"
             f" &mdash; {html.escape(q.choices[i].explanation)}</li>"
             for pos, i in enumerate(order))
         parts.append(f"<details><summary>Answer {n}: answers and explanations</summary>"

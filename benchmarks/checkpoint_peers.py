@@ -439,7 +439,8 @@ def report(size_mb: float, state_bytes: int, save: dict[str, list[float]],
         target = [s + h for s, h in zip(load[f"safetensors {mode}"], load[f"sha {mode}"])]
         print(f"| safetensors + one SHA-256 pass, {mode} | {ms(target)} ms | "
               f"ckptlab / this: **{paired(load[f'ckptlab {mode}'], target):.2f}x** | "
-              f"(vs safetensors alone {paired(load[f'ckptlab {mode}'], load[f'safetensors {mode}']):.2f}x) |")
+              f"(vs safetensors alone "
+              f"{paired(load[f'ckptlab {mode}'], load[f'safetensors {mode}']):.2f}x) |")
 
 
 def main() -> None:

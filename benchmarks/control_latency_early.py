@@ -27,8 +27,12 @@ import torch  # noqa: E402
 
 from benchmarks._machine import describe  # noqa: E402
 from ckptlab import DQNConfig, Trainer  # noqa: E402
-from ckptlab.lab.explore_early import (loss_curves_view, pipeline_examples,  # noqa: E402
-                                       pipeline_stage_view, prediction_view)
+from ckptlab.lab.explore_early import (  # noqa: E402
+    loss_curves_view,
+    pipeline_examples,
+    pipeline_stage_view,
+    prediction_view,
+)
 from ckptlab.lab.lessons import parameter_changes  # noqa: E402
 from ckptlab.lab.widgets import to_displayable  # noqa: E402
 

@@ -26,8 +26,7 @@ matplotlib.use("Agg")
 from benchmarks._machine import describe  # noqa: E402
 from ckptlab import DQNConfig, Trainer  # noqa: E402
 from ckptlab.dqn.demo import lost_work_by_interval  # noqa: E402
-from ckptlab.lab.ablation import (COMPONENTS, FULL, WhatToSaveLab,  # noqa: E402
-                                  continue_training)
+from ckptlab.lab.ablation import COMPONENTS, FULL, WhatToSaveLab, continue_training  # noqa: E402
 from ckptlab.lab.resume_lab import KillResumeLab, plot_save_tradeoff  # noqa: E402
 from ckptlab.lab.widgets import to_displayable  # noqa: E402
 
@@ -77,8 +76,9 @@ def main() -> None:
         original.close()
         t0 = time.perf_counter()
         what = WhatToSaveLab(checkpoint, config5, 2_000, 4_000)
-        print(f"\nlesson 5, Resume with the ticked pieces (trains; target about 10 s or less)")
-        print(f"  (the full resume it compares with, computed once: {time.perf_counter() - t0:.2f} s)")
+        print("\nlesson 5, Resume with the ticked pieces (trains; target about 10 s or less)")
+        print("  (the full resume it compares with, computed once: "
+              f"{time.perf_counter() - t0:.2f} s)")
         for name, pieces, mystery in [("all but optimizer", FULL - {"optimizer"}, False),
                                       ("weights only", {"weights"}, False),
                                       ("all but env, mystery", FULL - {"env"}, True),

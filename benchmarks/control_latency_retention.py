@@ -4,9 +4,9 @@ Each control is driven through the same :class:`~ckptlab.lab.widgets.LiveView` t
 use (render + PNG encoding + filling the output area; only the browser's drawing is left out),
 on the run lesson 6 records in fast mode. Printed: median and worst time per control, and the
 CPU seconds per move (what it costs on an otherwise idle machine, where the two cores are not
-shared), and the ratio to its target - instant controls "well under a second" (target 1 s), the fault picker,
-which trains, "about 10 s or less" (target 10 s). The baseline in the same process is the
-default render each notebook does at run-all time.
+shared), and the ratio to its target - instant controls "well under a second" (target 1 s),
+the fault picker, which trains, "about 10 s or less" (target 10 s). The baseline in the same
+process is the default render each notebook does at run-all time.
 
     python benchmarks/control_latency_retention.py            # about 2 minutes
 """

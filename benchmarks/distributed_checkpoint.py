@@ -130,11 +130,13 @@ def main() -> None:
     print()
     for w in (1, 2):
         r = results[w]
-        print(f"{w} rank(s): ckptlab save / plain dcp.save = {r['ckptlab save'] / r['plain save']:.2f}x; "
+        print(f"{w} rank(s): ckptlab save / plain dcp.save = "
+              f"{r['ckptlab save'] / r['plain save']:.2f}x; "
               f"async holds training {r['ckptlab async held'] / r['ckptlab save']:.1%} of a "
               f"sync save; ckptlab load / plain dcp.load = "
               f"{r['ckptlab load'] / r['plain load']:.2f}x")
-    print(f"2 ranks / 1 rank: ckptlab save {results[2]['ckptlab save'] / results[1]['ckptlab save']:.2f}x, "
+    print("2 ranks / 1 rank: ckptlab save "
+          f"{results[2]['ckptlab save'] / results[1]['ckptlab save']:.2f}x, "
           f"plain save {results[2]['plain save'] / results[1]['plain save']:.2f}x")
 
 

@@ -113,7 +113,8 @@ def exercise_lesson5(page) -> None:
     expect(view).to_be_visible(timeout=60_000)
     view.scroll_into_view_if_needed()
     before = _output_html(view)
-    view.get_by_role("checkbox", name="optimizer", exact=True).check()   # default: all but the optimizer
+    # default: all but the optimizer
+    view.get_by_role("checkbox", name="optimizer", exact=True).check()
     view.get_by_role("checkbox", name="env", exact=True).uncheck()
     output = view.locator(".widget-output").first
     view.get_by_role("button", name="Resume", exact=True).click()

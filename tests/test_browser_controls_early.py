@@ -13,8 +13,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from browser_support import ARTIFACTS, REPO, assert_no_errors, launch, open_and_run_all, \
-    requires_chromium
+from browser_support import (
+    ARTIFACTS,
+    REPO,
+    assert_no_errors,
+    launch,
+    open_and_run_all,
+    requires_chromium,
+)
 
 pytestmark = requires_chromium
 
@@ -80,7 +86,8 @@ def _check_controls(page, lab, notebook: str, moves) -> None:
     cell.scroll_into_view_if_needed()
     expect(cell.locator(".widget-label").first).to_be_visible(timeout=60_000)
     state = _shown(cell)
-    assert state[0].startswith("data:image/png"), f"{notebook}: no default render above the controls"
+    assert state[0].startswith("data:image/png"), \
+        f"{notebook}: no default render above the controls"
     for label, act, expect_text in moves:
         act(cell)
         state = _wait_for_change(page, cell, state, f"moving {label!r} in {notebook}",

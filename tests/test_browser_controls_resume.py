@@ -8,9 +8,7 @@ Needs Debian's Chromium at /usr/bin/chromium; skips, saying so, where there is n
 from __future__ import annotations
 
 import pytest
-
-from browser_support import (ARTIFACTS, assert_no_errors, launch, open_and_run_all,
-                             requires_chromium)
+from browser_support import ARTIFACTS, assert_no_errors, launch, open_and_run_all, requires_chromium
 from controls_resume_flows import exercise_lesson4, exercise_lesson5
 
 pytestmark = requires_chromium

@@ -10,9 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from browser_support import ARTIFACTS, assert_no_errors, launch, open_and_run_all, \
-    requires_chromium
+from browser_support import ARTIFACTS, assert_no_errors, launch, open_and_run_all, requires_chromium
 
 pytestmark = requires_chromium
 

@@ -6,8 +6,14 @@ different from the default one rendered above the controls) and that no error ap
 
 from __future__ import annotations
 
-from browser_support import ARTIFACTS, REPO, assert_no_errors, launch, open_and_run_all, \
-    requires_chromium
+from browser_support import (
+    ARTIFACTS,
+    REPO,
+    assert_no_errors,
+    launch,
+    open_and_run_all,
+    requires_chromium,
+)
 
 LESSON = "10_checkpointing_in_practice.ipynb"
 

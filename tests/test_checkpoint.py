@@ -29,7 +29,6 @@ from ckptlab.engine import (
     TENSORS,
     resolve_location,
 )
-
 from conftest import Counter
 
 
@@ -86,7 +85,8 @@ def test_layout_manifest_and_pointer(tmp_path):
         "step_00000002"]
     assert sorted(p.name for p in info.path.iterdir()) == [MANIFEST, STATE, TENSORS]
     manifest = json.loads((info.path / MANIFEST).read_text())
-    assert manifest["format"] == "ckptlab-checkpoint" and manifest["format_version"] == FORMAT_VERSION
+    assert manifest["format"] == "ckptlab-checkpoint"
+    assert manifest["format_version"] == FORMAT_VERSION
     assert manifest["step"] == 2 and manifest["metrics"] == {"loss": 0.5}
     assert set(manifest["components"]) == {"model", "optimizer", "counter"}
     assert {"torch", "numpy", "python", "safetensors"} <= set(manifest["versions"])

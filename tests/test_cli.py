@@ -14,7 +14,6 @@ import pytest
 
 from ckptlab.cli import main
 from ckptlab.engine import TENSORS
-
 from conftest import FAST, run_cli, tree_digest
 
 SMALL = {**FAST, "total_steps": 800, "save_every_steps": 400}

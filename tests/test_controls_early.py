@@ -15,13 +15,19 @@ import torch
 matplotlib.use("Agg")
 
 from ckptlab import CkptlabError, DQNConfig, Trainer  # noqa: E402
-from ckptlab.lab.explore_early import (SMOOTHING_WINDOWS, epsilon_action_shares,  # noqa: E402
-                                       loss_curves_controls, loss_curves_view,
-                                       observation_for, pipeline_controls,
-                                       pipeline_examples, pipeline_stage_view,
-                                       prediction_controls, prediction_view)
-from ckptlab.lab.lessons import (epoch_trace_rows, loss_and_return_rose_together,  # noqa: E402
-                                 parameter_changes)
+from ckptlab.lab.explore_early import (  # noqa: E402
+    SMOOTHING_WINDOWS,
+    epsilon_action_shares,
+    loss_curves_controls,
+    loss_curves_view,
+    observation_for,
+    pipeline_controls,
+    pipeline_examples,
+    pipeline_stage_view,
+    prediction_controls,
+    prediction_view,
+)
+from ckptlab.lab.lessons import epoch_trace_rows, loss_and_return_rose_together, parameter_changes  # noqa: E402
 from ckptlab.lab.widgets import LiveView, to_displayable  # noqa: E402
 from conftest import FAST  # noqa: E402
 
@@ -70,7 +76,8 @@ def test_pipeline_examples_are_this_runs_numbers(run):
     first, second, third, fourth = run["examples"]
     n = sum(p.numel() for p in run["trainer"].agent.q_net.parameters())
     assert f"{n:,} random weights" in first and "epsilon 1.00" in first
-    assert second.startswith("800 steps") and f"{run['info'].manifest['episode']} episodes" in second
+    assert second.startswith("800 steps")
+    assert f"{run['info'].manifest['episode']} episodes" in second
     assert third.startswith(run["info"].name) and "every hash verified" in third
     assert fourth.startswith(f"{len(run['equal'])} of {len(run['equal'])} tensors")
     assert "difference from the uninterrupted agent is 0" in fourth
@@ -162,7 +169,8 @@ def test_epsilon_shares_follow_epsilon_greedy_and_leave_the_run_alone(run):
     greedy = agent.greedy_action(obs)
     assert epsilon_action_shares(agent, obs, 0.0, state)[greedy] == 1.0
     shares = epsilon_action_shares(agent, obs, 0.1, state, decisions=4000)
-    assert abs(shares[1 - greedy] - 0.05) < 0.02  # epsilon/2: a random pick is "other" half the time
+    # epsilon/2: a random pick is "other" half the time
+    assert abs(shares[1 - greedy] - 0.05) < 0.02
     assert np.array_equal(shares, epsilon_action_shares(agent, obs, 0.1, state, decisions=4000))
     assert run["trainer"].rng.generator.bit_generator.state == before
 

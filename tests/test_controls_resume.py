@@ -13,13 +13,29 @@ matplotlib.use("Agg")
 
 from ckptlab import CkptlabError, DQNConfig, Trainer  # noqa: E402
 from ckptlab.dqn.demo import LostWork  # noqa: E402
-from ckptlab.lab.ablation import (COMPONENTS, FULL, LEAVE_ONE_OUT, WhatToSaveLab,  # noqa: E402
-                                  check_pieces, continue_training, divergence, mystery_level,
-                                  resume_with, separation_title, what_to_save_controls)
-from ckptlab.lab.resume_lab import (KillResumeLab, check_kill_step,  # noqa: E402
-                                    check_save_interval, expected_lost_steps, kill_and_resume,
-                                    plot_save_tradeoff, tradeoff_rows, worst_case_lost_steps)
-
+from ckptlab.lab.ablation import (  # noqa: E402
+    COMPONENTS,
+    FULL,
+    LEAVE_ONE_OUT,
+    WhatToSaveLab,
+    check_pieces,
+    continue_training,
+    divergence,
+    mystery_level,
+    resume_with,
+    separation_title,
+    what_to_save_controls,
+)
+from ckptlab.lab.resume_lab import (  # noqa: E402
+    KillResumeLab,
+    check_kill_step,
+    check_save_interval,
+    expected_lost_steps,
+    kill_and_resume,
+    plot_save_tradeoff,
+    tradeoff_rows,
+    worst_case_lost_steps,
+)
 from conftest import FAST  # noqa: E402
 
 

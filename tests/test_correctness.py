@@ -59,7 +59,6 @@ from ckptlab.engine.compare import compare_checkpoints
 from ckptlab.engine.format import _manifest_self_hash, open_member, read_tensor_table
 from ckptlab.engine.partial import export_checkpoint
 from ckptlab.engine.policies import CheckpointRecord
-
 from conftest import FAST, tree_digest
 
 

@@ -19,7 +19,6 @@ import pytest
 
 from ckptlab import DQNConfig, Trainer, load_checkpoint_state
 from ckptlab.engine import MANIFEST
-
 from conftest import FAST, REPO, assert_equal, assert_same_state, run_cli
 
 

@@ -51,7 +51,8 @@ def failed(result, *words):
 def test_every_lesson_has_an_exercise_with_a_tested_solution():
     # Each solution also runs in its lesson's kernel after "Run all", under nbval (conftest.py
     # at the repository root adds that check to every lesson).
-    lessons = sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb") if p.stem != "00_start_here")
+    lessons = sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")
+                     if p.stem != "00_start_here")
     assert sorted(solutions()) == lessons
     for stem in lessons:
         assert template(stem) and solutions()[stem].strip(), stem

@@ -19,10 +19,23 @@ import torch
 import ckptlab.engine.hashing as hashing_module
 import ckptlab.engine.verified as verified_module
 import ckptlab.engine.writer as writer_module
-from ckptlab import (BestBy, CheckpointCorruptError, CheckpointManager, CkptlabError,
-                     RollbackRequiredError, load_checkpoint_state)
-from ckptlab.engine import (MANIFEST, STATE, TENSORS, CheckpointWriteError,
-                            latest_valid_checkpoint, load_latest_valid, read_pointer_record)
+from ckptlab import (
+    BestBy,
+    CheckpointCorruptError,
+    CheckpointManager,
+    CkptlabError,
+    RollbackRequiredError,
+    load_checkpoint_state,
+)
+from ckptlab.engine import (
+    MANIFEST,
+    STATE,
+    TENSORS,
+    CheckpointWriteError,
+    latest_valid_checkpoint,
+    load_latest_valid,
+    read_pointer_record,
+)
 from ckptlab.engine.format import _canonical_json, _manifest_self_hash
 
 

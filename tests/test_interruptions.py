@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from ckptlab.engine.faults import PHASES
-
 from conftest import FAST, REPO, assert_same_state, run_cli
 
 LONGER = {**FAST, "total_steps": 4_000, "save_every_steps": 200}

@@ -17,13 +17,12 @@ import torch
 from safetensors.torch import load_file
 
 from ckptlab import CheckpointManager, DQNConfig, QNetwork, Trainer, verify_checkpoint
-from ckptlab.engine.catalog import Catalog
 from ckptlab.engine import BEST, LATEST, TENSORS, CheckpointWriteError, read_decision_log
+from ckptlab.engine.catalog import Catalog
 from ckptlab.engine.errors import IncompatibleCheckpointError
 from ckptlab.engine.lock import RunLockedError
 from ckptlab.engine.partial import export_checkpoint, load_components, load_parameters
 from ckptlab.engine.policies import BestBy, KeepLastN, KeepTopK
-
 from conftest import FAST, REPO, Counter, tree_digest
 
 

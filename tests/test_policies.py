@@ -11,13 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckptlab import CheckpointManager
+from ckptlab.dqn.policies import EPISODE_END, EveryNEpisodes
 from ckptlab.engine import read_decision_log
 from ckptlab.engine.policies import (
+    FINAL,
+    START,
     AnyOf,
     BestBy,
     CheckpointRecord,
-    FINAL,
-    START,
     DiskBudget,
     EveryNSteps,
     EveryTSeconds,
@@ -31,7 +32,6 @@ from ckptlab.engine.policies import (
     SaveContext,
     decide_retention,
 )
-from ckptlab.dqn.policies import EPISODE_END, EveryNEpisodes
 
 
 def ctx(step, **kw):

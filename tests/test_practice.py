@@ -9,8 +9,19 @@ import os
 import pytest
 import torch
 
-from ckptlab import (AnyOf, BestBy, CkptlabError, DQNConfig, EveryNEpisodes, EveryNSteps, Final,
-                     IncompatibleCheckpointError, OnStart, Trainer, export_checkpoint)
+from ckptlab import (
+    AnyOf,
+    BestBy,
+    CkptlabError,
+    DQNConfig,
+    EveryNEpisodes,
+    EveryNSteps,
+    Final,
+    IncompatibleCheckpointError,
+    OnStart,
+    Trainer,
+    export_checkpoint,
+)
 from ckptlab.engine import CheckpointRecord
 from ckptlab.lab import practice
 

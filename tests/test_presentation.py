@@ -17,7 +17,6 @@ import time
 import urllib.request
 
 import pytest
-
 from browser_support import ARTIFACTS, REPO, _free_port, _stop, launch, requires_chromium
 from controls_resume_flows import exercise_lesson4, exercise_lesson5
 

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import ckptlab.engine.manager as manager_module
 import ckptlab.engine.writer as writer_module
-import torch
-
 from ckptlab import CheckpointManager, CkptlabError, DQNConfig, Trainer
+from ckptlab.cli import main
 from ckptlab.engine import (
     TENSORS,
     BestBy,
@@ -26,10 +26,8 @@ from ckptlab.engine import (
     read_pointer_record,
     verify_checkpoint,
 )
-from ckptlab.cli import main
 from ckptlab.engine.lock import RunLockedError
 from ckptlab.engine.policies import AnyOf, EveryNSteps, OnImprovement, SaveContext
-
 from conftest import FAST, Counter
 
 

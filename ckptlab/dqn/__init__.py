@@ -43,7 +43,8 @@ __all__ = [
     "DQNAgent", "LinearSchedule", "QNetwork", "resolve_device", "ConfigChange", "DQNConfig",
     "diff_configs", "EnvRunner", "Evaluation", "GreedyEvaluator", "UnsupportedEnvironmentError",
     "capture_env_state", "make_env", "restore_env_state", "EpochSummary", "MetricHistory",
-    "ReplayBuffer", "EveryNEpisodes", "EPISODE_END", "EPOCH_END", "ResumePlan", "check_config_compatible", "checkpoint_config",
+    "ReplayBuffer", "EveryNEpisodes", "EPISODE_END", "EPOCH_END", "ResumePlan",
+    "check_config_compatible", "checkpoint_config",
     "find_resume_checkpoint", "plan_resume", "RNGStates", "seed_everything", "Trainer",
     "TrainProgress", "TrainResult", "UnsavedRunWarning", "format_epoch",
 ]

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module_internals
 
-from .config import DQNConfig
 from ..engine import IncompatibleCheckpointError
+from .config import DQNConfig
 
 
 def resolve_device(name: str) -> torch.device:

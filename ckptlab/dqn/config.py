@@ -40,7 +40,8 @@ class DQNConfig:
     seed: int = _f(0, "trajectory",
                    "Seeds network init, exploration, replay sampling and the environment.")
     total_steps: int = _f(30_000, "bookkeeping",
-                          "Environment steps to train for; extend it to train a finished run longer.")
+                          "Environment steps to train for; extend it to train a finished run "
+                          "longer.")
     steps_per_epoch: int = _f(1_000, "bookkeeping",
                               "Environment steps per epoch (one row of the epoch summary).")
     hidden_sizes: tuple[int, ...] = _f((128, 128), "trajectory",

@@ -21,13 +21,14 @@ from pathlib import Path
 from ..engine import (
     CHECKPOINTS_SUBDIR,
     CheckpointManager,
+    CkptlabError,
+    ComponentComparison,
     checkpoint_dir_name,
     checkpoint_step,
+    compare_checkpoints,
 )
-from ..engine import ComponentComparison, compare_checkpoints
-from .config import DQNConfig
-from ..engine import CkptlabError
 from ..engine.faults import ENV_VAR
+from .config import DQNConfig
 
 
 @dataclass

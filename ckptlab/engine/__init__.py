@@ -58,6 +58,8 @@ from .lock import RunLock, RunLockedError
 from .manager import CheckpointManager, SaveTimings
 from .partial import LoadReport, export_checkpoint, load_components, load_parameters
 from .policies import (
+    FINAL,
+    START,
     AnyOf,
     BestBy,
     CheckpointRecord,
@@ -78,8 +80,6 @@ from .policies import (
     SaveContext,
     SavePolicy,
     decide_retention,
-    FINAL,
-    START,
     wall_clock,
 )
 from .reader import (
@@ -109,7 +109,8 @@ __all__ = [
     "UnsupportedValueError", "ABANDONED_SUBDIR", "KeepEveryTSeconds", "read_pointer_record",
     "BEST", "CHECKPOINTS_SUBDIR", "DECISIONS", "FORMAT_NAME", "FORMAT_VERSION", "LATEST",
     "MANIFEST", "STATE", "TENSORS", "checkpoint_dir_name", "checkpoint_step",
-    "describe_digest", "describe_foreign_file", "library_versions", "read_manifest", "read_tensor_table",
+    "describe_digest", "describe_foreign_file", "library_versions", "read_manifest",
+    "read_tensor_table",
     "GLOBAL_RNG_KEYS", "GlobalRNG", "seed_global_generators",
     "RunLock", "RunLockedError", "CheckpointManager", "SaveTimings",
     "LoadReport", "export_checkpoint", "load_components", "load_parameters",

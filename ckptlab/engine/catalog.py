@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import CheckpointNotFoundError, CkptlabError
 from .format import MANIFEST, read_manifest
 from .reader import verify_checkpoint
-from .errors import CheckpointNotFoundError, CkptlabError
 
 DEFAULT_DB_NAME = ".ckptlab-catalog.sqlite"
 _SCHEMA = """

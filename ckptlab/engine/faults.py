@@ -2,8 +2,9 @@
 
 Setting ``CKPTLAB_FAULT=phase@step[,phase@step...]`` in a process's environment makes that
 process kill itself with SIGKILL (no cleanup, no ``finally`` blocks, exactly like ``kill -9``)
-when it reaches ``phase`` at training step ``step``. The tests and lesson ``04_interrupt_and_resume``
-use it to crash a real training process at an exact moment, including in the middle of a save.
+when it reaches ``phase`` at training step ``step``. The tests and lesson
+``04_interrupt_and_resume`` use it to crash a real training process at an exact moment,
+including in the middle of a save.
 
 Phases, in the order a training step meets them:
 

@@ -1,4 +1,4 @@
-"""The on-disk format (versions 3 and 4): names, the manifest, and the files' encodings, read and write.
+"""The on-disk format (versions 1-4): names, the manifest, the files' encodings, read and write.
 
 Versions: 1 (ckptlab 0.1), 2 (ckptlab 0.2) and 3 (ckptlab 0.3) share the layout below. Version 2
 adds state-tree markers that version-1 readers do not know (``OrderedDict`` kept as such,
@@ -454,8 +454,9 @@ def validate_manifest(manifest: Any, path: Path) -> None:
             raise legacy_sharded_error(path.parent)
         if not isinstance(files, dict) or not files \
                 or not all(isinstance(n, str) and is_member_name(n, True) for n in files):
+            got = sorted(map(str, files)) if isinstance(files, dict) else type(files).__name__
             raise bad("its file table must list only ranks' parts (rank_NNNNN/...) and DCP "
-                      f"files (dcp/...) (got {sorted(map(str, files)) if isinstance(files, dict) else type(files).__name__})")
+                      f"files (dcp/...) (got {got})")
     elif not isinstance(files, dict) or set(files) != MEMBER_FILES:
         raise bad(f"its file table must list exactly {', '.join(sorted(MEMBER_FILES))} "
                   f"(got {sorted(files) if isinstance(files, dict) else type(files).__name__})")

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
+from .errors import CheckpointNotFoundError, CkptlabError, IncompatibleCheckpointError
 from .reader import (
     CheckpointInfo,
     Stateful,
@@ -34,7 +35,6 @@ from .reader import (
     restore_components,
 )
 from .sharded import is_sharded
-from .errors import CheckpointNotFoundError, CkptlabError, IncompatibleCheckpointError
 from .writer import CheckpointWriteError, _describe_os_error, _fsync_dir
 
 

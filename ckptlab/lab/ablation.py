@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine import CkptlabError, load_checkpoint_state
 from ..dqn.config import DQNConfig
 from ..dqn.train import Trainer
+from ..engine import CkptlabError, load_checkpoint_state
 
 # (label, pieces restored); each level adds to the previous one.
 ABLATION_LEVELS: tuple[tuple[str, frozenset[str]], ...] = tuple(

@@ -619,8 +619,13 @@ def check_own_loop(fn: Callable[..., Any] | None, total_steps: int = 60,
     resumed (not started over), and the checkpoint must hold every returned component,
     including at least one of the learner's own classes.
     """
-    from ..engine import (CheckpointManager, CkptlabError, RollbackRequiredError,
-                          RunLockedError, load_checkpoint_state)
+    from ..engine import (
+        CheckpointManager,
+        CkptlabError,
+        RollbackRequiredError,
+        RunLockedError,
+        load_checkpoint_state,
+    )
 
     if fn is None:
         return _not_done("define your training loop", "own_loop")

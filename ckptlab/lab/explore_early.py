@@ -24,9 +24,18 @@ import torch
 
 from ..dqn.metrics import MetricHistory
 from ..engine import CheckpointInfo, CkptlabError, verify_checkpoint
-from .lessons import (CARTPOLE_ACTIONS, CARTPOLE_FEATURES, PIPELINE_STAGES, draw_pipeline,
-                      epoch_trace_rows, plot_activations, plot_q_values, plot_training_curves,
-                      smooth)
+from .lessons import (
+    CARTPOLE_ACTIONS,
+    CARTPOLE_FEATURES,
+    PIPELINE_STAGES,
+    draw_pipeline,
+    epoch_trace_rows,
+    plot_activations,
+    plot_q_values,
+    plot_training_curves,
+    smooth,
+)
+
 
 def figure_png(fig: Any) -> Any:
     """Encode a figure as a PNG image to display, in one draw.
@@ -240,7 +249,8 @@ def prediction_view(agent: Any, buffer_obs: np.ndarray, rng_state: Mapping[str, 
     return [figure_png(fig), table]
 
 
-def prediction_controls(buffer_size: int, *, index: int = 0, epsilon: float = 0.1) -> dict[str, Any]:
+def prediction_controls(buffer_size: int, *, index: int = 0,
+                        epsilon: float = 0.1) -> dict[str, Any]:
     """Where the observation comes from (a replay-buffer index, or four typed features) and
     the epsilon slider."""
     import ipywidgets as widgets

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine import MANIFEST, CkptlabError, describe_digest, read_manifest
 from ..dqn.metrics import MetricHistory
+from ..engine import MANIFEST, CkptlabError, describe_digest, read_manifest
 
 # --------------------------------------------------------------------------------------------
 # Lesson 1: the pipeline
@@ -332,8 +332,9 @@ def show_table(rows: Sequence[Mapping[str, Any]], floatfmt: str = ".4g") -> Any:
 
 def key_insight(text: str) -> Any:
     """The "key insight" box at the end of each lesson."""
-    from IPython.display import HTML
     import html as _html
+
+    from IPython.display import HTML
 
     return HTML("<div style='border:2px solid #2563eb;border-radius:8px;padding:10px 14px;"
                 "background:#eff6ff'><b>🔑 Key insight</b><br>" + _html.escape(text) + "</div>")

@@ -108,7 +108,8 @@ def lineage_rows(checkpoint: str | os.PathLike[str]) -> list[dict[str, Any]]:
         path = Path(parent["path"])
         changes = "; ".join(f"{c['field']}: {c['old']} -> {c['new']}"
                             for c in parent.get("config_changes") or []) or "none"
-        rows.append({"generation": -generation, "checkpoint": f"{path.parent.parent.name}/{path.name}",
+        rows.append({"generation": -generation,
+                     "checkpoint": f"{path.parent.parent.name}/{path.name}",
                      "step": int(parent["step"]),
                      "manifest sha256": str(parent["manifest_sha256"])[:12],
                      "config changes": changes})
@@ -634,7 +635,8 @@ def interval_view(save_seconds: float = 0.05, mtbf_hours: float = 10.0,
               label="work redone after failures")
     ax.loglog(intervals, 100 * waste, color="#111827", label="total")
     ax.axvline(best, color="#16a34a")
-    ax.annotate(f"best: every {_duration(best)}\n({100 * expected_waste(best, save_seconds, mtbf):.2g}% lost)",
+    lost = 100 * expected_waste(best, save_seconds, mtbf)
+    ax.annotate(f"best: every {_duration(best)}\n({lost:.2g}% lost)",
                 (best, 100 * expected_waste(best, save_seconds, mtbf)),
                 textcoords="offset points", xytext=(8, 12), fontsize=8, color="#166534")
     ax.set_ylim(1e-3, 1e3)
@@ -645,7 +647,8 @@ def interval_view(save_seconds: float = 0.05, mtbf_hours: float = 10.0,
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return [fig, f"Saves costing {save_seconds:.3g} s, a failure every {mtbf_hours:.3g} h, a "
-                 f"{run_hours:.3g} h run. " + checkpoint_advice(save_seconds, mtbf_hours, run_hours)]
+                 f"{run_hours:.3g} h run. "
+                 + checkpoint_advice(save_seconds, mtbf_hours, run_hours)]
 
 
 def expected_completion_time(work_s: float, mtbf_s: float, *, interval_s: float | None = None,

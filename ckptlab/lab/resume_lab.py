@@ -41,8 +41,7 @@ from ..dqn.config import DQNConfig
 from ..dqn.demo import LostWork
 from ..dqn.metrics import MetricHistory
 from ..dqn.resume import check_config_compatible
-from ..engine import CkptlabError, ComponentComparison, compare_checkpoints, \
-    latest_valid_checkpoint
+from ..engine import CkptlabError, ComponentComparison, compare_checkpoints, latest_valid_checkpoint
 
 SMOOTHING = 50  # updates in the loss moving average of the overlay
 

@@ -754,3 +754,41 @@ def check_rank_counts(answer: Sequence[int] | set[int] | None, buffer_capacity: 
     return _fail("not quite: " + "; ".join(
         ([f"{wrong} cannot split the state evenly"] if wrong else [])
         + ([f"{len(missing)} allowed count(s) missing"] if missing else [])), "rank_counts")
+
+
+HINTS["own_env"] = ("get_state() must return everything the glider's next steps depend on - "
+                    "its position, velocity, wind and step count - and set_state(state) must "
+                    "put each of them back; its random generator ckptlab saves for you")
+
+
+def check_own_env(env_class: Any) -> ExerciseResult:
+    """Lesson 11: ``env_class`` is the learner's subclass of the lesson's ``Glider`` with
+    ``get_state()`` and ``set_state(state)``. The check trains a small PPO on it straight
+    through, and again stopped mid-run and resumed by :class:`ckptlab.sb3.CkptlabCallback`;
+    the two final states must be equal bit for bit."""
+    from ..engine import CkptlabError
+    from ..sb3 import UnsupportedEnvironmentError
+    from .sb3_lab import Glider, glider_resume_differences
+
+    if env_class is None:
+        return _not_done("set `answer` to your environment class", "own_env")
+    if not (isinstance(env_class, type) and issubclass(env_class, Glider)):
+        return _fail(f"expected your subclass of Glider, got {env_class!r}", "own_env")
+    with _scratch("lesson11") as tmp:
+        try:
+            differing = glider_resume_differences(env_class, tmp)
+        except NotImplementedError:
+            return _not_done("write get_state() and set_state(state)", "own_env")
+        except UnsupportedEnvironmentError:
+            return _fail("ckptlab refused the environment: it has no get_state() and "
+                         "set_state(state) methods (both are needed)", "own_env")
+        except (CkptlabError, TypeError) as exc:  # e.g. a value that cannot be stored
+            return _fail(f"saving or restoring your state failed: {exc}", "own_env")
+        except Exception as exc:
+            return _fail(f"your environment raised {type(exc).__name__}: {exc}", "own_env")
+    if differing:
+        return _fail(f"stopped and resumed, the run differs from the uninterrupted one (first "
+                     f"at {differing[0]}): something the glider's future depends on is not in "
+                     "get_state() or not put back by set_state()", "own_env")
+    return ExerciseResult(True, "stopped mid-run and resumed, the PPO run on your glider "
+                                "equals the uninterrupted one bit for bit")

@@ -199,9 +199,14 @@ def load_sb3(spec: RunSpec, directory: Path, with_rng: bool) -> Any:
 
 
 def train(spec: RunSpec, run_dir: str | os.PathLike[str], method: str = "ckptlab", *,
-          extra_callbacks: Sequence[Any] = (), verbose: int = 1) -> Any:
+          extra_callbacks: Sequence[Any] = (), also_sb3_saves: bool = False,
+          verbose: int = 1) -> Any:
     """Train ``spec`` in ``run_dir`` to ``spec.total_timesteps`` with ``method``, resuming what
-    the directory holds; write the final state to ``run_dir/final``. Returns the model."""
+    the directory holds; write the final state to ``run_dir/final``. Returns the model.
+
+    ``also_sb3_saves`` (method ``ckptlab``) also writes SB3's own saves, with the generators'
+    states, at the same boundaries into ``run_dir/sb3`` - so one killed run can be resumed all
+    three ways (lesson 11)."""
     from stable_baselines3.common.callbacks import CallbackList
 
     from .callback import CkptlabCallback
@@ -213,7 +218,10 @@ def train(spec: RunSpec, run_dir: str | os.PathLike[str], method: str = "ckptlab
     if method == "ckptlab":
         model = build_model(spec)
         callback = CkptlabCallback(run_dir, save_every_steps=spec.save_every, verbose=verbose)
-        model.learn(spec.total_timesteps, callback=CallbackList([callback, *extra_callbacks]))
+        extra = [sb3_saver(run_dir / SB3_SUBDIR, spec.save_every, True)] if also_sb3_saves \
+            else []
+        model.learn(spec.total_timesteps,
+                    callback=CallbackList([callback, *extra, *extra_callbacks]))
         if model.num_timesteps >= spec.total_timesteps:
             write_final(model, run_dir)
         return model
@@ -274,7 +282,7 @@ def differing_components(a: str | os.PathLike[str], b: str | os.PathLike[str]) -
 # The command line, and many runs from one warm interpreter
 # --------------------------------------------------------------------------------------------
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[RunSpec, Path, str]:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[RunSpec, Path, str, bool]:
     parser = argparse.ArgumentParser(
         prog="python -m ckptlab.sb3.run",
         description="Train a small Stable-Baselines3 run, checkpointed so that a killed run "
@@ -288,6 +296,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RunSpec, Path, str]:
     parser.add_argument("--save-every", type=int, default=768)
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--method", choices=METHODS, default="ckptlab")
+    parser.add_argument("--also-sb3-saves", action="store_true",
+                        help="with --method ckptlab: also save the SB3 way, into RUN_DIR/sb3")
     parser.add_argument("--set", metavar="JSON", default="{}",
                         help='hyperparameters over the defaults, e.g. \'{"n_steps": 128}\'')
     args = parser.parse_args(argv)
@@ -301,14 +311,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RunSpec, Path, str]:
                    normalize=not args.no_normalize, seed=args.seed,
                    total_timesteps=args.steps, save_every=args.save_every,
                    hyperparameters=overrides)
-    return spec, args.run_dir, args.method
+    if args.also_sb3_saves and args.method != "ckptlab":
+        parser.error("--also-sb3-saves goes with --method ckptlab")
+    return spec, args.run_dir, args.method, args.also_sb3_saves
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status (errors: one ``error:`` line, status 2)."""
     try:
-        spec, run_dir, method = parse_args(argv)
-        model = train(spec, run_dir, method)
+        spec, run_dir, method, also_sb3 = parse_args(argv)
+        model = train(spec, run_dir, method, also_sb3_saves=also_sb3)
     except CkptlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

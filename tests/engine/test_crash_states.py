@@ -243,3 +243,46 @@ def test_a_decision_log_line_torn_by_a_power_cut_does_not_swallow_the_next(tmp_p
         crash_recovery._save(manager, 2, 1.0)
     events = crash_recovery.read_decision_log(log.parent)
     assert events[-1]["event"] == "saved" and events[-1]["step"] == 2
+
+
+def recorded_calls(tmp_path, name):
+    workspace = tmp_path / name
+    workspace.mkdir()
+    return [op.describe() for op in crash_recovery.record_workload(WORKLOADS[name],
+                                                                   workspace).ops]
+
+
+def first(calls, prefix):
+    return next(i for i, call in enumerate(calls) if call.startswith(prefix))
+
+
+def test_a_deletion_makes_its_rename_durable_before_removing_anything(tmp_path):
+    """Found by delete (adversarial): `unlink .trash-step_3/manifest.json` reached the disk,
+    `rename step_3 -> .trash-step_3` did not: a committed step_3 without its manifest."""
+    calls = recorded_calls(tmp_path, "delete")
+    rename = first(calls, "rename run/checkpoints/step_00000003 -> run/checkpoints/.trash-")
+    sync = calls.index("fsync run/checkpoints/")
+    assert rename < sync < first(calls, "unlink run/checkpoints/.trash-")
+
+
+def test_a_rollback_makes_its_folders_durable_first_and_each_move_before_the_next(tmp_path):
+    """Found by rollback (adversarial): the moves into abandoned/<stamp>/ reached the disk but
+    the folder's own name did not (both checkpoints orphaned); or step_3 moved and step_2 did
+    not (a resume from step 2: neither the old state nor the new)."""
+    calls = recorded_calls(tmp_path, "rollback")
+    moves = [i for i, call in enumerate(calls) if call.startswith("rename run/checkpoints/step_")]
+    assert len(moves) == 2 and "step_00000002 ->" in calls[moves[0]]
+    assert first(calls, "mkdir run/checkpoints/abandoned/") < \
+        calls.index("fsync run/checkpoints/abandoned/") < \
+        calls.index("fsync run/checkpoints/") < moves[0]
+    between = calls[moves[0] + 1:moves[1]]
+    assert any(c.startswith("fsync run/checkpoints/abandoned/") for c in between)
+    assert "fsync run/checkpoints/" in between
+
+
+def test_an_export_makes_the_folder_it_creates_durable(tmp_path):
+    """Found by export (adversarial): `mkdir export` never reached the disk, so an export that
+    had returned vanished with its folder."""
+    calls = recorded_calls(tmp_path, "export")
+    assert first(calls, "mkdir export") < first(calls, "fsync ./") < \
+        first(calls, "create export/.tmp-export-")

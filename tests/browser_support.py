@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_lab(tmp_path_factory):
-    """A JupyterLab server on loopback, rooted at a temporary copy of the notebooks."""
+def start_lab(tmp_path_factory, extra_args: Sequence[str] = ()):
+    """A JupyterLab server on loopback, rooted at a temporary copy of the notebooks (with
+    ``extra_args`` added to its command line)."""
     base = tmp_path_factory.mktemp("lab")
     root = base / "notebooks"
     shutil.copytree(REPO / "notebooks", root,
@@ -69,7 +71,7 @@ def start_lab(tmp_path_factory):
            "JUPYTERLAB_WORKSPACES_DIR": str(base / "workspaces")}
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
            "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={root}"]
+           f"--ServerApp.root_dir={root}", *extra_args]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
     log = open(base / "jupyterlab.log", "w")

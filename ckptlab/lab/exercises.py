@@ -57,9 +57,11 @@ HINTS: dict[str, str] = {
     "find_corrupt": ("The manifest lists every file with the SHA-256 it had when saved. "
                      "Recompute each file's hash with hashlib and compare."),
     "own_loop": ("A resumable loop: register every object whose state decides the next step "
-                 "(the model, the optimizer, the data generator, your counter) with the "
-                 "manager, call restore_latest() before the loop, continue from the restored "
-                 "step, and save with manager.save(step) on a schedule."),
+                 "(the model, the optimizer, the data generator, your counter, and the "
+                 "process-wide random generators that torch.randn without generator= draws "
+                 "from: GlobalRNG()) with the manager, call restore_latest() before the loop, "
+                 "continue from the restored step, and save with manager.save(step) on a "
+                 "schedule."),
 }
 
 
@@ -560,6 +562,14 @@ def _first_difference(a: Any, b: Any, path: str) -> str | None:
     return None if a == b else path
 
 
+def _holds_global_rng(state: Any) -> bool:
+    """Whether a saved component state holds the process-wide generators (GlobalRNG's keys,
+    alone or beside others as in the DQN run's rng component)."""
+    from ..engine.global_rng import GLOBAL_RNG_KEYS
+
+    return isinstance(state, Mapping) and set(GLOBAL_RNG_KEYS) <= set(state)
+
+
 def _run_and_sigkill(fn: Callable[..., Any], directory: Path, total_steps: int,
                      kill_after: int) -> tuple[list[int], ExerciseResult | None]:
     """Run the learner's loop in a forked process that SIGKILLs itself right after step
@@ -721,10 +731,16 @@ def check_own_loop(fn: Callable[..., Any] | None, total_steps: int = 60,
         for name in straight:
             where = _first_difference(straight_states[name], _state_of(resumed[name]), name)
             if where:
-                return _fail(f"killed at step {kill_after} and resumed from step "
-                             f"{after[0] - 1}, the final state differs from the uninterrupted "
-                             f"run's at {where}: something that decides the next steps was "
-                             "not saved or not restored", "own_loop")
+                differs = (f"killed at step {kill_after} and resumed from step {after[0] - 1}, "
+                           f"the final state differs from the uninterrupted run's at {where}")
+                if not any(_holds_global_rng(state) for state in saved.values()):
+                    return _fail(f"{differs}, and your checkpoint holds no state of the "
+                                 "process-wide random generators: anything drawn from them "
+                                 "(torch.randn without generator=, dropout, np.random, "
+                                 "random) differs after the resume. Register GlobalRNG() "
+                                 "(from ckptlab) with the manager", "own_loop")
+                return _fail(f"{differs}: something that decides the next steps was not "
+                             "saved or not restored", "own_loop")
     return ExerciseResult(True, f"killed after step {kill_after}, resumed from step "
                                 f"{after[0] - 1}: the final state equals the uninterrupted "
                                 f"run's bit for bit, including your own {own}")

@@ -34,7 +34,7 @@ from conftest import FAST  # noqa: E402
 
 def png(result) -> bytes:
     """The figure of a view's result, as PNG bytes (what the learner sees change)."""
-    return next(obj.data for obj in to_displayable(result) if hasattr(obj, "format"))
+    return next(obj.png for obj in to_displayable(result) if hasattr(obj, "png"))
 
 
 def html_of(result) -> str:

@@ -253,15 +253,16 @@ def plot_separation(ax: Any, run: AfterResume, reference: AfterResume, *,
                     label: str = "resumed", window: int = 25) -> None:
     """The loss the separation is judged on (smoothed over ``window`` updates): ``run`` over
     the full resume, with the separation step marked."""
+    from .figures import ROLE
     from .lessons import smooth
 
-    ax.plot(reference.loss_steps, smooth(reference.losses, window), color="#9ca3af",
+    ax.plot(reference.loss_steps, smooth(reference.losses, window), color=ROLE["reference"],
             linewidth=4, label="full resume")
-    ax.plot(run.loss_steps, smooth(run.losses, window), color="#7c3aed", linewidth=1.1,
-            label=label)
+    ax.plot(run.loss_steps, smooth(run.losses, window), color=ROLE["resumed"], linewidth=1.2,
+            linestyle="--", label=label)
     apart = separation_step(run, reference)
     if apart is not None:
-        ax.axvline(apart, color="#b91c1c", linestyle="--", linewidth=1)
+        ax.axvline(apart, color=ROLE["event"], linestyle=":", linewidth=1.5)
 
 
 class WhatToSaveLab:
@@ -311,18 +312,27 @@ class WhatToSaveLab:
             "without " + ", ".join(p for p in COMPONENTS if p not in pieces))
         fig, (ax, rax) = plt.subplots(1, 2, figsize=(12, 3.2),
                                       gridspec_kw={"width_ratios": [3, 2]})
+        from .figures import ROLE, caption
+
         plot_separation(ax, run, self.reference, label=name)
-        ax.set_title(f"{name}: {separation_title(run, self.reference)}", fontsize=10)
+        verdict = separation_title(run, self.reference)
+        ax.set_title(f"{name}: {verdict}", fontsize="medium")
         ax.set_xlabel("steps after the resume")
         ax.set_ylabel("loss (smoothed)")
-        ax.legend(fontsize=8)
-        rax.plot(self.reference.epsilons, color="#9ca3af", linewidth=4, label="full resume")
-        rax.plot(run.epsilons, color="#7c3aed", linewidth=1.1, label=name)
+        ax.legend()
+        rax.plot(self.reference.epsilons, color=ROLE["reference"], linewidth=4,
+                 label="full resume")
+        rax.plot(run.epsilons, color=ROLE["resumed"], linewidth=1.2, linestyle="--",
+                 label=name)
         rax.set_ylim(0, 1.05)
         rax.set_xlabel("steps after the resume")
         rax.set_ylabel("epsilon")
-        rax.legend(fontsize=8)
+        rax.legend()
         fig.tight_layout()
+        caption(fig, f"Smoothed loss (left) and exploration rate (right) of the {name} over "
+                     f"the full resume's, {self.steps} steps after the resume: {verdict}; "
+                     f"epsilon right after the resume {run.epsilons[0]:.2f} (full resume "
+                     f"{self.reference.epsilons[0]:.2f}).")
         d = divergence(run, self.reference)
         restored = "(hidden)" if mystery else ", ".join(p for p in COMPONENTS if p in pieces)
         text = (f"restored: {restored}\nfinal greedy return {d['final greedy return']:.1f} "

@@ -14,7 +14,6 @@ Everything here is computed from the learner's real run: no value is canned.
 from __future__ import annotations
 
 import html
-import io
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 
 from ..dqn.metrics import MetricHistory
 from ..engine import CheckpointInfo, CkptlabError, verify_checkpoint
+from .figures import OKABE_ITO, FigureView, caption, figure_view
 from .lessons import (
     CARTPOLE_ACTIONS,
     CARTPOLE_FEATURES,
@@ -37,17 +37,13 @@ from .lessons import (
 )
 
 
-def figure_png(fig: Any) -> Any:
-    """Encode a figure as a PNG image to display, in one draw.
+def figure_png(fig: Any, text: str) -> FigureView:
+    """Encode a figure with its caption ``text`` to display, in one draw.
 
     The views lay their figures out by hand, so no second "tight bounding box" draw is needed:
     this halves the time a control takes to answer.
     """
-    from IPython.display import Image
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return Image(data=buffer.getvalue(), format="png")
+    return figure_view(caption(fig, text), tight=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,7 +115,9 @@ def pipeline_stage_view(stage: int, examples: Sequence[str]) -> list[Any]:
                    f"<td style='text-align:left'>{html.escape(v)}</td></tr>"
                    for k, v in cells.items())
     fig.subplots_adjust(left=0.01, right=0.99, top=0.99, bottom=0.01)
-    return [figure_png(fig), HTML(f"<table class='ckptlab-stage'>{rows}</table>")]
+    text = (f"The four-stage pipeline with stage {stage}, {title[3:].lower()}, highlighted; "
+            f"in this run: {examples[stage - 1]}.")
+    return [figure_png(fig, text), HTML(f"<table class='ckptlab-stage'>{rows}</table>")]
 
 
 def pipeline_controls(stage: int = 1) -> dict[str, Any]:
@@ -230,7 +228,7 @@ def prediction_view(agent: Any, buffer_obs: np.ndarray, rng_state: Mapping[str, 
         ax.locator_params(axis="y", nbins=4)
     plot_q_values(axes.flat[-1], q_values)
     what = f"replay buffer transition {index}" if source == "replay buffer" else "your features"
-    fig.suptitle(f"{what}: greedy action = {CARTPOLE_ACTIONS[greedy]}", fontsize=10)
+    fig.suptitle(f"{what}: greedy action = {CARTPOLE_ACTIONS[greedy]}")
     fig.subplots_adjust(left=0.05, right=0.98, top=0.86, bottom=0.1, hspace=0.45, wspace=0.4)
     n_actions = len(q_values)
     rows = []
@@ -246,7 +244,14 @@ def prediction_view(agent: Any, buffer_obs: np.ndarray, rng_state: Mapping[str, 
         f"<th>measured share of {int(decisions)} decisions at epsilon {epsilon:.2f}</th>"
         "<th>epsilon-greedy predicts</th></tr></thead><tbody>" + "".join(rows)
         + "</tbody></table>")
-    return [figure_png(fig), table]
+    other = 1 - greedy if n_actions == 2 else None
+    text = (f"Every layer's activations for {what} and its Q-values "
+            + ", ".join(f"{CARTPOLE_ACTIONS[i]} {q_values[i]:.3g}" for i in range(n_actions))
+            + f": the greedy action is {CARTPOLE_ACTIONS[greedy]}"
+            + (f"; at epsilon {epsilon:.2f} the other action was taken in {shares[other]:.1%} "
+               f"of {int(decisions)} decisions (epsilon-greedy predicts {epsilon / 2:.1%})"
+               if other is not None else "") + ".")
+    return [figure_png(fig, text), table]
 
 
 def prediction_controls(buffer_size: int, *, index: int = 0,
@@ -329,7 +334,7 @@ def loss_curves_view(history: MetricHistory, *, window: int = 50, epoch: int = 1
     plot_training_curves(history, axes, saved_steps=saved_steps,
                          resumed_at_step=resumed_at_step, window=int(window))
     for ax in axes:
-        ax.axvspan(start, end, color="#fde68a", alpha=0.45, zorder=0)
+        ax.axvspan(start, end, color=OKABE_ITO["yellow"], alpha=0.3, zorder=0)
     losses = history.losses
     in_epoch = (history.loss_steps > start) & (history.loss_steps <= end)
     jitter_raw = float(np.std(np.diff(losses))) if losses.size > 1 else float("nan")
@@ -337,11 +342,16 @@ def loss_curves_view(history: MetricHistory, *, window: int = 50, epoch: int = 1
         else float("nan")
     axes[0].set_title(f"moving average over {int(window)} updates: step-to-step jitter "
                       f"{jitter:.3g} (raw {jitter_raw:.3g}); epoch {epoch} shaded "
-                      f"(steps {start + 1}-{end}, {int(in_epoch.sum())} updates)", fontsize=9)
-    axes[1].legend(fontsize=7, loc="upper left")
+                      f"(steps {start + 1}-{end}, {int(in_epoch.sum())} updates)",
+                      fontsize="medium")
+    axes[1].legend(loc="upper left")
     fig.subplots_adjust(left=0.08, right=0.98, top=0.93, bottom=0.1, hspace=0.25)
     rows = epoch_trace_rows(history, saved_steps, resumed_at_step=resumed_at_step)
-    return [figure_png(fig), epoch_table_html(rows, epoch)]
+    text = (f"Loss per update (log scale) with a moving average over {int(window)} updates, "
+            f"and the return per episode with the greedy evaluations; epoch {epoch} (steps "
+            f"{start + 1}-{end}) shaded; the moving average cuts the step-to-step jitter from "
+            f"{jitter_raw:.3g} to {jitter:.3g}.")
+    return [figure_png(fig, text), epoch_table_html(rows, epoch)]
 
 
 def loss_curves_controls(epochs: int, *, window: int = 50) -> dict[str, Any]:

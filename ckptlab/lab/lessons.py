@@ -17,6 +17,7 @@ from torch import nn
 
 from ..dqn.metrics import MetricHistory
 from ..engine import MANIFEST, CkptlabError, describe_digest, read_manifest
+from .figures import OKABE_ITO, ROLE
 
 # --------------------------------------------------------------------------------------------
 # Lesson 1: the pipeline
@@ -87,13 +88,24 @@ def component_size_table(checkpoint: str | os.PathLike[str]) -> list[dict[str, A
 
 
 def draw_pipeline(ax: Any, highlight: int | None = None) -> None:
-    """The four-stage data-flow diagram. Introduced in ``01_pipeline_trace``."""
+    """The four-stage data-flow diagram. Introduced in ``01_pipeline_trace``.
+
+    Its text scales with the lab style's font size (larger in the presentation style); the
+    stages are told apart by their titles, the highlighted one by a thick frame, not by colour.
+    """
+    import matplotlib
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     ax.set_xlim(0, 4)
     ax.set_ylim(0, 1.4)
     ax.axis("off")
-    colors = ["#dbeafe", "#dcfce7", "#fef3c7", "#fce7f3"]
+    ax.grid(False)
+    scale = float(matplotlib.rcParams["font.size"]) / 10
+    if scale > 1:   # larger text (presentation style): a taller figure keeps the boxes legible
+        width, height = ax.figure.get_size_inches()
+        ax.figure.set_size_inches(width, height * scale)
+    wrap = max(14, int(24 / scale))
+    colors = ["#E3F0FA", "#E0F3EE", "#FDF3D9", "#F8E8F1"]   # Okabe-Ito tints, text on top
     for i, (title, _, what, output) in enumerate(PIPELINE_STAGES):
         x = i + 0.06
         on = highlight == i
@@ -104,12 +116,13 @@ def draw_pipeline(ax: Any, highlight: int | None = None) -> None:
                                     facecolor=colors[i], edgecolor=edge,
                                     alpha=0.35 if faded else 1.0, linewidth=3 if on else 1))
         ink = "#9ca3af" if faded else "#111827"
-        ax.text(x + 0.41, 0.88, title, ha="center", va="center", fontsize=9.5,
-                fontweight="bold", wrap=True, color=ink)
-        ax.text(x + 0.41, 0.6, _wrap(what, 26), ha="center", va="center", fontsize=7.5,
-                color=ink)
-        ax.text(x + 0.41, 0.12, "→ " + _wrap(output, 28), ha="center", va="center",
-                fontsize=7.5, style="italic", color="#9ca3af" if faded else "#374151")
+        ax.text(x + 0.41, 0.97, _wrap(title, int(24 / scale)), ha="center", va="top",
+                fontsize=10 * scale, fontweight="bold", color=ink)
+        ax.text(x + 0.41, 0.79 if scale > 1 else 0.72, _wrap(what, wrap), ha="center", va="top",
+                fontsize=8.5 * scale, color=ink)
+        ax.text(x + 0.41, 0.13, "→ " + _wrap(output, wrap), ha="center", va="center",
+                fontsize=8.5 * scale, style="italic",
+                color="#9ca3af" if faded else "#374151")
         if i < 3:
             ax.add_patch(FancyArrowPatch((x + 0.84, 0.64), (x + 1.05, 0.64), arrowstyle="-|>",
                                          mutation_scale=16, color="#374151", zorder=5,
@@ -117,10 +130,11 @@ def draw_pipeline(ax: Any, highlight: int | None = None) -> None:
     # The resume arc starts at "Training resume" and points back to "Training iteration":
     # after a resume, training continues from the checkpoint, not from the start.
     ax.annotate("", xy=(1.47, 1.03), xytext=(3.47, 1.03),
-                arrowprops=dict(arrowstyle="-|>", color="#b91c1c", linewidth=1.5,
-                                mutation_scale=16, connectionstyle="arc3,rad=0.15"))
+                arrowprops=dict(arrowstyle="-|>", color=ROLE["event"], linewidth=1.5,
+                                linestyle="--", mutation_scale=16,
+                                connectionstyle="arc3,rad=0.15"))
     ax.text(2.47, 1.3, "interrupted? resume loads the last checkpoint and training continues",
-            ha="center", fontsize=8.5, color="#b91c1c")
+            ha="center", fontsize=9.5 * scale, color=ROLE["event"])
 
 
 def _wrap(text: str, width: int) -> str:
@@ -154,40 +168,44 @@ def plot_activations(trace: Sequence[tuple[str, torch.Tensor]], axes: Sequence[A
         return
     for ax, (name, values) in zip(axes, trace):
         v = values.detach().cpu().reshape(-1).numpy()
-        colors = np.where(v > 0, "#2563eb", np.where(v < 0, "#dc2626", "#9ca3af"))
+        # the sign is also the bar's direction, so colour is not its only cue
+        colors = np.where(v > 0, ROLE["positive"], np.where(v < 0, ROLE["negative"], "#9ca3af"))
         if v.size > 20:  # one line collection instead of a patch per unit: 10x faster to draw
             ax.vlines(np.arange(v.size), 0, v, colors=colors, linewidth=max(1.0, 160 / v.size))
             ax.set_xlim(-1, v.size)
         else:
             ax.bar(np.arange(v.size), v, color=colors, width=0.7)
         active = f", {int((v > 0).sum())}/{v.size} active" if "ReLU" in name else ""
-        ax.set_title(f"{name} ({v.size} values{active})", fontsize=9)
+        ax.set_title(f"{name} ({v.size} values{active})", fontsize="medium")
         ax.axhline(0, color="black", linewidth=0.5)
-        ax.tick_params(labelsize=7)
 
 
 def plot_q_values(ax: Any, q_values: Sequence[float],
                   action_names: Sequence[str] = CARTPOLE_ACTIONS) -> None:
     """The Q-value panel: one labelled bar per action with its value written beside it, the
-    greedy action (the largest Q-value) in green. Introduced in ``02_prediction_trace``."""
+    greedy action (the largest Q-value) labelled "(greedy)", in blue and hatched. Introduced
+    in ``02_prediction_trace``."""
     q = np.asarray(q_values, dtype=float).reshape(-1)
     if len(action_names) != q.size:
         raise ValueError(f"{q.size} Q-values but {len(action_names)} action names")
     greedy = int(np.argmax(q))
-    ax.barh(range(q.size), q, color=["#15803d" if i == greedy else "#9ca3af"
-                                     for i in range(q.size)])
+    bars = ax.barh(range(q.size), q, color=[ROLE["resumed"] if i == greedy else "#BDBDBD"
+                                            for i in range(q.size)], edgecolor="black",
+                   linewidth=0.5)
+    bars[greedy].set_hatch("//")
     ax.set_yticks(range(q.size), [f"{name}\n(greedy)" if i == greedy else name
-                                  for i, name in enumerate(action_names)], fontsize=8)
+                                  for i, name in enumerate(action_names)])
     ax.invert_yaxis()
+    ax.grid(False)
     for i, v in enumerate(q):
-        ax.text(v, i, f" {v:.4g} ", va="center", ha="left" if v >= 0 else "right", fontsize=8)
+        ax.text(v, i, f" {v:.4g} ", va="center", ha="left" if v >= 0 else "right")
     lo, hi = min(0.0, float(q.min())), max(0.0, float(q.max()))
     pad = 0.4 * ((hi - lo) or 1.0)
     ax.set_xlim(lo - (pad if lo < 0 else 0.0), hi + pad)
     ax.axvline(0, color="black", linewidth=0.5)
-    ax.set_xlabel("Q-value = estimated discounted return after the action", fontsize=8)
-    ax.set_title(f"Q-values ({q.size} actions): greedy = {action_names[greedy]}", fontsize=9)
-    ax.tick_params(labelsize=7)
+    ax.set_xlabel("Q-value = estimated discounted return after the action")
+    ax.set_title(f"Q-values ({q.size} actions): greedy = {action_names[greedy]}",
+                 fontsize="medium")
 
 
 def discounted_return(rewards: int | Sequence[float], gamma: float) -> float:
@@ -282,33 +300,36 @@ def plot_training_curves(history: MetricHistory, axes: Sequence[Any], *,
                          saved_steps: Sequence[int] = (), resumed_at_step: int | None = None,
                          window: int = 50, label: str = "", color: str | None = None) -> None:
     """Loss (per update) and return (per episode, plus greedy evaluations) with checkpoint
-    and resume markers. Introduced in ``03_loss_curves``."""
+    and resume markers. Every series differs by line style or marker as well as colour (raw
+    loss thin, its moving average thick; training returns as dots, evaluations as circles on a
+    line; checkpoints dotted, the resume dashed). Introduced in ``03_loss_curves``."""
     loss_ax, return_ax = axes
     steps, losses = history.loss_steps, history.losses
     if len(losses):
-        loss_ax.plot(steps, losses, color=color or "#93c5fd", linewidth=0.4, alpha=0.6,
-                     label=f"{label} loss per update".strip())
-        loss_ax.plot(steps, smooth(losses, window), color=color or "#1d4ed8", linewidth=1.6,
-                     label=f"{label} moving average ({window})".strip())
+        loss_ax.plot(steps, losses, color=color or OKABE_ITO["sky_blue"], linewidth=0.4,
+                     alpha=0.6, label=f"{label} loss per update".strip())
+        loss_ax.plot(steps, smooth(losses, window), color=color or OKABE_ITO["blue"],
+                     linewidth=2, label=f"{label} moving average ({window})".strip())
     loss_ax.set_yscale("log")
     loss_ax.set_ylabel("Huber TD loss")
     ends, returns = history.episode_end_steps, history.episode_returns
-    return_ax.plot(ends, returns, ".", color=color or "#86efac", markersize=3,
-                   label=f"{label} episode return (training)".strip())
+    return_ax.plot(ends, returns, ".", color=color or OKABE_ITO["reddish_purple"],
+                   markersize=3, label=f"{label} episode return (training)".strip())
     evals = history.evaluations
     if evals:
         return_ax.plot([e["step"] for e in evals], [e["mean_return"] for e in evals], "o-",
-                       color=color or "#15803d", label=f"{label} greedy evaluation".strip())
+                       color=color or OKABE_ITO["green"],
+                       label=f"{label} greedy evaluation".strip())
     return_ax.set_ylabel("return")
     for ax in axes:
         for s in saved_steps:
-            ax.axvline(s, color="#f59e0b", linestyle=":", linewidth=1)
+            ax.axvline(s, color=ROLE["checkpoint"], linestyle=":", linewidth=1.2)
         if resumed_at_step is not None:
-            ax.axvline(resumed_at_step, color="#b91c1c", linewidth=1.5)
+            ax.axvline(resumed_at_step, color=ROLE["event"], linestyle="--", linewidth=1.8)
         ax.set_xlabel("environment step")
-    return_ax.plot([], [], ":", color="#f59e0b", label="checkpoint saved")
+    return_ax.plot([], [], ":", color=ROLE["checkpoint"], label="checkpoint saved")
     if resumed_at_step is not None:
-        return_ax.plot([], [], color="#b91c1c", label="resumed here")
+        return_ax.plot([], [], "--", color=ROLE["event"], label="resumed here")
 
 
 def show_table(rows: Sequence[Mapping[str, Any]], floatfmt: str = ".4g") -> Any:

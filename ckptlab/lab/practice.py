@@ -45,6 +45,7 @@ from ..engine import (
     read_pointer,
     verify_checkpoint,
 )
+from .figures import CYCLE, OKABE_ITO, ROLE, caption
 
 # --------------------------------------------------------------------------------------------
 # Pointers: what `latest` and `best` hold, and why not an mtime scan
@@ -172,16 +173,21 @@ def plot_blocking(times: BlockingTimes) -> Any:
     fig, ax = plt.subplots(figsize=(7, 2.8))
     n = len(times.sync)
     x = np.arange(n)
-    ax.bar(x - 0.2, [1000 * t for t in times.sync], 0.4, color="#dc2626",
-           label="save(): loop waits for the whole write")
-    ax.bar(x + 0.2, [1000 * t for t in times.async_], 0.4, color="#16a34a",
-           label="save_async(): loop waits only for the copy")
+    # Hatched vs plain as well as vermillion vs blue: the two never differ by colour alone.
+    ax.bar(x - 0.2, [1000 * t for t in times.sync], 0.4, color=ROLE["bad"], hatch="//",
+           edgecolor="black", linewidth=0.5, label="save(): loop waits for the whole write")
+    ax.bar(x + 0.2, [1000 * t for t in times.async_], 0.4, color=ROLE["good"],
+           edgecolor="black", linewidth=0.5, label="save_async(): loop waits only for the copy")
     ax.set_xticks(x, [f"save {i + 1}" for i in range(n)])
     ax.set_ylabel("training loop blocked (ms)")
-    ax.set_title("Time the training loop cannot train, per save", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title("Time the training loop cannot train, per save", fontsize="medium")
+    ax.legend()
     fig.tight_layout()
-    return fig
+    sync_ms = 1000 * float(np.median(times.sync))
+    async_ms = 1000 * float(np.median(times.async_))
+    return caption(fig, f"Time the training loop was blocked by each of {n} saves each way: "
+                        f"median {sync_ms:.1f} ms for save() against {async_ms:.1f} ms for "
+                        f"save_async(), {sync_ms / max(async_ms, 1e-9):.1f} times less.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,16 +292,21 @@ def policy_view(policy: SavedPolicy, episodes: int = 3) -> list[Any]:
 
     returns = play_policy(policy, episodes=episodes)
     fig, ax = plt.subplots(figsize=(6, 2.4))
-    ax.bar(range(1, len(returns) + 1), returns, color="#2563eb")
+    ax.bar(range(1, len(returns) + 1), returns, color=ROLE["resumed"])
     for i, r in enumerate(returns, start=1):
-        ax.text(i, r, f"{r:.0f}", ha="center", va="bottom", fontsize=8)
-    ax.set_ylim(0, 520)
-    ax.axhline(500, color="#9ca3af", linestyle=":", linewidth=1)
+        ax.text(i, r, f"{r:.0f}", ha="center", va="bottom")
+    ax.set_ylim(0, 560)
+    ax.axhline(500, color=ROLE["reference"], linestyle=":", linewidth=1)
     ax.set_xticks(range(1, len(returns) + 1), [f"episode {i}" for i in range(1, len(returns) + 1)])
     ax.set_ylabel("return (steps balanced)")
-    ax.set_title(f"{policy.name}: greedy policy played (500 = the time limit)", fontsize=10)
+    ax.set_title(f"{policy.name}: greedy policy played (500 = the time limit)",
+                 fontsize="medium")
     fig.tight_layout()
     saved = policy.metrics.get("eval_return")
+    caption(fig, f"The greedy policy saved in {policy.name} played now for {len(returns)} "
+                 f"episode(s): returns {', '.join(f'{r:.0f}' for r in returns)} (500 is the "
+                 "time limit); its manifest records eval_return "
+                 f"{'none' if saved is None else format(saved, '.1f')}.")
     text = (f"{policy.name}: step {policy.step}; recorded eval_return "
             f"{'-' if saved is None else format(saved, '.1f')}; played now: mean "
             f"{np.mean(returns):.1f} over {len(returns)} episode(s)")
@@ -440,22 +451,27 @@ def plot_save_schedules(schedules: Mapping[str, Sequence[int]],
 
     fig, (ax, lengths) = plt.subplots(2, 1, figsize=(8, 3.6), sharex=True,
                                       gridspec_kw={"height_ratios": [1.2, 1]})
-    colors = ["#2563eb", "#d97706", "#16a34a", "#9333ea"]
-    for i, (label, steps) in enumerate(schedules.items()):
+    for i, (label, steps) in enumerate(schedules.items()):   # each row labelled by its rule
         ax.plot(steps, [i] * len(steps), "|", markersize=14, markeredgewidth=2,
-                color=colors[i % len(colors)])
+                color=CYCLE[i % len(CYCLE)])
     ax.set_yticks(range(len(schedules)),
                   [f"{label} ({len(steps)} saves)" for label, steps in schedules.items()])
     ax.set_ylim(-0.6, len(schedules) - 0.4)
-    ax.set_title("When each rule saves, over the same recorded run", fontsize=10)
+    ax.grid(False, axis="y")
+    ax.set_title("When each rule saves, over the same recorded run", fontsize="medium")
     ends = np.asarray(sorted(episode_end_steps))
+    episode_lengths = np.diff(np.insert(ends, 0, 0))
     if ends.size:
-        lengths.plot(ends, np.diff(np.insert(ends, 0, 0)), ".", color="#6b7280", markersize=3)
+        lengths.plot(ends, episode_lengths, ".", color=ROLE["reference"], markersize=3)
     lengths.set_ylabel("episode length")
     lengths.set_xlabel("environment step")
     lengths.set_xlim(0, total_steps)
     fig.tight_layout()
-    return fig
+    counts = "; ".join(f"{label}: {len(steps)} saves" for label, steps in schedules.items())
+    tail = (f", above the run's {ends.size} episode lengths (the first {episode_lengths[0]} "
+            f"steps, the longest {episode_lengths.max()})" if ends.size else "")
+    return caption(fig, f"The steps at which each save rule saves over the same recorded run of "
+                        f"{total_steps} steps ({counts}){tail}.")
 
 
 def mean_gap(steps: Sequence[int], lo: int, hi: int) -> float:
@@ -496,21 +512,29 @@ def plot_metric_directions(records: Sequence[CheckpointRecord]) -> Any:
     scored = [r for r in records if "loss" in r.metrics and "eval_return" in r.metrics]
     steps = [r.step for r in scored]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 2.8))
-    for ax, metric, mode, color in ((left, "loss", "min", "#dc2626"),
-                                    (right, "eval_return", "max", "#16a34a")):
-        ax.plot(steps, [r.metrics[metric] for r in scored], "o-", color=color)
-        pick = BestBy(metric, mode).pick(scored)
+    picks = {}
+    for ax, metric, mode, style in ((left, "loss", "min", ("s--", ROLE["bad"])),
+                                    (right, "eval_return", "max", ("o-", ROLE["good"]))):
+        ax.plot(steps, [r.metrics[metric] for r in scored], style[0], color=style[1])
+        pick = picks[metric] = BestBy(metric, mode).pick(scored)
         if pick is not None:
             ax.plot(pick.step, pick.metrics[metric], "o", markersize=16, fillstyle="none",
                     color="black")
             ax.annotate(f"BestBy({metric!r}, {mode!r})", (pick.step, pick.metrics[metric]),
-                        textcoords="offset points", xytext=(8, 8), fontsize=8)
+                        textcoords="offset points", xytext=(8, 8), fontsize="small")
         ax.set_xlabel("checkpoint step")
         ax.set_ylabel(metric)
-    left.set_title("training loss per checkpoint (lower ≠ better agent)", fontsize=10)
-    right.set_title("greedy evaluation return per checkpoint", fontsize=10)
+    left.set_title("training loss per checkpoint (lower ≠ better agent)", fontsize="medium")
+    right.set_title("greedy evaluation return per checkpoint", fontsize="medium")
     fig.tight_layout()
-    return fig
+    said = []
+    for metric, mode in (("loss", "min"), ("eval_return", "max")):
+        pick = picks[metric]
+        if pick is not None:
+            said.append(f"BestBy({metric!r}, {mode!r}) picks step {pick.step}, whose greedy "
+                        f"return is {pick.metrics['eval_return']:.0f}")
+    return caption(fig, f"Training loss (left) and greedy evaluation return (right) of "
+                        f"{len(scored)} checkpoints: " + "; ".join(said) + ".")
 
 
 # --------------------------------------------------------------------------------------------
@@ -629,23 +653,28 @@ def interval_view(save_seconds: float = 0.05, mtbf_hours: float = 10.0,
     intervals = np.geomspace(max(save_seconds, 0.01), 100 * mtbf, 400)
     waste = np.array([expected_waste(t, save_seconds, mtbf) for t in intervals])
     fig, ax = plt.subplots(figsize=(7, 3))
-    ax.loglog(intervals, 100 * (save_seconds / intervals), ":", color="#d97706",
-              label="time spent saving")
-    ax.loglog(intervals, 100 * intervals / (2 * mtbf), ":", color="#dc2626",
+    ax.loglog(intervals, 100 * (save_seconds / intervals), ":", color=OKABE_ITO["orange"],
+              linewidth=2, label="time spent saving")
+    ax.loglog(intervals, 100 * intervals / (2 * mtbf), "--", color=OKABE_ITO["vermillion"],
               label="work redone after failures")
-    ax.loglog(intervals, 100 * waste, color="#111827", label="total")
-    ax.axvline(best, color="#16a34a")
+    ax.loglog(intervals, 100 * waste, color="black", label="total")
+    ax.axvline(best, color=OKABE_ITO["blue"], linestyle="-.")
     lost = 100 * expected_waste(best, save_seconds, mtbf)
     ax.annotate(f"best: every {_duration(best)}\n({lost:.2g}% lost)",
                 (best, 100 * expected_waste(best, save_seconds, mtbf)),
-                textcoords="offset points", xytext=(8, 12), fontsize=8, color="#166534")
+                textcoords="offset points", xytext=(8, 12), fontsize="small",
+                color=OKABE_ITO["blue"])
     ax.set_ylim(1e-3, 1e3)
     ax.set_xlabel("seconds between checkpoints")
     ax.set_ylabel("% of wall time lost")
     ax.set_title(f"save costs {save_seconds:.3g} s, a failure every {mtbf_hours:.3g} h on average",
-                 fontsize=10)
-    ax.legend(fontsize=8, loc="lower left")
+                 fontsize="medium")
+    ax.legend(loc="lower left")
     fig.tight_layout()
+    caption(fig, f"Share of wall time lost against the interval between checkpoints, for saves "
+                 f"costing {save_seconds:.3g} s and a failure every {mtbf_hours:.3g} h: time "
+                 f"spent saving falls and work redone rises with the interval, and their total "
+                 f"is smallest, {lost:.2g}%, saving every {_duration(best)}.")
     return [fig, f"Saves costing {save_seconds:.3g} s, a failure every {mtbf_hours:.3g} h, a "
                  f"{run_hours:.3g} h run. "
                  + checkpoint_advice(save_seconds, mtbf_hours, run_hours)]

@@ -42,6 +42,7 @@ from ..dqn.demo import LostWork
 from ..dqn.metrics import MetricHistory
 from ..dqn.resume import check_config_compatible
 from ..engine import CkptlabError, ComponentComparison, compare_checkpoints, latest_valid_checkpoint
+from .figures import OKABE_ITO, ROLE, caption, fmt
 
 SMOOTHING = 50  # updates in the loss moving average of the overlay
 
@@ -185,33 +186,43 @@ def plot_kill_and_resume(result: KillAndResume) -> Any:
 
     fig, axes = plt.subplots(len(result.reference), 2, figsize=(12, 5.2), sharex=True,
                              gridspec_kw={"width_ratios": [3, 1]})
+    largest = 0.0
     for (name, ref), (ax, dax) in zip(result.reference.items(), axes):
         mine, lost = result.resumed[name], result.discarded[name]
-        ax.axvspan(result.resumed_from_step, result.kill_at_step, color="#fde68a", alpha=0.6,
+        ax.axvspan(result.resumed_from_step, result.kill_at_step, facecolor=OKABE_ITO["yellow"],
+                   alpha=0.35, hatch="..", edgecolor="#B8A800", linewidth=0,
                    label=f"redone: {result.resumed_from_step}\u2192{result.kill_at_step}")
-        ax.plot(lost.steps, lost.values, color="#f97316", linewidth=7, alpha=0.55,
+        ax.plot(lost.steps, lost.values, color=ROLE["discarded"], linewidth=7, alpha=0.55,
                 solid_capstyle="butt", label="discarded attempt (killed)")
-        ax.plot(ref.steps, ref.values, color="#9ca3af", linewidth=4, label="uninterrupted")
-        ax.plot(mine.steps, mine.values, color="#2563eb", linewidth=1.2,
+        ax.plot(ref.steps, ref.values, color=ROLE["reference"], linewidth=4,
+                label="uninterrupted")
+        ax.plot(mine.steps, mine.values, color=ROLE["resumed"], linewidth=1.2, linestyle="--",
                 label="killed + resumed")
-        ax.axvline(result.kill_at_step, color="#b91c1c", linestyle="--")
+        ax.axvline(result.kill_at_step, color=ROLE["event"], linestyle="--")
         ax.annotate(f"killed after step {result.kill_at_step}", (result.kill_at_step, 1),
                     xycoords=("data", "axes fraction"), xytext=(3, -12),
-                    textcoords="offset points", color="#b91c1c", fontsize=8)
+                    textcoords="offset points", color=ROLE["event"], fontsize="small")
         ax.set_ylabel(name)
         n = min(len(ref.values), len(mine.values))
-        dax.plot(ref.steps[:n], mine.values[:n] - ref.values[:n], color="#111827")
-        dax.axvspan(result.resumed_from_step, result.kill_at_step, color="#fde68a", alpha=0.6)
-        dax.set_title("resumed \u2212 uninterrupted", fontsize=9)
+        difference = mine.values[:n] - ref.values[:n]
+        largest = max(largest, float(np.max(np.abs(difference))) if n else 0.0)
+        dax.plot(ref.steps[:n], difference, color="black")
+        dax.axvspan(result.resumed_from_step, result.kill_at_step, facecolor=OKABE_ITO["yellow"],
+                    alpha=0.35)
+        dax.set_title("resumed \u2212 uninterrupted", fontsize="medium")
         dax.locator_params(axis="x", nbins=3)
-    axes[0, 0].legend(fontsize=7, ncol=4, loc="lower right")
+    axes[0, 0].legend(ncol=2, loc="lower right")
     axes[-1, 0].set_xlabel("environment step")
     axes[-1, 1].set_xlabel("environment step")
     fig.suptitle(f"save every {result.save_every} steps, killed after step "
-                 f"{result.kill_at_step}, resumed from step {result.resumed_from_step}",
-                 fontsize=10)
+                 f"{result.kill_at_step}, resumed from step {result.resumed_from_step}")
     fig.tight_layout()
-    return fig
+    names = " and ".join(result.reference)
+    return caption(fig, f"{names[0].upper()}{names[1:]} of a run saving every "
+                        f"{result.save_every} steps, killed after step {result.kill_at_step} "
+                        f"and resumed from step {result.resumed_from_step}, drawn over the "
+                        f"uninterrupted run: resumed minus uninterrupted, max |difference| = "
+                        f"{fmt(largest)} over {result.total_steps} steps.")
 
 
 def describe_kill_and_resume(result: KillAndResume) -> str:
@@ -305,27 +316,35 @@ def plot_save_tradeoff(measured: Sequence[LostWork], save_every: int) -> list[An
     chosen = rows[intervals.index(save_every)]
     fig, ax = plt.subplots(figsize=(8.5, 3.4))
     ax.plot(intervals, [r["worst case (\u2248 interval)"] for r in rows], "v-",
-            color="#7f1d1d", label="worst case lost (interval \u2212 1)")
-    ax.plot(intervals, [r["expected steps lost (\u2248 interval/2)"] for r in rows], "o-",
-            color="#ef4444", label="expected lost ((interval \u2212 1)/2)")
+            color=ROLE["event"], label="worst case lost (interval \u2212 1)")
+    ax.plot(intervals, [r["expected steps lost (\u2248 interval/2)"] for r in rows], "o-.",
+            color=ROLE["discarded"], label="expected lost ((interval \u2212 1)/2)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("save interval (steps)")
-    ax.set_ylabel("steps lost to a crash", color="#b91c1c")
+    ax.set_ylabel("steps lost to a crash (\u25bc \u25cf)")
     ax2 = ax.twinx()
-    ax2.plot(intervals, [r["overhead (% of training)"] for r in rows], "s--", color="#2563eb",
-             label="measured save overhead")
-    ax2.set_ylabel("save overhead (% of training)", color="#2563eb")
+    ax2.plot(intervals, [r["overhead (% of training)"] for r in rows], "s--",
+             color=ROLE["resumed"], label="measured save overhead")
+    ax2.set_ylabel("save overhead, % of training (\u25a0)")
     ax2.set_ylim(bottom=0)
-    ax.axvline(save_every, color="#111827", linewidth=1)
+    ax2.grid(False)
+    ax.axvline(save_every, color="black", linewidth=1)
     ax.set_title(f"every {save_every} steps: lose {chosen['expected steps lost (≈ interval/2)']:g}"
                  f" steps on average, {chosen['worst case (≈ interval)']} at worst; saving "
-                 f"costs {chosen['overhead (% of training)']:.2g}% of training time", fontsize=9)
+                 f"costs {chosen['overhead (% of training)']:.2g}% of training time",
+                 fontsize="medium")
     lines = ax.get_legend_handles_labels()
     more = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper center",
-              bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper center",
+              bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
     fig.tight_layout()
+    caption(fig, f"Steps a crash loses (expected and worst case) and the measured save overhead "
+                 f"for save intervals of {intervals[0]} to {intervals[-1]} steps, log scales; "
+                 f"saving every {save_every} steps loses "
+                 f"{chosen['expected steps lost (≈ interval/2)']:g} steps on average and "
+                 f"{chosen['worst case (≈ interval)']} at worst, for "
+                 f"{chosen['overhead (% of training)']:.2g}% of the training time.")
     return [fig, show_table([chosen], floatfmt=".4g")]
 
 

@@ -45,6 +45,7 @@ from ..engine import (
     verify_checkpoint,
 )
 from ..engine.retention import plan_retention, saved_event, with_save
+from .figures import OKABE_ITO, ROLE, caption
 
 
 @dataclass
@@ -383,12 +384,15 @@ def moment(outcome: Outcome, step: int) -> MomentView:
     return MomentView(at, list(present), disk, last)
 
 
-_BEST, _KEPT, _GONE, _CURSOR = "#f59e0b", "#1d4ed8", "#93c5fd", "#b91c1c"
+# The best checkpoint is also starred and a deletion marked x: colour is never the only cue.
+_BEST, _KEPT, _GONE, _CURSOR = (OKABE_ITO["orange"], OKABE_ITO["blue"], OKABE_ITO["sky_blue"],
+                                OKABE_ITO["vermillion"])
 
 
 def draw_timeline(ax: Any, outcome: Outcome, run: RecordedRun, step: int | None = None,
-                  title: str | None = None) -> None:
-    """One strategy: a lane per saved checkpoint, a bar from its save to its deletion (x).
+                  title: str | None = None, max_labels: int = 20) -> None:
+    """One strategy: a lane per saved checkpoint, a bar from its save to its deletion (x), the
+    best checkpoint starred.
 
     With ``step``, a cursor marks that moment and the checkpoints on disk then are drawn
     solid, the others faded.
@@ -404,19 +408,22 @@ def draw_timeline(ax: Any, outcome: Outcome, run: RecordedRun, step: int | None 
         ax.plot([s, until], [lane, lane], color=color, linewidth=5, alpha=alpha,
                 solid_capstyle="butt")
         if s in deleted:
-            ax.plot([until], [lane], "x", color=_CURSOR, markersize=6, alpha=alpha)
-    every = max(1, math.ceil(len(outcome.saved_steps) / 20))  # at most about 20 labels
+            ax.plot([until], [lane], "x", color="black", markersize=6, alpha=alpha)
+        if s == best:
+            ax.plot([s], [lane], "*", color=_BEST, markeredgecolor="black", markersize=11,
+                    alpha=alpha)
+    every = max(1, math.ceil(len(outcome.saved_steps) / max_labels))
     lanes = range(0, len(outcome.saved_steps), every)
-    ax.set_yticks(list(lanes), [str(outcome.saved_steps[i]) for i in lanes], fontsize=7)
+    ax.set_yticks(list(lanes), [str(outcome.saved_steps[i]) for i in lanes])
     ax.set_ylim(len(outcome.saved_steps) - 0.5, -0.5)
     ax.set_xlim(0, end)
-    ax.set_ylabel("checkpoint (step)", fontsize=8)
-    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(False, axis="y")
+    ax.set_ylabel("checkpoint (step)")
     if step is not None:
-        ax.axvline(step, color=_CURSOR, linewidth=1.5)
+        ax.axvline(step, color=_CURSOR, linewidth=1.5, linestyle="--")
     kept_best = "keeps" if best in outcome.final_steps else "LOSES"
     ax.set_title(title or f"{outcome.strategy.name}: {len(outcome.saved_steps)} saves, "
-                 f"{len(outcome.final_steps)} kept, {kept_best} the best", fontsize=9,
+                 f"{len(outcome.final_steps)} kept, {kept_best} the best", fontsize="medium",
                  loc="left")
 
 
@@ -431,13 +438,12 @@ def draw_disk(ax: Any, outcome: Outcome, run: RecordedRun, step: int | None = No
         ax.axhline(budget / 1000, color=_CURSOR, linestyle="--", linewidth=1.2,
                    label=f"budget {budget // 1000:,} kB")
     if step is not None:
-        ax.axvline(step, color=_CURSOR, linewidth=1.5)
+        ax.axvline(step, color=_CURSOR, linewidth=1.5, linestyle="--")
     ax.set_xlim(0, run.end_step + run.save_every / 2)
     ax.set_ylim(0, ymax_kb or max(kb + [budget / 1000 if budget else 0]) * 1.15)
-    ax.set_ylabel("disk (kB)", fontsize=8)
-    ax.tick_params(labelsize=8)
+    ax.set_ylabel("disk (kB)")
     ax.yaxis.set_major_formatter(_integer_formatter())
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(loc="upper left")
 
 
 def _integer_formatter() -> Any:
@@ -451,18 +457,28 @@ def strategy_panels(outcomes: Sequence[Outcome], run: RecordedRun) -> Any:
     all on the same axes so they compare at a glance."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(outcomes), 2, figsize=(13, 2.3 * len(outcomes)),
-                             gridspec_kw={"width_ratios": [3, 1.4]}, squeeze=False)
+    # Compact rows (a few lane labels each) keep seven strategies within about one screen.
+    fig, axes = plt.subplots(len(outcomes), 2, figsize=(13, 1.65 * len(outcomes) + 0.6),
+                             gridspec_kw={"width_ratios": [3, 1.4]}, squeeze=False,
+                             sharex=True)
     top = max(b for o in outcomes for _, b in o.disk_bytes) / 1000 * 1.15
     for (timeline_ax, disk_ax), o in zip(axes, outcomes):
-        draw_timeline(timeline_ax, o, run)
+        draw_timeline(timeline_ax, o, run, max_labels=6)
+        timeline_ax.set_ylabel("")
         draw_disk(disk_ax, o, run, ymax_kb=top)
     for ax in axes[-1]:
-        ax.set_xlabel("training step", fontsize=8)
-    fig.suptitle("each bar is one checkpoint, from its save to its deletion (x); orange: the "
-                 "best policy; dark: still there at the end", fontsize=10)
+        ax.set_xlabel("training step")
+    fig.suptitle("each bar is one checkpoint (steps at the left), from its save to its deletion "
+                 "(x); \u2605 the best policy; dark bars: still there at the end")
     fig.tight_layout(rect=(0, 0, 1, 0.98))
-    return fig
+    best = run.best_step()
+    keep = [o.strategy.name for o in outcomes if best in o.final_steps]
+    peaks = [max(b for _, b in o.disk_bytes) / 1000 for o in outcomes]
+    return caption(fig, f"{len(outcomes)} retention strategies replayed over one recorded run "
+                        f"of {len(run.steps)} checkpoints, one row each: {len(keep)} of "
+                        f"{len(outcomes)} still hold the best policy (step {best}) at the end, "
+                        f"and their peak disk after a save ranges from {min(peaks):,.0f} to "
+                        f"{max(peaks):,.0f} kB.")
 
 
 def strategy_rows(outcomes: Sequence[Outcome], run: RecordedRun) -> list[dict[str, Any]]:
@@ -502,11 +518,11 @@ def strategy_view(run: RecordedRun, rule: str, n: int = 3, k: int = 3, smoothing
     fig, (timeline_ax, disk_ax) = plt.subplots(
         2, 1, figsize=(10, 5.2), sharex=True, gridspec_kw={"height_ratios": [2.4, 1]})
     draw_timeline(timeline_ax, outcome, run, step)
-    timeline_ax.set_title(f"{strategy.name} - at step {now.step} (red line): "
+    timeline_ax.set_title(f"{strategy.name} - at step {now.step} (dashed line): "
                           f"{len(now.present)} checkpoints on disk, "
-                          f"{now.disk_bytes // 1000:,} kB", fontsize=9, loc="left")
+                          f"{now.disk_bytes // 1000:,} kB", fontsize="medium", loc="left")
     draw_disk(disk_ax, outcome, run, step)
-    disk_ax.set_xlabel("training step", fontsize=8)
+    disk_ax.set_xlabel("training step")
     # Fixed margins: tight_layout would measure every label again at each move of a slider.
     fig.subplots_adjust(left=0.1, right=0.98, top=0.94, bottom=0.1, hspace=0.12)
     budget = strategy.disk_budget_bytes
@@ -522,6 +538,14 @@ def strategy_view(run: RecordedRun, rule: str, n: int = 3, k: int = 3, smoothing
         rows.append(("last deletion", f"checkpoint {ckpt}, at the save of step {when}: {why}"))
     table = "".join(f"<tr><th style='text-align:left'>{html.escape(a)}</th>"
                     f"<td style='text-align:left'>{html.escape(b)}</td></tr>" for a, b in rows)
+    best = run.best_step()
+    caption(fig, f"Strategy {strategy.name} over the recorded run with the cursor at step "
+                 f"{now.step}: {len(now.present)} checkpoints on disk using "
+                 f"{now.disk_bytes // 1000:,} kB"
+                 + (f" of a {budget // 1000:,} kB budget" if budget else "")
+                 + f"; it saved {len(outcome.saved_steps)} times and "
+                 + ("keeps" if best in outcome.final_steps else "loses")
+                 + f" the best policy (step {best}).")
     return [fig, HTML(f"<table class='ckptlab-moment'>{table}</table>")]
 
 
@@ -570,16 +594,23 @@ def checkpoint_view(run: RecordedRun, step: int, episodes: int = 3) -> list[Any]
              **{k: _number(v) for k, v in c.metrics.items()}}]
     fig, ax = plt.subplots(figsize=(8, 2.4))
     ax.plot(run.steps, [x.metrics.get(run.metric) for x in run.checkpoints], "o-",
-            color="#9ca3af", label=f"{run.metric} in each manifest")
+            color=ROLE["reference"], label=f"{run.metric} in each manifest")
     ax.plot([c.step] * len(played.returns), played.returns, "D", color=_BEST,
-            markersize=8, label=f"played now: {len(played.returns)} greedy episodes")
+            markeredgecolor="black", markersize=8,
+            label=f"played now: {len(played.returns)} greedy episodes")
     ax.set_xlabel("checkpoint (step)")
     ax.set_ylabel("return")
     ax.set_ylim(0, 520)
-    ax.legend(fontsize=7, loc="upper left")
-    ax.set_title(f"{c.name}: played returns {', '.join(f'{r:.0f}' for r in played.returns)} "
-                 f"(mean {played.mean_return:.0f})", fontsize=9)
-    fig.subplots_adjust(left=0.1, right=0.98, top=0.88, bottom=0.2)
+    ax.legend(loc="upper left")
+    returns = ", ".join(f"{r:.0f}" for r in played.returns)
+    ax.set_title(f"{c.name}: played returns {returns} (mean {played.mean_return:.0f})",
+                 fontsize="medium")
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.86, bottom=0.22)
+    recorded = c.metrics.get(run.metric)
+    caption(fig, f"{run.metric} recorded in each of the run's {len(run.steps)} checkpoints, "
+                 f"with the policy of {c.name} played now: returns {returns} (mean "
+                 f"{played.mean_return:.0f}); its manifest records {run.metric} "
+                 + (f"{recorded:.0f}." if isinstance(recorded, (int, float)) else "none."))
     return [show_table(rows), fig]
 
 

@@ -5,12 +5,17 @@ function in the package that returns something displayable (a matplotlib figure,
 table, text, or a list of those). This module only wires controls to that function and shows
 what it returns:
 
-1. :func:`show_live` first displays the function's result for the default values as ordinary
-   output, so a notebook run headless (nbval, papermill), the exported site and a code host
-   still show the lesson;
-2. then the controls, and below them a live output area that the function's result for the
-   current values replaces whenever a control moves (or a button is pressed, for controls that
-   train).
+1. :func:`show_live` displays one output: the controls, a status line and a live output area
+   whose first state is the function's result for the default values; the function's result
+   for the current values replaces it whenever a control moves (or a button is pressed, for
+   controls that train). So the learner sees one figure per control, never a stale default
+   beside the live one - in JupyterLab and in Voila alike;
+2. that same output also carries the default result as static HTML (as the quiz does), which
+   is what a notebook run headless (nbval, papermill), the rendered site and a code host show,
+   since they cannot run widgets.
+
+Every figure is shown with its caption under it and as its alt text (:mod:`.figures`); the
+status line is a polite ARIA live region (:mod:`.a11y`).
 
 Errors inside a callback are shown in the live output area (a :class:`~ckptlab.CkptlabError` as
 its one-line message, anything else with its traceback); ipywidgets would otherwise hide them.
@@ -18,45 +23,56 @@ its one-line message, anything else with its traceback); ipywidgets would otherw
 
 from __future__ import annotations
 
-import io
+import html
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..engine import CkptlabError
+from .a11y import mark_live
+from .figures import figure_view
 
 
 def to_displayable(result: Any) -> list[Any]:
     """Turn a render function's result into objects ``IPython.display`` shows everywhere.
 
-    Figures become PNG images (and are closed, so nothing is drawn twice); strings become
-    preformatted text; lists and tuples are flattened in order.
+    Figures become :class:`~ckptlab.lab.figures.FigureView` objects - the image with its
+    caption under it and as its alt text - and are closed, so nothing is drawn twice (a figure
+    without a caption is an error); strings become preformatted text; lists and tuples are
+    flattened in order.
     """
-    from IPython.display import HTML, Image
+    from IPython.display import HTML
 
     if result is None:
         return []
     if isinstance(result, (list, tuple)):
         return [item for part in result for item in to_displayable(part)]
     if hasattr(result, "savefig"):  # a matplotlib Figure
-        import matplotlib.pyplot as plt
-
-        buffer = io.BytesIO()
-        result.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-        plt.close(result)
-        return [Image(data=buffer.getvalue(), format="png")]
+        return [figure_view(result)]
     if isinstance(result, str):
-        import html
-
         return [HTML(f"<pre>{html.escape(result)}</pre>")]
     return [result]
 
 
+def static_html(shown: Sequence[Any]) -> str:
+    """What displayed objects look like without a kernel: their HTML (or their text), one after
+    the other - the static part of a live view's output."""
+    parts = []
+    for obj in shown:
+        bundle = obj._repr_mimebundle_() if hasattr(obj, "_repr_mimebundle_") else None
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        if isinstance(data, Mapping) and "text/html" in data:
+            parts.append(str(data["text/html"]))
+        elif hasattr(obj, "_repr_html_") and obj._repr_html_() is not None:
+            parts.append(obj._repr_html_())
+        else:
+            parts.append(f"<pre>{html.escape(str(obj))}</pre>")
+    return "".join(parts)
+
+
 def error_html(exc: BaseException) -> Any:
     """How a failed control shows its error: the message (and, if unexpected, the traceback)."""
-    import html
-
     from IPython.display import HTML
 
     if isinstance(exc, CkptlabError):
@@ -86,7 +102,7 @@ class LiveView:
 
         self.render, self.controls = render, dict(controls)
         self.output = widgets.Output()
-        self.status = widgets.HTML(f"<i>{hint}</i>")
+        self.status = mark_live(widgets.HTML(f"<i>{hint}</i>"))
         self.button = widgets.Button(description=run_button, button_style="primary") \
             if run_button else None
         if self.button is not None:
@@ -99,6 +115,25 @@ class LiveView:
                                     self.status, self.output])
         self.renders = 0
         self.last_error: BaseException | None = None
+        self.default_html = ""
+
+    def show_default(self) -> None:
+        """Render the current (default) values as the live area's first state, and keep their
+        static HTML for viewers without a kernel. Errors propagate: a default that cannot be
+        drawn is a bug of the lesson, not a learner's choice."""
+        shown = to_displayable(self.render(**self.values()))
+        self.output.outputs = ()
+        for obj in shown:
+            self.output.append_display_data(obj)
+        self.default_html = static_html(shown)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        """The live widget in a kernel; the default result as static HTML elsewhere."""
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        data = dict(bundle[0] if isinstance(bundle, tuple) else bundle)
+        data["text/html"] = self.default_html
+        data["text/plain"] = "live view (interactive in a running kernel)"
+        return data
 
     def values(self) -> dict[str, Any]:
         """The current value of every control, by keyword."""
@@ -130,7 +165,8 @@ class LiveView:
 
 def show_live(render: Callable[..., Any], controls: Mapping[str, Any], *,
               run_button: str | None = None, hint: str | None = None) -> LiveView:
-    """Display ``render``'s default result as ordinary output, then the live controls.
+    """Display the live controls with ``render``'s default result as the live area's first
+    state (and, for viewers without a kernel, as static HTML in the same output).
 
     Returns the :class:`LiveView`, so a test can set values and call ``refresh()``.
     """
@@ -138,9 +174,8 @@ def show_live(render: Callable[..., Any], controls: Mapping[str, Any], *,
 
     view = LiveView(render, controls, run_button=run_button,
                     **({"hint": hint} if hint is not None else {}))
-    for obj in to_displayable(render(**view.values())):
-        display(obj)
-    display(view.widget)
+    view.show_default()
+    display(view)
     return view
 
 

@@ -120,6 +120,20 @@ def exercise_lesson7(page) -> None:
     view.get_by_role("button", name="Stage it").click()
     html = wait_for_change(view, html, "fault picker: corrupt tensors", timeout_s=240)
     assert "SHA-256 does not match" in html
+    exercise_power_cut(page)
+
+
+def exercise_power_cut(page) -> None:
+    """Lesson 7's power-cut control: the crash point, the persistence model and the save."""
+    from ckptlab.lab.power_cut import FAULTS, MODEL_LABELS
+
+    view = live_view(page, "cut after call")
+    view.scroll_into_view_if_needed()
+    html = live_output(view)
+    html = nudge(view, page, "cut after call", "ArrowRight", "power cut: crash point", html)
+    html = choose(view, "persistence", MODEL_LABELS["adversarial"], "power cut: model", html)
+    html = choose(view, "the save", FAULTS["no-tensor-fsync"], "power cut: the save", html)
+    assert "break an invariant" in html and "persistence model" in html
 
 
 @pytest.mark.parametrize("lesson, exercise", [

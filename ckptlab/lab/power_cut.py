@@ -68,10 +68,6 @@ MODEL_LABELS: dict[str, str] = {
     "adversarial": "adversarial (un-synced writes lost or reordered)",
 }
 
-_KIND_COLOURS = {"write": "#2563eb", "truncate": "#2563eb", "fsync": "#15803d",
-                 "rename": "#c2410c", "create": "#6b7280", "mkdir": "#6b7280",
-                 "link": "#6b7280", "symlink": "#6b7280", "unlink": "#b91c1c",
-                 "rmdir": "#b91c1c"}
 _TAG = re.compile(r"-[0-9a-f]{8}\b")
 
 
@@ -247,15 +243,23 @@ def _status(state: CrashState) -> dict[int, str]:
     return status
 
 
-_STATUS_LOOK = {"durable": ("✔ durable", "#15803d"), "kept": ("✔ reached the disk", "#b45309"),
-                "partly": ("~ partly lost", "#b91c1c"), "lost": ("✘ lost", "#b91c1c")}
+_STATUS_TEXT = {"durable": "✔ durable", "kept": "✔ reached the disk",
+                "partly": "~ partly lost", "lost": "✘ lost"}
 
 
 def timeline_figure(recording: Recording, cut: PowerCut) -> Any:
     """Left: the save's calls, the power cut, and what happened to each call issued before
-    it on the disk shown. Right: that disk, as verify, the pointers and a resume see it."""
+    it on the disk shown. Right: that disk, as verify, the pointers and a resume see it.
+    Every colour comes with its words (the call's kind, the status, the verdict)."""
     import matplotlib.pyplot as plt
 
+    from .figures import GREY, OKABE_ITO, caption
+
+    good, bad, luck = OKABE_ITO["green"], OKABE_ITO["vermillion"], OKABE_ITO["orange"]
+    text_colour, muted = OKABE_ITO["black"], GREY
+    kind_colours = {"write": OKABE_ITO["blue"], "truncate": OKABE_ITO["blue"], "fsync": good,
+                    "rename": luck, "unlink": bad, "rmdir": bad}
+    status_colours = {"durable": good, "kept": luck, "partly": bad, "lost": bad}
     ops = recording.ops
     status = _status(cut.state)
     height = max(4.5, 0.24 * len(ops) + 1.2)
@@ -263,15 +267,15 @@ def timeline_figure(recording: Recording, cut: PowerCut) -> Any:
                                       gridspec_kw={"width_ratios": [1.35, 1]})
     for row, op in enumerate(ops):
         issued = row < cut.crash_point
-        colour = _KIND_COLOURS.get(op.kind, "#6b7280") if issued else "#c0c0c0"
+        colour = kind_colours.get(op.kind, muted) if issued else "#D9D9D9"
         left.scatter([0], [row], color=colour, s=30, zorder=3)
         left.text(0.35, row, f"{row + 1:2d} {_label(op)}", va="center", fontsize=8.5,
-                  color="#111827" if issued else "#9ca3af", family="monospace")
-        if issued and op.kind != "fsync":
-            text, tone = _STATUS_LOOK.get(status.get(op.id, ""), ("", "#6b7280"))
-            left.text(13.6, row, text, va="center", fontsize=8, color=tone)
-    left.axhline(cut.crash_point - 0.5, color="#dc2626", linewidth=2)
-    left.text(13.6, cut.crash_point - 0.45, "⚡ power cut", color="#dc2626", fontsize=9,
+                  color=text_colour if issued else muted, family="monospace")
+        if issued and op.kind != "fsync" and op.id in status:
+            left.text(13.6, row, _STATUS_TEXT[status[op.id]], va="center", fontsize=8,
+                      color=status_colours[status[op.id]])
+    left.axhline(cut.crash_point - 0.5, color=bad, linewidth=2)
+    left.text(13.6, cut.crash_point - 0.45, "⚡ power cut", color=bad, fontsize=9,
               va="top", fontweight="bold")
     left.set_xlim(-0.5, 17.5)
     left.set_ylim(len(ops) - 0.5, -1.2)
@@ -283,24 +287,24 @@ def timeline_figure(recording: Recording, cut: PowerCut) -> Any:
         ok = verdict == "valid"
         wrapped = textwrap.wrap(f"{'✔' if ok else '✘'} {name}/  {verdict}", 62,
                                 subsequent_indent="      ")
-        lines += [(part, "#15803d" if ok else "#b91c1c") for part in wrapped]
+        lines += [(part, good if ok else bad) for part in wrapped]
     for leftover in cut.leftovers:
-        lines.append((f"   {leftover}  (leftover: ignored, removed on open)", "#6b7280"))
+        lines.append((f"   {leftover}  (leftover: ignored, removed on open)", muted))
     valid = {name for name, verdict in cut.verdicts if verdict == "valid"}
     for pointer, value in (("latest", cut.latest), ("best", cut.best)):
         if value is None:
-            lines.append((f"   {pointer}: absent or unreadable", "#6b7280"))
+            lines.append((f"   {pointer}: absent or unreadable", muted))
         else:
-            bad = value not in valid
+            lies = value not in valid
             lines.append((f"   {pointer} -> {value}" + ("   (names a torn or missing "
-                          "checkpoint)" if bad else ""), "#b91c1c" if bad else "#111827"))
-    lines.append(("", "#111827"))
-    lines.append((f"a resume continues from: {cut.resume or 'nothing'}", "#111827"))
+                          "checkpoint)" if lies else ""), bad if lies else text_colour))
+    lines.append(("", text_colour))
+    lines.append((f"a resume continues from: {cut.resume or 'nothing'}", text_colour))
     if cut.found:
         lines.append(("recovery: BROKEN - " + ", ".join(sorted({i for i, _ in cut.found})),
-                      "#b91c1c"))
+                      bad))
     else:
-        lines.append(("recovery: the old state or the new one, as promised", "#15803d"))
+        lines.append(("recovery: the old state or the new one, as promised", good))
     for row, (text, tone) in enumerate(lines):
         right.text(0.0, row, text, va="center", fontsize=8.5, color=tone, family="monospace")
     right.set_xlim(0, 1)
@@ -309,7 +313,14 @@ def timeline_figure(recording: Recording, cut: PowerCut) -> Any:
     right.set_title(f"checkpoints/ after the power cut - {cut.model} model, 1 of "
                     f"{cut.possible} possible disks", fontsize=10, loc="left")
     fig.tight_layout()
-    return fig
+    resume = cut.resume or "nothing"
+    outcome = (f"{cut.violating} break a promise; on the one shown a resume continues from "
+               f"{resume} and recovery breaks {', '.join(sorted({i for i, _ in cut.found}))}"
+               if cut.found else
+               f"none breaks a promise; on the one shown a resume continues from {resume}")
+    return caption(fig, f"A power cut after call {cut.crash_point} of {cut.calls} of one save "
+                        f"({FAULTS[cut.fault]}), {cut.model} model: {cut.possible} disks are "
+                        f"possible and {outcome}.")
 
 
 def _table(cut: PowerCut) -> Any:

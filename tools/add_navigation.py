@@ -34,6 +34,7 @@ LESSONS = {
     "08_review": "Lesson 8 — Review",
     "09_when_one_machine_is_not_enough": "Lesson 9 — When one machine is not enough",
     "10_checkpointing_in_practice": "Lesson 10 — Checkpointing in practice",
+    "11_bring_your_own_library": "Lesson 11 — Bring your own library",
     "12_closing_review": "Lesson 12 — Closing review",
 }
 

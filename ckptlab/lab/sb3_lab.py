@@ -44,6 +44,7 @@ from ..sb3.run import (
     sb3_saver,
     write_final,
 )
+from .figures import LINESTYLES, OKABE_ITO, ROLE, caption, fmt
 from .lessons import component_size_table
 
 # -------------------------------------------------------------------------------------------
@@ -54,8 +55,10 @@ from .lessons import component_size_table
 LESSON_HYPERPARAMETERS = {"n_steps": 64, "batch_size": 128, "n_epochs": 4,
                           "learning_rate": 1e-3, "policy_kwargs": {"net_arch": [64, 64]}}
 METHODS = ("SB3 save and load", "SB3 + saved RNG states", "ckptlab callback")
-METHOD_COLORS = {"SB3 save and load": "#dc2626", "SB3 + saved RNG states": "#d97706",
-                 "ckptlab callback": "#2563eb"}
+# Colour, line style and marker per way of resuming (colour is never the only cue).
+METHOD_STYLES = {"SB3 save and load": (OKABE_ITO["vermillion"], "--", "s"),
+                 "SB3 + saved RNG states": (OKABE_ITO["reddish_purple"], "-.", "^"),
+                 "ckptlab callback": (ROLE["resumed"], "-", "o")}
 #: What each way of resuming restores (the lesson's table of pieces checks it on a real run).
 PIECE_NAMES = {
     "policy": "policy and optimizer",
@@ -248,36 +251,44 @@ def plot_resumed(reference: Trace, runs: Mapping[str, Trace], *, saved_at: int,
                  killed_at: int | None = None, title: str = "") -> Any:
     """Left: SB3's ``rollout/ep_rew_mean`` of each run over the uninterrupted one's (the
     stretch trained twice shaded); right: each resumed policy's distance from the
-    uninterrupted run's at every rollout boundary."""
+    uninterrupted run's at every rollout boundary. Captioned with the measured distances."""
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.0))
-    left.plot(reference.steps, reference.ep_rew_mean, color="#9ca3af", linewidth=6,
-              label="uninterrupted", zorder=1)
+    left.plot(reference.steps, reference.ep_rew_mean, color=ROLE["reference"], linewidth=6,
+              linestyle="-", label="uninterrupted", zorder=1)
     for ax in (left, right):
         if killed_at is not None:
-            ax.axvspan(saved_at, killed_at, color="#fde68a", alpha=0.6, zorder=0,
+            ax.axvspan(saved_at, killed_at, color=ROLE["discarded"], alpha=0.25, zorder=0,
                        label=f"trained twice ({killed_at - saved_at} timesteps)")
-            ax.axvline(killed_at, color="#b91c1c", linestyle=":", linewidth=1.2)
-        ax.axvline(saved_at, color="#374151", linestyle="--", linewidth=1)
+            ax.axvline(killed_at, color=ROLE["event"], linestyle=":", linewidth=1.2)
+        ax.axvline(saved_at, color=ROLE["checkpoint"], linestyle="--", linewidth=1)
         ax.set_xlabel("timesteps")
-    for method, trace in runs.items():
-        color = METHOD_COLORS.get(method, "#7c3aed")
-        left.plot(trace.steps, trace.ep_rew_mean, color=color, linewidth=1.6, label=method)
+    ends = []
+    for index, (method, trace) in enumerate(runs.items()):
+        color, style, marker = METHOD_STYLES.get(
+            method, (OKABE_ITO["blue"], LINESTYLES[index % len(LINESTYLES)], "o"))
+        left.plot(trace.steps, trace.ep_rew_mean, color=color, linestyle=style,
+                  linewidth=1.6, label=method)
         steps, gaps = distances(reference, trace)
         zero = bool(gaps) and max(gaps) == 0.0
-        right.plot(steps, gaps, color=color, linewidth=2.5 if zero else 1.6, marker=".",
-                   label=f"{method}: {'exactly 0' if zero else f'{gaps[-1]:.3g} at the end'}")
+        end = "exactly 0" if zero else f"{fmt(gaps[-1])} at the end" if gaps else "no overlap"
+        ends.append(f"{method} {end}")
+        right.plot(steps, gaps, color=color, linestyle=style, marker=marker, markersize=4,
+                   linewidth=2.5 if zero else 1.6, label=f"{method}: {end}")
     left.set_ylabel("rollout/ep_rew_mean")
     left.set_title("episode return, as SB3 logs it")
     right.set_ylabel("|policy - uninterrupted policy| (L2)")
     right.set_title("difference from the uninterrupted run")
-    left.legend(fontsize=8, loc="upper left")
-    right.legend(fontsize=8, loc="upper left")
+    left.legend(loc="upper left")
+    right.legend(loc="upper left")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title)
     fig.tight_layout()
-    return fig
+    where = (f"killed at timestep {killed_at} and resumed from the checkpoint at {saved_at}"
+             if killed_at is not None else f"resumed from the checkpoint at {saved_at}")
+    return caption(fig, f"Episode return (left) and the policy's distance from the "
+                        f"uninterrupted run's (right), {where}: " + "; ".join(ends) + ".")
 
 
 # -------------------------------------------------------------------------------------------
@@ -402,6 +413,7 @@ class ResumeLab:
                  reference: Trace) -> None:
         self.spec, self.reference = spec, reference
         self.directory = checkpoint_directory(reference_run)
+        self.last_identical: bool | None = None  # the last render's verdict (for asserts)
 
     def checkpoint_for(self, kill_at: int) -> Path:
         kill_at = check_kill_at(self.spec, kill_at)
@@ -423,6 +435,7 @@ class ResumeLab:
             trace = _shifted(trace, saved_at, self.spec.total_timesteps)
         steps, gaps = distances(self.reference, trace)
         same = bool(gaps) and max(gaps) == 0.0
+        self.last_identical = same and _same_returns(self.reference, trace)
         verdict = ("identical to the uninterrupted run: the same policy and the same logged "
                    "returns at every rollout" if same and _same_returns(self.reference, trace)
                    else "the same policy, but other logged returns" if same

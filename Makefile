@@ -8,9 +8,14 @@ export JUPYTER_PLATFORM_DIRS = 1
 
 .PHONY: setup lab demo test test-no-browser bench notebooks site clean
 
+# PIP_ARGS: extra pip options for the first setup, e.g. on a machine without an NVIDIA GPU
+#   make lab PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+# (torch 2.13.0's CPU build, about 200 MB, instead of its CUDA build and nvidia-* packages).
+PIP_ARGS ?=
+
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 

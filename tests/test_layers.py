@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -436,3 +437,30 @@ def test_installing_with_the_pins_resolves_the_tested_torch_and_no_cuda_packages
                if n in _pins() and Version(v).public != _pins()[n]}
     assert not off_pin, off_pin
     assert "ckptlab" in resolved and "torch" in resolved, sorted(resolved)
+
+
+def test_every_install_line_in_the_readme_installs_against_the_pins():
+    """ckptlab is not on a public index and torch must be the tested one: every ``pip
+    install`` the README shows (code blocks and inline code) installs from this repository
+    or a wheel built here, with ``-c requirements.txt`` or ``-r requirements.txt``, and
+    names only extras that exist."""
+    import tomllib
+
+    readme = (REPO / "README.md").read_text("utf-8")
+    blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", readme, re.S)
+    commands = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    commands += re.findall(r"`([^`\n]*pip install[^`\n]*)`", readme)
+    installs = [c for c in commands if re.search(r"\bpip install\b", c)]
+    assert len(installs) >= 6, installs
+    extras = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+                 ["optional-dependencies"])
+    for command in installs:
+        for part in command.split("&&"):
+            part = part.strip()
+            if not part.startswith("pip install") or part in ("pip install", "pip install -e ."):
+                continue  # a mention; the editable install follows `-r requirements.txt`
+            assert "-c requirements.txt" in part or "-r requirements.txt" in part, part
+            assert not re.search(r"pip install (\S+ )*ckptlab\b", part), \
+                f"ckptlab is not on a public index: {part}"
+            for named in re.findall(r"\[([a-z0-9_,-]+)\]", part):
+                assert set(named.split(",")) <= extras, part

@@ -219,18 +219,8 @@ def test_the_fault_switches_live_in_the_explorer_only():
             assert "drop_fsync" not in text and "rename_before_fsync" not in text, path.name
 
 
-# -- every write path, both models: no violation --------------------------------------------------
-
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("operation", sorted(WORKLOADS))
-def test_every_crash_state_of_every_write_path_recovers(operation, model):
-    found = explore_operation(operation, model)
-    assert found.crash_states > 0 and found.disks > 0
-    assert not found.outside, found.outside
-    assert found.violating_states == 0, "\n".join(map(str, found.violations))
-
-
 # -- regressions: what the explorer found, each with its crash sequence ---------------------------
+# (every write path explored under both models: test_crash_states_every_write_path.py)
 
 def test_a_decision_log_line_torn_by_a_power_cut_does_not_swallow_the_next(tmp_path):
     """Found by decision-log-append: a crash keeps the first page of an append that straddles a

@@ -407,13 +407,23 @@ class ResumeLab:
     """The lesson's live control. ``render(kill_at, **pieces)`` resumes from the newest
     checkpoint at or before ``kill_at`` - the one a run killed there leaves, since a killed
     run's checkpoints are the uninterrupted run's (the lesson's kill shows it) - with the
-    ticked pieces, and draws it over the uninterrupted run."""
+    ticked pieces, and draws it over the uninterrupted run.
+
+    Keeps its own copy of the uninterrupted run's checkpoints, so the lesson may delete its
+    folders and the control still works after "Run all" (the copy goes with the kernel)."""
 
     def __init__(self, spec: RunSpec, reference_run: str | os.PathLike[str],
                  reference: Trace) -> None:
         self.spec, self.reference = spec, reference
-        self.directory = checkpoint_directory(reference_run)
+        self._scratch = tempfile.TemporaryDirectory(prefix="ckptlab-lesson11-control-")
+        self.directory = Path(self._scratch.name)
+        for saved in sorted(checkpoint_directory(reference_run).glob("step_*")):
+            shutil.copytree(saved, self.directory / saved.name)
         self.last_identical: bool | None = None  # the last render's verdict (for asserts)
+
+    def close(self) -> None:
+        """Remove the copied checkpoints now (otherwise when the kernel stops)."""
+        self._scratch.cleanup()
 
     def checkpoint_for(self, kill_at: int) -> Path:
         kill_at = check_kill_at(self.spec, kill_at)

@@ -6,6 +6,7 @@ one with its own message."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -102,8 +103,9 @@ def test_pieces_brought_back_are_measured(reference, killed):
     assert rows[lab.PIECE_NAMES["rng"]]["SB3 + saved RNG states"] == "same"
 
 
-def test_the_live_control_resumes_with_the_ticked_pieces(reference):
+def test_the_live_control_resumes_with_the_ticked_pieces(reference, tmp_path):
     run_dir, trace = reference
+    run_dir = shutil.copytree(run_dir, tmp_path / "uninterrupted")
     control = lab.ResumeLab(TINY, run_dir, trace)
     assert control.checkpoint_for(300).name == "step_00000256"
     every = {piece: True for piece in lab.PIECE_NAMES}
@@ -117,6 +119,11 @@ def test_the_live_control_resumes_with_the_ticked_pieces(reference):
     assert "started over at 0" in text
     with pytest.raises(CkptlabError, match="multiple of 2"):
         control.render(301, **every)
+    # its own copy of the checkpoints: the lesson deletes its folders at its end
+    for saved in (run_dir / "checkpoints").glob("step_*"):
+        shutil.rmtree(saved)
+    assert control.render(300, **every)[1].startswith("all pieces: identical")
+    control.close()
     controls = lab.resume_controls(TINY, 300)
     assert list(controls) == ["kill_at", *lab.PIECE_NAMES] and controls["kill_at"].step == 2
 

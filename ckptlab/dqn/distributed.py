@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import signal
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +59,7 @@ from ..engine import (
     latest_valid_checkpoint,
 )
 from ..engine.distributed import (
+    GRACEFUL_STOP_SECONDS,
     ShardedCheckpointer,
     in_launched_worker,
     init_distributed,
@@ -65,7 +69,7 @@ from ..engine.distributed import (
 from ..engine.sharded import is_sharded, world_size_of
 from .agent import DQNAgent
 from .config import DQNConfig
-from .envs import EnvRunner
+from .envs import EnvRunner, Evaluation
 from .resume import ResumePlan, find_resume_checkpoint, plan_resume
 from .rng import RNGStates, seed_everything
 from .train import Trainer, TrainResult
@@ -257,19 +261,34 @@ class DistributedTrainer(Trainer):
         checkpointer: where checkpoints go (``None``: no saving).
         save_policy, async_save, log, progress_bar: as for :class:`Trainer`; rank 0 decides
             when to save and tells the others, and only rank 0 logs.
+        handle_signals: as for :class:`Trainer`, across ranks: SIGTERM or SIGINT to any rank
+            stops every rank after the same step (within :attr:`STOP_CHECK_STEPS` steps of
+            the signal), with one sharded save.
+        stop_request: a :class:`StopRequest` installed before the trainer existed (as
+            ``ckptlab train`` does in each rank); its signals are honoured the same way.
+
+    Evaluation runs on rank 0 alone (every rank holds the same weights) and its result is
+    sent to the others, so every rank records, and the manifest reports, that one result.
     """
+
+    # A signal stops every rank at the next multiple of this many steps (milliseconds away).
+    STOP_CHECK_STEPS = 10
 
     def __init__(self, config: DQNConfig, checkpointer: ShardedCheckpointer | None, *,
                  save_policy: SavePolicy | None = None, async_save: bool = False,
                  shard_model: bool = False, progress_bar: bool = False,
+                 handle_signals: bool = False, stop_request: StopRequest | None = None,
                  log: Callable[[str], None] | None = None) -> None:
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         check_world_size(config, self.world_size)
         local = dataclasses.replace(config, batch_size=config.batch_size // self.world_size,
                                     buffer_capacity=config.buffer_capacity // self.world_size)
         super().__init__(local, None, best=None, save_policy=save_policy,
-                         async_save=async_save, progress_bar=progress_bar and self.rank == 0,
+                         async_save=async_save, handle_signals=handle_signals,
+                         progress_bar=progress_bar and self.rank == 0,
                          log=log if self.rank == 0 else None)
+        self.stop_request = stop_request
+        self._agreed_stop: int | None = None  # the stop signal all ranks agreed on, if any
         self.global_config = config
         seed_everything(rank_seed(config.seed, self.rank))
         self.runner.close()
@@ -293,14 +312,68 @@ class DistributedTrainer(Trainer):
         rank_fault_point("step", self.progress.step, self.rank)
         return loss
 
+    def _collective_device(self) -> torch.device:
+        # NCCL reduces CUDA tensors only; gloo, CPU ones
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def evaluate(self) -> Evaluation:
+        """Greedy evaluation on rank 0 alone, its result sent to every rank (collective).
+
+        Every rank holds the same weights, so a second rank would only repeat it; sent as
+        float64, the returns arrive exactly as rank 0 computed them.
+        """
+        n = self.config.eval_episodes
+        packed = torch.zeros(2 * n, dtype=torch.float64, device=self._collective_device())
+        if self.rank == 0:
+            result = super().evaluate()
+            packed.copy_(torch.tensor([*result.returns, *map(float, result.reached_time_limit)],
+                                      dtype=torch.float64))
+        dist.broadcast(packed, src=0)
+        values = packed.tolist()
+        return Evaluation(self.progress.step, tuple(values[:n]),
+                          tuple(value != 0.0 for value in values[n:]))
+
+    # -- stopping on a signal: every rank after the same step -------------------------------
+    def _local_stop_signal(self) -> int | None:
+        if self._stop_signal is not None:
+            return self._stop_signal
+        return self.stop_request.signum if self.stop_request is not None else None
+
+    def _agreed_stop_signal(self) -> int | None:
+        return self._agreed_stop  # every rank's all-reduce in _maybe_save set the same value
+
+    def _save_before_stopping(self, signal_name: str,
+                              last_checkpoint: CheckpointInfo | None) -> CheckpointInfo | None:
+        if self.checkpointer is None:
+            return last_checkpoint
+        # A background save of this very step may still be writing: it is the stop's save.
+        last_checkpoint = self.checkpointer.wait() or last_checkpoint
+        if last_checkpoint is None or last_checkpoint.step != self.progress.step:
+            last_checkpoint = self.save(reasons=[f"received {signal_name}"], blocking=True)
+        return last_checkpoint
+
     # -- saving: rank 0 decides, every rank writes ------------------------------------------
     def _maybe_save(self, ctx: SaveContext) -> CheckpointInfo | None:
-        if self.checkpointer is None:
-            return None
-        reasons = self.save_policy.reasons(ctx) if self.rank == 0 else []
-        decision = torch.tensor([1 if reasons else 0], dtype=torch.int64)
-        dist.broadcast(decision, src=0)  # ranks may see different events (episode ends)
-        if not decision.item():
+        # Rank 0 decides (ranks see different episode ends) and every rank learns it from one
+        # tiny collective per step. Every STOP_CHECK_STEPS steps that collective is an
+        # all-reduce that also carries any rank's stop signal, so every rank stops after the
+        # same step; in between it stays a broadcast, about half the cost on gloo.
+        reasons = (self.save_policy.reasons(ctx)
+                   if self.rank == 0 and self.checkpointer is not None else [])
+        device = self._collective_device()
+        if self.progress.step % self.STOP_CHECK_STEPS == 0:
+            flags = torch.tensor([1 if reasons else 0, self._local_stop_signal() or 0],
+                                 dtype=torch.int64, device=device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            save, stop = flags.tolist()
+            self._agreed_stop = stop or None
+        else:
+            decision = torch.tensor([1 if reasons else 0], dtype=torch.int64, device=device)
+            dist.broadcast(decision, src=0)
+            save = int(decision.item())
+        if not save:
             return None
         info = self.save(reasons=reasons or ["rank 0 decided"],
                          blocking=ctx.is_final or not self.async_save)
@@ -475,14 +548,117 @@ def cmd_train_distributed(args: argparse.Namespace, argv: Sequence[str],
             return 0
     print(f"Launching {args.nproc} rank(s) per node on {args.nnodes} node(s) with torch's "
           f"elastic agent (max restarts {args.max_restarts}).", flush=True)
-    launch(worker_argv(argv), nproc=args.nproc, nnodes=args.nnodes,
-           max_restarts=args.max_restarts, rdzv_endpoint=args.rdzv_endpoint,
-           rdzv_id=args.rdzv_id)
-    return 0
+    with tempfile.TemporaryDirectory(prefix="ckptlab-rank-reports-") as reports:
+        try:
+            stopped_by = launch(worker_argv(argv), nproc=args.nproc, nnodes=args.nnodes,
+                                max_restarts=args.max_restarts,
+                                rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id,
+                                worker_env={REPORT_DIR_ENV: reports})
+        except CkptlabError:
+            errors = [r["message"] for _, r in sorted(_read_reports(reports).items())
+                      if r["outcome"] == "error"]
+            if errors:  # the ranks' own reason (the same on every rank for a failed save)
+                raise CkptlabError(errors[0]) from None
+            raise
+        outcomes = _read_reports(reports)
+    clean = [r for r in outcomes.values() if r["outcome"] in ("stopped", "finished")]
+    if stopped_by is None or len(clean) == args.nproc:
+        return 0  # rank 0 has said where the run stopped
+    reasons = [r["message"] for _, r in sorted(outcomes.items()) if "message" in r]
+    if len(outcomes) < args.nproc:
+        reasons.append(f"{args.nproc - len(outcomes)} rank(s) did not stop within "
+                       f"{GRACEFUL_STOP_SECONDS} s and were killed")
+    raise CkptlabError(f"received {stopped_by}, but the ranks could not stop cleanly: "
+                       f"{reasons[0]}; the newest committed checkpoint is intact - run the "
+                       "same command to resume")
+
+
+class StopRequest:
+    """SIGTERM and SIGINT recorded, not obeyed, from the moment a worker starts.
+
+    A rank killed by the signal's default action would lose every step since the last save,
+    and its peers would fail on their next collective. Recorded, the signal makes the training
+    loop stop every rank after the same step with one save (:class:`DistributedTrainer`), and
+    one that arrives before training began or after it ended is honoured or ignored in turn.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @classmethod
+    def install(cls) -> StopRequest:
+        """Record the signals from now on (main thread only: Python's rule for handlers)."""
+        request = cls()
+        for signum in cls.SIGNALS:
+            signal.signal(signum, request._record)
+        return request
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+
+# Where `ckptlab train --nproc` asks its ranks to report how they ended (one JSON file each).
+REPORT_DIR_ENV = "CKPTLAB_RANK_REPORTS"
+
+
+def _report(outcome: str, **details: Any) -> None:
+    """Tell the launcher how this rank ended (only when started by ``ckptlab train --nproc``)."""
+    directory = os.environ.get(REPORT_DIR_ENV)
+    if directory:
+        rank = int(os.environ["RANK"])
+        path = Path(directory, f"rank_{rank:05d}.json")
+        temp = path.with_suffix(".tmp")  # a rank killed while writing leaves no half report
+        temp.write_text(json.dumps({"rank": rank, "outcome": outcome, **details}))
+        os.replace(temp, path)
+
+
+def _read_reports(directory: str) -> dict[int, dict[str, Any]]:
+    reports = {}
+    for path in sorted(Path(directory).glob("rank_*.json")):
+        report = json.loads(path.read_text())
+        reports[int(report["rank"])] = report
+    return reports
+
+
+def _restarts_left() -> bool:
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) < \
+        int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
 
 
 def _worker(args: argparse.Namespace, config_for: Any, retention_for: Any,
             save_policy_for: Any) -> int:
+    stop_request = StopRequest.install()  # first of all: from here on a signal stops cleanly
+    rank = int(os.environ["RANK"])
+    if os.environ.get(REPORT_DIR_ENV):
+        Path(os.environ[REPORT_DIR_ENV], f"rank_{rank:05d}.json").unlink(missing_ok=True)
+    try:
+        return _train_rank(args, config_for, retention_for, save_policy_for, stop_request)
+    except CkptlabError as exc:
+        _report("error", message=str(exc))
+        if not os.environ.get(REPORT_DIR_ENV):
+            raise  # plain torchrun: every rank says it (the CLI prints one line each)
+        if _restarts_left():  # the launcher prints only the last attempt's error: say this one
+            print(f"ckptlab: rank {rank} failed: {exc} (the launcher restarts the job)",
+                  file=sys.stderr, flush=True)
+        return 2
+    except Exception as exc:
+        if stop_request.signum is None:
+            raise
+        # Told to stop, typically because a peer died (the agent then stops the others): the
+        # collectives of a clean stop cannot complete. One line instead of a traceback.
+        name = signal.Signals(stop_request.signum).name
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"ckptlab: rank {rank} received {name} and stopped without a final save "
+              f"({type(exc).__name__}: {first_line}); the newest committed checkpoint is "
+              "intact", file=sys.stderr, flush=True)
+        _report("failed", signal=name, message=first_line)
+        return 128 + stop_request.signum
+
+
+def _train_rank(args: argparse.Namespace, config_for: Any, retention_for: Any,
+                save_policy_for: Any, stop_request: StopRequest) -> int:
     rank = int(os.environ["RANK"])
     use_cuda = torch.cuda.is_available() and args.device != "cpu"
     if use_cuda:
@@ -506,7 +682,8 @@ def _worker(args: argparse.Namespace, config_for: Any, retention_for: Any,
         trainer = DistributedTrainer(config, checkpointer,
                                      save_policy=save_policy_for(args, config),
                                      async_save=args.async_save,
-                                     shard_model=args.shard_model, log=say)
+                                     shard_model=args.shard_model,
+                                     stop_request=stop_request, log=say)
         restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         if plan is not None:
             trainer.resume_from(plan)
@@ -516,14 +693,23 @@ def _worker(args: argparse.Namespace, config_for: Any, retention_for: Any,
                       f"{world_size_of(info.manifest)} rank(s)).", flush=True)
         elif rank == 0:
             print(f"[restart {restarts}] Starting a new {trainer.world_size}-rank run: "
-                  f"{config.env_id}, seed {config.seed}, {config.total_steps} steps, {trainer.parallelism}, backend "
-                  f"{dist.get_backend()}.", flush=True)
+                  f"{config.env_id}, seed {config.seed}, {config.total_steps} steps, "
+                  f"{trainer.parallelism}, backend {dist.get_backend()}.", flush=True)
         result = trainer.train()
-        if rank == 0:
-            where = f"; final checkpoint {result.last_checkpoint.name}" \
-                if result.last_checkpoint else ""
-            print(f"Finished at step {result.final_step} on {trainer.world_size} rank(s) in "
-                  f"{result.train_seconds:.1f} s{where}.", flush=True)
+        last = result.last_checkpoint
+        if result.interrupted_by:
+            if rank == 0:
+                print(f"Received {result.interrupted_by} at step {result.final_step}: all "
+                      f"{trainer.world_size} rank(s) saved {last.path if last else 'nothing'}"
+                      " and stopped. Run the same command to resume.", flush=True)
+            _report("stopped", signal=result.interrupted_by, step=result.final_step,
+                    checkpoint=last.name if last else None)
+        else:
+            if rank == 0:
+                where = f"; final checkpoint {last.name}" if last else ""
+                print(f"Finished at step {result.final_step} on {trainer.world_size} rank(s) "
+                      f"in {result.train_seconds:.1f} s{where}.", flush=True)
+            _report("finished", step=result.final_step, checkpoint=last.name if last else None)
         return 0
     finally:
         if trainer is not None:

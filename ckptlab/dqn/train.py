@@ -290,12 +290,11 @@ class Trainer:
                 fault_point("step", step)
                 if step % 100 == 0:
                     bar.update(step - bar.n)
-                if self._stop_signal is not None:
-                    interrupted_by = signal.Signals(self._stop_signal).name
-                    if self.checkpoints is not None and (last_checkpoint is None or
-                                                         last_checkpoint.step != step):
-                        last_checkpoint = self.save(reasons=[f"received {interrupted_by}"],
-                                                    blocking=True)
+                stop_signal = self._agreed_stop_signal()
+                if stop_signal is not None:
+                    interrupted_by = signal.Signals(stop_signal).name
+                    last_checkpoint = self._save_before_stopping(interrupted_by,
+                                                                 last_checkpoint)
                     break
                 if summary is not None and stop_when is not None and stop_when(summary):
                     stopped = True
@@ -361,6 +360,20 @@ class Trainer:
             self._stop_signal = signum
 
         return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _agreed_stop_signal(self) -> int | None:
+        """The signal that ends training after this step (``None``: go on). One process
+        decides alone; a data-parallel trainer makes every rank agree on the same step."""
+        return self._stop_signal
+
+    def _save_before_stopping(self, signal_name: str,
+                              last_checkpoint: CheckpointInfo | None) -> CheckpointInfo | None:
+        """Save the step a signal stopped at, unless a save just covered it; returns the
+        run's last checkpoint."""
+        if self.checkpoints is not None and (last_checkpoint is None or
+                                             last_checkpoint.step != self.progress.step):
+            return self.save(reasons=[f"received {signal_name}"], blocking=True)
+        return last_checkpoint
 
     @staticmethod
     def _restore_signal_handlers(previous: Mapping[int, Any]) -> None:

@@ -19,7 +19,11 @@ episodes on fresh streams. That run is a faithful continuation but not bit-ident
 run at either size - it says so in its log and its manifests (``resharded_from``).
 
 Launch: ``ckptlab train --nproc N [--max-restarts R] ...`` or
-``torchrun --nproc-per-node N -m ckptlab train ...``.
+``torchrun --nproc-per-node N -m ckptlab train ...``. SIGTERM or SIGINT (to the launcher, which
+passes it on, or to any rank) stops every rank after the same step with one sharded save, and
+the job exits 0 (:class:`StopRequest`, :meth:`DistributedTrainer._maybe_save`); a killed launcher
+takes its ranks with it (``die_with_launcher``); a rank that fails reports why, and the launcher
+prints that one line. Evaluation runs on rank 0 alone and is broadcast.
 
 Introduced in notebook ``09_when_one_machine_is_not_enough``.
 """
@@ -569,8 +573,8 @@ def cmd_train_distributed(args: argparse.Namespace, argv: Sequence[str],
         reasons.append(f"{args.nproc - len(outcomes)} rank(s) did not stop within "
                        f"{GRACEFUL_STOP_SECONDS} s and were killed")
     raise CkptlabError(f"received {stopped_by}, but the ranks could not stop cleanly: "
-                       f"{reasons[0]}; the newest committed checkpoint is intact - run the "
-                       "same command to resume")
+                       f"{reasons[0]} - run the same command to resume from the newest "
+                       "committed checkpoint")
 
 
 class StopRequest:

@@ -11,6 +11,8 @@ Rules every check follows:
   missing piece, ...); anything the learner's code raises is reported, never a traceback.
 * The hint is shown only after a failed attempt, or on request with :func:`hint`; the
   solutions are in ``notebooks/solutions.ipynb``, not in the lessons.
+* Every verdict - pass or fail, not *not done yet* - is recorded in the learner's progress
+  file (:func:`ckptlab.lab.progress.records_exercise`), which the start page's map shows.
 
 Introduced in notebook ``01_pipeline_trace``.
 """
@@ -34,6 +36,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .a11y import EXERCISE_CLASS
+from .progress import records_exercise
 
 HINTS: dict[str, str] = {
     "skip_optimizer": (
@@ -92,7 +97,10 @@ class ExerciseResult:
         status = {True: "PASS", False: "FAIL", None: "Not done yet"}[self.passed]
         extra = (f"<br><i>Hint:</i> {html.escape(self.hint)}" if self.hint and
                  self.passed is False else "")
-        return (f"<div style='border-left:4px solid {color};padding:4px 10px'>"
+        # a status message (and its output area a live region, ckptlab.lab.a11y): a screen
+        # reader announces the verdict; the word PASS/FAIL carries it, not only the colour
+        return (f"<div class='{EXERCISE_CLASS}' role='status' "
+                f"style='border-left:4px solid {color};padding:4px 10px'>"
                 f"<b style='color:{color}'>{status}</b> &mdash; {html.escape(self.message)}"
                 f"{extra}</div>")
 
@@ -151,6 +159,7 @@ def _max_difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
+@records_exercise("01_pipeline_trace", "skip_optimizer")
 def check_skip_optimizer(fn: Callable[..., Any] | None, config: Any, checkpoint_step: int,
                          steps: int) -> ExerciseResult:
     """Lesson 1: ``fn(checkpoint, original_weights, steps)`` restores ``checkpoint`` into a new
@@ -212,6 +221,7 @@ def check_skip_optimizer(fn: Callable[..., Any] | None, config: Any, checkpoint_
 
 
 # -- lesson 2 ---------------------------------------------------------------------------------
+@records_exercise("02_prediction_trace", "greedy")
 def check_greedy_policy(policy: Callable[[np.ndarray], int] | None,
                         q_value_batches: Sequence[np.ndarray]) -> ExerciseResult:
     """Lesson 2: ``greedy(q_values) -> action`` picks the action with the largest Q-value."""
@@ -238,6 +248,7 @@ def check_greedy_policy(policy: Callable[[np.ndarray], int] | None,
 
 
 # -- lesson 3 ---------------------------------------------------------------------------------
+@records_exercise("03_loss_curves", "moving_average")
 def check_moving_average(fn: Callable[[Sequence[float], int], Sequence[float]] | None,
                          values: Sequence[float], window: int) -> ExerciseResult:
     """Lesson 3: a trailing moving average (the first points average what exists)."""
@@ -272,6 +283,7 @@ def check_moving_average(fn: Callable[[Sequence[float], int], Sequence[float]] |
 
 
 # -- lesson 4 ---------------------------------------------------------------------------------
+@records_exercise("04_interrupt_and_resume", "lost_steps")
 def check_lost_steps(answer: Any, save_every: int, killed_after: int) -> ExerciseResult:
     """Lesson 4: the steps a crash costs = steps since the last checkpoint."""
     if answer is None:
@@ -379,6 +391,7 @@ def draw_mystery(seed: int, checkpoint: str | Path, config: Any, steps: int,
     return MysteryRun(missing, after, reference)
 
 
+@records_exercise("05_what_goes_in_a_checkpoint", "omission")
 def check_omission(answer: Any, mystery: MysteryRun) -> ExerciseResult:
     """Lesson 5: name the piece of state whose omission caused the mystery run's divergence."""
     choices = list(ANSWER_CHOICES)
@@ -431,6 +444,7 @@ def judge_strategy(outcome: Any, best_step: int, total_steps: int) -> RetentionV
                             int(worst), int(worst_at), list(outcome.final_steps))
 
 
+@records_exercise("06_retention_strategies", "retention")
 def check_retention_choice(choice: Any, recorded: Sequence[str | Path], best_step: int,
                            disk_budget_bytes: int, max_lost_steps: int,
                            total_steps: int) -> ExerciseResult:
@@ -479,6 +493,7 @@ def check_retention_choice(choice: Any, recorded: Sequence[str | Path], best_ste
 
 
 # -- lesson 7 ---------------------------------------------------------------------------------
+@records_exercise("07_failure_modes", "find_corrupt")
 def check_find_corrupt(fn: Callable[[Path], str | None] | None,
                        checkpoint: str | Path) -> ExerciseResult:
     """Lesson 7: ``find_corrupt(checkpoint_dir)`` -> the name of the file whose SHA-256 does not
@@ -616,6 +631,7 @@ def _run_and_sigkill(fn: Callable[..., Any], directory: Path, total_steps: int,
     return steps, None
 
 
+@records_exercise("08_review", "own_loop")
 def check_own_loop(fn: Callable[..., Any] | None, total_steps: int = 60,
                    kill_after: int = 37) -> ExerciseResult:
     """Lesson 8: ``fn(run_dir, total_steps, after_step)`` is the learner's training loop,
@@ -750,6 +766,7 @@ HINTS["rank_counts"] = ("every rank holds buffer_capacity / N transitions and sa
                         "batch_size / N per update, so N must divide both (try the % operator)")
 
 
+@records_exercise("09_when_one_machine_is_not_enough", "rank_counts")
 def check_rank_counts(answer: Sequence[int] | set[int] | None, buffer_capacity: int,
                       batch_size: int, candidates: Sequence[int] = range(1, 9)
                       ) -> ExerciseResult:
@@ -777,6 +794,7 @@ HINTS["own_env"] = ("get_state() must return everything the glider's next steps 
                     "put each of them back; its random generator ckptlab saves for you")
 
 
+@records_exercise("11_bring_your_own_library", "own_env")
 def check_own_env(env_class: Any) -> ExerciseResult:
     """Lesson 11: ``env_class`` is the learner's subclass of the lesson's ``Glider`` with
     ``get_state()`` and ``set_state(state)``. The check trains a small PPO on it straight

@@ -46,6 +46,7 @@ from ..engine import (
     verify_checkpoint,
 )
 from .figures import CYCLE, OKABE_ITO, ROLE, caption
+from .progress import records_exercise
 
 # --------------------------------------------------------------------------------------------
 # Pointers: what `latest` and `best` hold, and why not an mtime scan
@@ -757,6 +758,7 @@ class _StateHolder:
         self.state = dict(state)
 
 
+@records_exercise("10_checkpointing_in_practice", "body_pattern")
 def check_body_pattern(pattern: Any, trained: nn.Module, n_actions: int = 3) -> Any:
     """Exercise of ``10_checkpointing_in_practice``: a regex for :func:`load_parameters` that
     copies every layer of a trained Q-network except its output layer into a new network with

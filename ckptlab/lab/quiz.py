@@ -95,6 +95,7 @@ class Question:
     model_answer: str = ""
     accept: tuple[str | float, ...] = ()
     ideas: tuple[Idea, ...] = ()
+    section: str = ""    # the lesson heading that teaches it (the progress map links there)
 
     @property
     def correct_indices(self) -> frozenset[int]:
@@ -127,10 +128,12 @@ def _parse_question(q: Any, source: str, n: int) -> Question:
             ideas = tuple(Idea(str(i["idea"]), tuple(str(p) for p in i["any"]))
                           for i in q.get("ideas", []))
             return Question(str(q["id"]), str(q["prompt"]), kind,
-                            model_answer=str(q["model_answer"]), accept=accept, ideas=ideas)
+                            model_answer=str(q["model_answer"]), accept=accept, ideas=ideas,
+                            section=str(q.get("section", "")))
         choices = tuple(Choice(str(c["text"]), bool(c["correct"]), str(c["explanation"]))
                         for c in q["choices"])
-        return Question(str(q["id"]), str(q["prompt"]), kind, choices)
+        return Question(str(q["id"]), str(q["prompt"]), kind, choices,
+                        section=str(q.get("section", "")))
     except (KeyError, TypeError) as exc:
         raise QuizError(f"{source}: question {n} is missing {exc}") from None
 
@@ -462,12 +465,19 @@ class QuizWidget:
     ``reveal_buttons`` (Show answer, or Compare for a self-checked question),
     ``self_check_buttons`` (per question ``(had it, missed)`` or ``None``), ``feedback`` (HTML
     widgets), ``score`` and ``score_label``.
+
+    With ``lesson`` (what :func:`show_quiz` passes), every answer is also recorded in the
+    learner's progress file (:mod:`ckptlab.lab.progress`). Each feedback area is an ARIA live
+    region (:mod:`ckptlab.lab.a11y`), so a screen reader announces the verdict.
     """
 
-    def __init__(self, quiz: Quiz, seed: int | None = None) -> None:
+    def __init__(self, quiz: Quiz, seed: int | None = None, lesson: str | None = None) -> None:
         import ipywidgets as w
 
+        from .a11y import mark_live
+
         self.quiz = quiz
+        self.lesson = lesson
         self.seed = session_seed() if seed is None else int(seed)
         self.orders = [choice_order(q, self.seed) for q in quiz.questions]
         self.score = Score(sum(q.scored for q in quiz.questions),
@@ -508,7 +518,7 @@ class QuizWidget:
             reveal = w.Button(description="Compare with the model answer"
                               if question.self_checked else "Show answer",
                               layout=w.Layout(width="auto"))
-            feedback = w.HTML()
+            feedback = mark_live(w.HTML())
             check.on_click(lambda _, i=n - 1: self.check(i))
             reveal.on_click(lambda _, i=n - 1: self.reveal(i))
             marks = None
@@ -584,6 +594,8 @@ class QuizWidget:
             self.feedback[index].value = _recall_feedback_html(question, result, reveal=reveal)
         else:
             self.feedback[index].value = feedback_html(result, reveal=reveal)
+        self._record(index, correct=result.correct,
+                     answer=result.answer_text if question.kind == "recall" else None)
         self._update_score()
         return result
 
@@ -594,6 +606,8 @@ class QuizWidget:
         self.revealed[index] = True
         if question.scored:
             self.score.record_revealed(question.id)
+            if not self.attempts[index]:
+                self._record(index, correct=None, revealed_first=True)
         if question.self_checked:
             typed = str(self.selectors[index].value or "").strip()
             mine = (f"<div><i>Your answer:</i> {html.escape(typed)}</div>" if typed else
@@ -626,7 +640,23 @@ class QuizWidget:
         if not self.revealed[index]:
             raise QuizError("compare with the model answer first")
         self.score.record_self_check(question.id, had_it)
+        self._record(index, correct=None, self_mark=had_it,
+                     answer=str(self.selectors[index].value or ""))
         self._update_score()
+
+    def _record(self, index: int, **answer: Any) -> None:
+        """Record an answer in the learner's progress file; a file that cannot be used is said
+        under the question (and never overwritten), the quiz goes on."""
+        if self.lesson is None:
+            return
+        from .progress import ProgressFileError, record_answer
+
+        question = self.quiz.questions[index]
+        try:
+            record_answer(self.lesson, question.id, kind=question.kind, **answer)
+        except ProgressFileError as exc:
+            self.feedback[index].value += (f"<div><small>(progress not saved: "
+                                           f"{html.escape(str(exc))})</small></div>")
 
     def _update_score(self) -> None:
         self.score_label.value = f"<b>{html.escape(str(self.score))}</b>"
@@ -682,6 +712,7 @@ def show_quiz(name: str, seed: int | None = None) -> QuizWidget:
     (questions, choices, collapsed answers) wherever widgets cannot run."""
     from IPython.display import display
 
-    widget = QuizWidget(load_quiz(name), seed=seed)
+    lesson = None if Path(name).suffix else Path(name).name
+    widget = QuizWidget(load_quiz(name), seed=seed, lesson=lesson)
     display(widget)
     return widget

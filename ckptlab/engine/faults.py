@@ -9,6 +9,7 @@ including in the middle of a save.
 Phases, in the order a training step meets them:
 
 * ``step`` - right after environment step ``step`` and its update (mid-episode, between saves);
+* ``save:uploading`` - (object stores) a part of a large data object uploaded, the rest not;
 * ``save:files-written`` - checkpoint files written into the temporary directory, not committed;
 * ``save:committed`` - checkpoint directory renamed into place, ``latest`` pointer not updated;
 * ``save:pointer-temp`` - new pointer written to its temporary file, not yet swapped in;
@@ -25,7 +26,7 @@ import sys
 
 ENV_VAR = "CKPTLAB_FAULT"
 
-PHASES = ("step", "save:files-written", "save:committed", "save:pointer-temp",
+PHASES = ("step", "save:uploading", "save:files-written", "save:committed", "save:pointer-temp",
           "save:pointer-updated")
 
 _parsed: tuple[str, frozenset[tuple[str, int]]] | None = None

@@ -60,6 +60,7 @@ from .errors import (
     ForeignFileError,
     UnsupportedFormatError,
 )
+from .location import store_location
 from .version import __version__
 
 FORMAT_NAME = "ckptlab-checkpoint"
@@ -138,7 +139,9 @@ def checkpoint_dir_name(step: int) -> str:
 
 def checkpoint_step(path: str | os.PathLike[str]) -> int:
     """The step a checkpoint directory's name encodes (``step_00003000`` -> 3000)."""
-    match = _STEP_DIR.match(Path(path).name)
+    # (a store location is no os.PathLike: its .name is the last part of its key)
+    match = _STEP_DIR.match(path.name if not isinstance(path, (str, os.PathLike))
+                            else Path(path).name)
     if match is None:
         raise CkptlabError(f"{path} is not named like a checkpoint (step_NNNNNNNN)")
     return int(match.group(1))
@@ -558,6 +561,11 @@ def read_manifest(checkpoint: Path) -> dict[str, Any]:
             self-hash.
         UnsupportedFormatError: written by a newer ckptlab format.
     """
+    remote = store_location(checkpoint)
+    if remote is not None:  # [object store] an s3:// location
+        from .remote import read_remote_manifest
+
+        return read_remote_manifest(remote)
     checkpoint = Path(checkpoint)
     path = checkpoint / MANIFEST
     try:
@@ -575,6 +583,17 @@ def read_manifest(checkpoint: Path) -> dict[str, Any]:
         raise CheckpointCorruptError(f"{checkpoint} is not a checkpoint directory") from None
     except OSError as exc:  # permissions, I/O errors: this checkpoint is unusable
         raise CheckpointCorruptError(f"{path}: cannot be read ({exc})") from None
+    return manifest_from_bytes(data, path, checkpoint)
+
+
+def manifest_from_bytes(data: bytes, path: Any, checkpoint: Any) -> dict[str, Any]:
+    """Parse and validate a manifest's bytes (read from ``path``, a file or an object, of
+    ``checkpoint``): bounded, self-hash checked, type-checked, as :func:`read_manifest`.
+
+    Raises:
+        ForeignFileError, CheckpointCorruptError, UnsupportedFormatError: as
+            :func:`read_manifest`.
+    """
     if len(data) > _MAX_MANIFEST_BYTES:
         raise CheckpointCorruptError(f"{path}: manifest is implausibly large")
     manifest = _load_json_bounded(data, f"{path}: manifest")
@@ -785,6 +804,11 @@ def read_tensor_table(path: Path) -> dict[str, dict[str, Any]]:
     Raises:
         CheckpointCorruptError: the header is malformed or implausible.
     """
+    remote = store_location(path)
+    if remote is not None:  # [object store] an s3:// location
+        from .remote import read_remote_tensor_table
+
+        return read_remote_tensor_table(remote)
     try:
         handle, size = _open_regular(path, _MAX_MEMBER_BYTES[TENSORS])
         with handle:
@@ -800,6 +824,11 @@ def read_tensor_table(path: Path) -> dict[str, dict[str, Any]]:
         raise CheckpointCorruptError(f"{path} is missing") from None
     except OSError as exc:
         raise CheckpointCorruptError(f"{path} cannot be read ({exc})") from None
+    return tensor_table_from_header(header, path)
+
+
+def tensor_table_from_header(header: Any, path: Any) -> dict[str, dict[str, Any]]:
+    """The table :func:`read_tensor_table` returns, from a parsed safetensors header."""
     if not isinstance(header, dict):
         raise CheckpointCorruptError(f"{path}: header is not an object")
     header.pop("__metadata__", None)

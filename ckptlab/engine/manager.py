@@ -57,6 +57,7 @@ from .format import (
     safetensors_chunks,
     state_json,
 )
+from .location import store_location
 from .lock import RunLock
 from .policies import (
     BestBy,
@@ -213,10 +214,20 @@ class CheckpointManager:
     Introduced in notebook ``01_pipeline_trace``; policies in ``06_retention_strategies``.
     """
 
+    def __new__(cls, directory: str | os.PathLike[str], *args: Any, **kwargs: Any
+                ) -> CheckpointManager:
+        # [object store] an s3:// location gets the object-store manager (engine/remote.py);
+        # a URL of another scheme, or one mangled by Path(), is refused here
+        if cls is CheckpointManager and store_location(directory) is not None:
+            from .remote import RemoteCheckpointManager
+
+            return super().__new__(RemoteCheckpointManager)
+        return super().__new__(cls)
+
     def __init__(self, directory: str | os.PathLike[str], *, keep_last: int | None = None,
                  retention: Sequence[RetentionPolicy] = (), best: BestBy | None = None,
                  disk_budget_bytes: int | None = None, create: bool = True) -> None:
-        self.directory = Path(directory)
+        self.directory = self._location(directory)
         self.retention: list[RetentionPolicy] = list(retention)
         if keep_last is not None:
             self.retention.append(KeepLastN(keep_last))
@@ -236,10 +247,9 @@ class CheckpointManager:
         self._pending: Future[CheckpointInfo] | None = None
         self._staged: threading.Event | None = None  # of the save in flight
         self._staging = StagingBuffer()  # reused by every async save that copies
-        self._lock = RunLock(self.directory)
+        self._lock = self._writer_lock()
         self._newest_written: int | None = None  # highest step this manager committed
-        if self.directory.exists() and not self.directory.is_dir():
-            raise CkptlabError(f"{self.directory} exists and is not a directory")
+        self._check_location()
         if create:
             # Lock at once (not at the first save), so a second writer fails before it trains;
             # and before cleaning, since leftovers might be another writer's.
@@ -251,6 +261,29 @@ class CheckpointManager:
                 self._lock.release()
                 raise CheckpointWriteError(
                     f"cannot tidy {self.directory}: {_describe_os_error(exc)}") from exc
+            except BaseException:
+                self._lock.release()
+                raise
+
+    # -- where checkpoints live (overridden for object stores by remote.py) ------------------
+    def _location(self, directory: str | os.PathLike[str]) -> Path:
+        return Path(directory)
+
+    def _writer_lock(self) -> RunLock:
+        return RunLock(self.directory)
+
+    def _check_location(self) -> None:
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CkptlabError(f"{self.directory} exists and is not a directory")
+
+    def _pointer_exists(self, pointer: str) -> bool:
+        return (self.directory / pointer).exists()
+
+    def _remove_pointer(self, pointer: str) -> None:
+        (self.directory / pointer).unlink(missing_ok=True)
+
+    def _delete(self, names: Sequence[str]) -> None:
+        delete_checkpoints(self.directory, names)
 
     # -- registration ---------------------------------------------------------------------
     def register(self, name: str, component: Stateful) -> None:
@@ -650,8 +683,8 @@ class CheckpointManager:
         finally:  # even a half-finished replace leaves a cached manifest of this name stale
             self._manifests.pop(final.name, None)
 
-    def _write_pointer(self, pointer: str, name: str, step: int) -> None:
-        write_pointer(self.directory, pointer, name, step)
+    def _write_pointer(self, pointer: str, name: str, step: int, **fields: Any) -> None:
+        write_pointer(self.directory, pointer, name, step, **fields)
 
     # -- retention, pointers, rollback and the decision log ----------------------------------
     # Invariant: in one directory a higher step is always a later save. A save below the
@@ -769,10 +802,9 @@ class CheckpointManager:
     def _update_best_pointer(self, plan: RetentionPlan) -> None:
         if plan.best_record is not None:
             record = dict(plan.best_record)
-            write_pointer(self.directory, BEST, record.pop("checkpoint"), record.pop("step"),
-                          **record)
+            self._write_pointer(BEST, record.pop("checkpoint"), record.pop("step"), **record)
         elif plan.drop_best:
-            (self.directory / BEST).unlink(missing_ok=True)
+            self._remove_pointer(BEST)
 
     def _repair_latest(self) -> None:
         """Point `latest` at the newest checkpoint that verifies, if it does not already.
@@ -782,8 +814,8 @@ class CheckpointManager:
         committed = self.committed()
         pointer = self.latest_pointer()
         if not committed:
-            if (self.directory / LATEST).exists():
-                (self.directory / LATEST).unlink()
+            if self._pointer_exists(LATEST):
+                self._remove_pointer(LATEST)
             return
         if pointer == committed[-1].name:
             return
@@ -794,7 +826,7 @@ class CheckpointManager:
                 info = verify_checkpoint(path)
             except CkptlabError:
                 continue
-            write_pointer(self.directory, LATEST, path.name, info.step)
+            self._write_pointer(LATEST, path.name, info.step)
             self._log([{"event": "pointer_repaired", "pointer": LATEST,
                         "checkpoint": path.name, "was": pointer}])
             return
@@ -854,7 +886,7 @@ class CheckpointManager:
         return plan_retention(records, self.retention, history=history, best=rule,
                               protect=protect, budget=self.budget, latest=latest,
                               current_best=read_pointer_record(self.directory, BEST),
-                              best_pointer_present=(self.directory / BEST).exists())
+                              best_pointer_present=self._pointer_exists(BEST))
 
     def _carry_out(self, plan: RetentionPlan, latest: str | None,
                    best_written: bool = False) -> list[Decision]:
@@ -865,7 +897,7 @@ class CheckpointManager:
         self._log(plan.events)
         for name in plan.doomed:
             self._manifests.pop(name, None)
-        delete_checkpoints(self.directory, plan.doomed)
+        self._delete(plan.doomed)
         return plan.decisions
 
     def prune(self) -> list[Decision]:
@@ -887,7 +919,7 @@ class CheckpointManager:
             raise CheckpointNotFoundError(f"{self.directory} has no checkpoint at step {step}")
         self._manifests.pop(name, None)
         self._unusable.discard(name)
-        delete_checkpoints(self.directory, [name])
+        self._delete([name])
         self._log([{"event": "deleted", "checkpoint": name, "step": step,
                     "reasons": ["requested (CheckpointManager.delete)"]}])
         self._repair_pointers()

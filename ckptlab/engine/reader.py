@@ -45,9 +45,10 @@ from .format import (
     read_manifest,
     read_safetensors,
 )
+from .location import StorePath, as_location, store_location
 from .serialization import join_state, parse_state_json, referenced_tensor_keys
 from .sharded import check_shard_layout, is_sharded, sharded_load_error
-from .verified import VerifiedFile, read_verified, verify_file
+from .verified import open_verified, read_verified, verify_file
 
 
 class CheckpointFallbackWarning(UserWarning):
@@ -74,7 +75,7 @@ def _read_verified_tensors(checkpoint: Path, manifest: Mapping[str, Any],
     structure (the rest is hashed before a decoding error is reported), so every kind of
     damage reads the same.
     """
-    with VerifiedFile(checkpoint, manifest, TENSORS) as file:
+    with open_verified(checkpoint, manifest, TENSORS) as file:
         try:
             tensors = read_safetensors(file, wanted, placement)
         except ValueError as exc:
@@ -123,10 +124,14 @@ def verify_checkpoint(checkpoint: str | os.PathLike[str]) -> CheckpointInfo:
             (an unreadable file, permissions included, counts as corrupt, so callers fall
             back past it).
     """
-    path = Path(checkpoint)
+    path = as_location(checkpoint)
     _require_exists(path)
     manifest = read_manifest(path)
-    if is_sharded(manifest):  # [sharded] name a missing rank or a mixed-in part precisely
+    if is_sharded(manifest) and isinstance(path, StorePath):  # [object store, sharded]
+        from .remote import check_remote_shard_layout
+
+        check_remote_shard_layout(path, manifest)
+    elif is_sharded(manifest):  # [sharded] name a missing rank or a mixed-in part precisely
         check_shard_layout(path, manifest)
     for name in manifest.get("files", {}):
         verify_file(path, manifest, name)
@@ -172,7 +177,7 @@ def load_checkpoint_state(checkpoint: str | os.PathLike[str],
             damaged or not one ckptlab can read.
         CheckpointNotFoundError: a requested component is not in the checkpoint.
     """
-    path = Path(checkpoint)
+    path = as_location(checkpoint)
     _require_exists(path)
     manifest = read_manifest(path)
     if is_sharded(manifest):  # [sharded] loaded across ranks by engine.distributed instead
@@ -237,8 +242,10 @@ def _usable_device(where: str | torch.device) -> torch.device:
     return target
 
 
-def _require_exists(path: Path) -> None:
+def _require_exists(path: Path | StorePath) -> None:
     """Say "not found", not "corrupt", when nothing is at ``path``."""
+    if isinstance(path, StorePath):
+        return  # read_manifest says "not found" when a checkpoint has no commit object
     try:
         os.lstat(path)
     except FileNotFoundError:
@@ -287,6 +294,11 @@ def resolve_location(location: str | os.PathLike[str]) -> tuple[Path, Path | Non
         CheckpointNotFoundError: nothing exists there, or it holds no checkpoints.
         ForeignFileError: it is a file in another format (for example a pickled ``.pt``).
     """
+    remote = store_location(location)
+    if remote is not None:  # [object store]
+        from .remote import resolve_remote_location
+
+        return resolve_remote_location(remote)
     path = Path(location)
     try:
         return _resolve(path)
@@ -338,6 +350,11 @@ def read_decision_log(directory: str | os.PathLike[str]) -> list[dict[str, Any]]
     or damaged (not UTF-8, not JSON, not an object), is skipped; an unreadable log reads as
     empty.
     """
+    remote = store_location(directory)
+    if remote is not None:  # [object store] one object per append, under decisions/
+        from .remote import read_remote_decision_log
+
+        return read_remote_decision_log(remote)
     path = Path(directory) / DECISIONS
     events = []
     try:
@@ -366,7 +383,7 @@ def committed_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
     Raises:
         CheckpointNotFoundError: ``directory`` exists but cannot be listed (permissions).
     """
-    directory = Path(directory)
+    directory = as_location(directory)
     return [directory / name for _, name in committed_steps(directory)]
 
 
@@ -374,6 +391,10 @@ def committed_steps(directory: Path) -> list[tuple[int, str]]:
     """``(step, name)`` of each committed checkpoint in ``directory``, oldest first: what
     :func:`committed_checkpoints` lists, without building a path per checkpoint (every save
     scans the directory, and a run may keep hundreds)."""
+    if isinstance(directory, StorePath):  # [object store] the commit objects, listed
+        from .remote import remote_committed_steps
+
+        return remote_committed_steps(directory)
     try:
         if not directory.is_dir():
             return []
@@ -460,6 +481,11 @@ def read_pointer_record(directory: str | os.PathLike[str], name: str) -> dict[st
     ``mode``), or ``None`` when it is missing or damaged. A pointer naming anything but a
     checkpoint directory name (a path, ``..``) counts as damaged, and so does anything but a
     regular file (a FIFO would block the reader, a symlink could point anywhere)."""
+    remote = store_location(directory)
+    if remote is not None:  # [object store]
+        from .remote import read_remote_pointer
+
+        return read_remote_pointer(remote, name)[0]
     try:
         handle, _ = _open_regular(Path(directory) / name, 65536)
         with handle:

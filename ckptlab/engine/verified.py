@@ -159,14 +159,24 @@ class VerifiedFile:
                     "not match the manifest (the file is corrupted)")
 
 
+def open_verified(checkpoint: Any, manifest: Mapping[str, Any], name: str) -> VerifiedFile:
+    """A :class:`VerifiedFile` of ``checkpoint``'s listed file ``name``: on a local disk, or
+    (``checkpoint`` a store location) an object downloaded and hashed as it arrives."""
+    if isinstance(checkpoint, Path):
+        return VerifiedFile(checkpoint, manifest, name)
+    from .remote import VerifiedObject  # [object store]
+
+    return VerifiedObject(checkpoint, manifest, name)
+
+
 def read_verified(checkpoint: Path, manifest: Mapping[str, Any], name: str) -> bytes:
     """The whole content of a (small) manifest-listed file, verified."""
-    with VerifiedFile(checkpoint, manifest, name) as file:
+    with open_verified(checkpoint, manifest, name) as file:
         data = file.read(file.size)
         file.finish()
     return data
 
 
 def verify_file(checkpoint: Path, manifest: Mapping[str, Any], name: str) -> None:
-    with VerifiedFile(checkpoint, manifest, name) as file:
+    with open_verified(checkpoint, manifest, name) as file:
         file.finish()

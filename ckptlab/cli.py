@@ -49,6 +49,7 @@ from .engine import (
     resolve_location,
     verify_checkpoint,
 )
+from .engine.location import StorePath, as_location
 from .engine.sharded import describe_sharded, is_sharded, sharded_load_error
 
 if TYPE_CHECKING:
@@ -97,6 +98,15 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 
           "tib": 2**40}
 
 
+def _location(text: str) -> Path | StorePath:
+    """A local path or an object-store URL (``s3://bucket/prefix``): a URL is never taken for
+    a local path, and one ckptlab cannot use is refused before anything runs."""
+    try:
+        return as_location(text)
+    except CkptlabError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _size(text: str) -> int:
     match = _SIZE.match(text)
     unit = (match.group(2) or "").lower() if match else None
@@ -140,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train (or resume training) in a run directory",
                            description="Train a DQN agent. By default the run resumes from the "
                                        "newest valid checkpoint in --run-dir.")
-    train.add_argument("--run-dir", required=True, type=Path,
-                       help="directory of the run; checkpoints go to RUN_DIR/checkpoints")
+    train.add_argument("--run-dir", required=True, type=_location,
+                       help="directory of the run, or an s3://bucket/prefix location; "
+                            "checkpoints go to RUN_DIR/checkpoints")
     train.add_argument("--config", type=Path, metavar="JSON",
                        help="a JSON file of DQNConfig fields (command-line flags win)")
     train.add_argument("--env", dest="env_id", help="gymnasium env id (default CartPole-v1)")
@@ -215,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list every checkpoint under a directory, across runs",
                         description="Index every checkpoint under ROOT (from the manifests, "
                                     "into ROOT/.ckptlab-catalog.sqlite) and list them.")
-    ls.add_argument("root", type=Path, metavar="ROOT")
+    ls.add_argument("root", type=_location, metavar="ROOT")
     ls.add_argument("--sort", help="step, size_bytes, created, or a metric such as eval_return")
     ls.add_argument("--ascending", action="store_true", help="smallest first (e.g. for loss)")
     ls.add_argument("--top", type=_positive_int, help="show only the first N")
@@ -228,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Write weights.safetensors (plain state_dict names, "
                                         "loadable with safetensors.torch.load_file) and/or "
                                         "metadata.json.")
-    export.add_argument("path", type=Path, metavar="DIR|CKPT")
+    export.add_argument("path", type=_location, metavar="DIR|CKPT")
     export.add_argument("--out", type=Path, required=True, help="output directory")
     export.add_argument("--what", choices=("weights", "metadata", "both"), default="both")
     export.add_argument("--tensors", default="agent/q_net",
@@ -237,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune = sub.add_parser("prune", help="apply retention rules to a run's checkpoints",
                            description="Apply retention rules now. With --dry-run, only show "
                                        "what would be deleted and why.")
-    prune.add_argument("path", type=Path, metavar="DIR")
+    prune.add_argument("path", type=_location, metavar="DIR")
     prune.add_argument("--dry-run", action="store_true", help="change nothing")
     _add_retention_args(prune)
     prune.add_argument("--metric", help="rank --keep-top and choose the best by this metric "
@@ -271,8 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("inspect", "show what a checkpoint contains and how big each part is"),
                        ("verify", "check every file hash; exit 1 if anything fails")):
         p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
-        p.add_argument("path", type=Path, metavar="DIR|CKPT",
-                       help="a run directory, its checkpoints directory, or one checkpoint")
+        p.add_argument("path", type=_location, metavar="DIR|CKPT",
+                       help="a run directory, its checkpoints directory, or one checkpoint "
+                            "(local, or s3://bucket/prefix)")
         if name == "inspect":
             p.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -326,6 +338,11 @@ def _save_policy_from(args: argparse.Namespace, config: DQNConfig) -> SavePolicy
 def cmd_train(args: argparse.Namespace) -> int:
     # [distributed] --nproc launches ranks; a launched worker trains one rank
     if args.nproc is not None or args.nnodes > 1 or os.environ.get("TORCHELASTIC_RUN_ID"):
+        if isinstance(args.run_dir, StorePath):  # [object store] not yet for several ranks
+            raise CkptlabError(
+                f"--run-dir {args.run_dir}: sharded checkpoints (--nproc, several ranks) on "
+                "object storage are not supported yet; train with one process, or put a "
+                "sharded run on a local or network file system (nothing was written)")
         return import_layer("ckptlab.dqn.distributed", "ckptlab train").cmd_train_distributed(
             args, args.raw_argv, _config_for, _retention_from, _save_policy_from)
     dqn = import_layer("ckptlab.dqn", "ckptlab train")
@@ -484,7 +501,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if specific is None:
         for name in (LATEST, BEST):
             pointer = (read_pointer_record(directory, name) or {}).get("checkpoint")
-            if pointer is not None and not (directory / pointer).is_dir():
+            if pointer is not None and not (
+                    (directory / pointer).is_dir() if isinstance(directory, Path)
+                    else pointer in {p.name for p in targets}):  # [object store] commits
                 problems.append(f"the {name} pointer names {pointer}, which does not exist")
                 print(f"FAIL  {name} pointer names {pointer}, which does not exist")
     print(f"{len(targets) - failures} of {len(targets)} checkpoint(s) valid"
@@ -509,7 +528,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return EXIT_OK
     metric = args.sort if args.sort not in (None, "step", "size_bytes", "created") \
         else "eval_return"
-    where = ("kept in memory: the directory is read-only" if catalog.in_memory
+    where = ("kept in memory: an object store holds no index file"
+             if isinstance(args.root, StorePath) else
+             "kept in memory: the directory is read-only" if catalog.in_memory
              else catalog.db_path)
     print(f"{count} checkpoint(s) under {args.root} (index: {where})")
     print(f"{'run':24s} {'checkpoint':16s} {'step':>8s} {metric:>12s} {'size':>9s}  status")

@@ -40,6 +40,7 @@ from ..engine import (
     newest_valid_checkpoint,
     verify_checkpoint,
 )
+from ..engine.location import as_location
 from .config import ConfigChange, DQNConfig, diff_configs
 
 
@@ -80,8 +81,8 @@ def find_resume_checkpoint(run_dir: str | os.PathLike[str],
         CkptlabError: the request would mix two runs in one directory or overwrite a run;
             nothing is changed.
     """
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
+    run_dir = as_location(run_dir)  # a local path, or an s3:// location
+    if isinstance(run_dir, Path) and run_dir.exists() and not run_dir.is_dir():
         raise CkptlabError(f"--run-dir {run_dir} exists and is not a directory")
     own_dir = run_dir / CHECKPOINTS_SUBDIR
     has_own = bool(committed_checkpoints(own_dir))
@@ -212,7 +213,7 @@ def plan_resume(info: CheckpointInfo, config: DQNConfig, *, allow_config_change:
               "config_changes": [{"field": c.name, "old": c.old, "new": c.new, "role": c.role}
                                  for c in changes]}
     same_run = (run_checkpoints is not None
-                and info.path.parent.resolve() == Path(run_checkpoints).resolve())
+                and info.path.parent.resolve() == as_location(run_checkpoints).resolve())
     lineage = info.manifest.get("lineage") if same_run else {
         "parent": record, "parent_lineage": info.manifest.get("lineage")}
     rollback: tuple[str, ...] = ()

@@ -51,6 +51,7 @@ from .config import DQNConfig
 from .envs import EnvRunner, Evaluation, GreedyEvaluator
 from ..engine import CkptlabError, IncompatibleCheckpointError
 from ..engine.faults import fault_point
+from ..engine.location import as_location
 from ..engine.policies import first_scheduled_save
 from .metrics import EpochSummary, MetricHistory
 from .policies import EPISODE_END, EPOCH_END
@@ -143,7 +144,8 @@ class Trainer:
         self.device = resolve_device(config.device)
         torch.set_num_threads(config.num_threads)
         seed_everything(config.seed)
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        # a local path, or an s3:// location (engine/location.py: never a URL taken for a path)
+        self.run_dir = as_location(run_dir) if run_dir is not None else None
         self.progress_bar, self.log = progress_bar, log
 
         self.runner = EnvRunner(config.env_id, config.seed)

@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import CheckpointNotFoundError, CkptlabError
 from .format import MANIFEST, read_manifest
+from .location import store_location
 from .reader import verify_checkpoint
 
 DEFAULT_DB_NAME = ".ckptlab-catalog.sqlite"
@@ -66,12 +67,17 @@ class Catalog:
 
     def __init__(self, root: str | os.PathLike[str],
                  db_path: str | os.PathLike[str] | None = None) -> None:
+        # Set when the index could not be written (a read-only tree): kept in memory instead.
+        self._memory: sqlite3.Connection | None = None
+        self._remote = store_location(root)
+        if self._remote is not None:  # [object store] indexed in memory: no file to write
+            self.root = self._remote  # type: ignore[assignment]
+            self.db_path = ":memory:"
+            return
         self.root = Path(root)
         if not self.root.is_dir():
             raise CheckpointNotFoundError(f"{self.root} is not a directory")
         self.db_path = str(db_path) if db_path is not None else str(self.root / DEFAULT_DB_NAME)
-        # Set when the index could not be written (a read-only tree): kept in memory instead.
-        self._memory: sqlite3.Connection | None = None
 
     @property
     def in_memory(self) -> bool:
@@ -84,6 +90,14 @@ class Catalog:
         Without ``verify`` a checkpoint is 'valid' when its manifest passes its self-hash and
         every file has the recorded size; with ``verify`` every file's SHA-256 is checked too.
         """
+        if self._remote is not None:  # [object store]
+            from .remote import remote_catalog_rows
+
+            rows = remote_catalog_rows(self._remote, verify)
+            if rows:
+                self._memory = sqlite3.connect(":memory:")
+                self._fill(self._memory, rows)
+            return len(rows)
         rows = [self._row(manifest.parent, verify) for manifest in self._manifests()]
         if not rows:
             return 0  # nothing to index: write nothing

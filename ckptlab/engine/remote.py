@@ -349,6 +349,62 @@ def resolve_remote_location(location: StorePath) -> tuple[StorePath, StorePath |
     raise CheckpointNotFoundError(f"{location} contains no ckptlab checkpoints")
 
 
+_CATALOG_KEY = re.compile(r"^(?:(.*)/)?(step_\d{8,})/manifest\.json$")
+
+
+def remote_catalog_rows(root: StorePath, verify: bool) -> list[tuple[Any, ...]]:
+    """The rows of :class:`.catalog.Catalog` for every checkpoint under ``root``: one
+    paginated listing finds the commit objects and every data object's size, so without
+    ``verify`` a checkpoint costs one read (its manifest)."""
+    sizes: dict[str, int] = {}
+    commits: list[tuple[str, str]] = []
+    base = _key(root)
+    start = len(base) + 1 if base else 0
+    for meta in root.store.list(base + "/" if base else ""):
+        sizes[meta.key] = meta.size
+        match = _CATALOG_KEY.match(meta.key[start:])
+        if match:
+            commits.append((match.group(1) or "", match.group(2)))
+    rows = []
+    for folder, name in sorted(commits):
+        checkpoint = StorePath(root.store, _join(base, folder, name))
+        rel = _join(folder, name)
+        run_key = folder.rsplit("/", 1)[0] if folder.rsplit("/", 1)[-1] == CHECKPOINTS_SUBDIR \
+            and "/" in folder else ("." if folder == CHECKPOINTS_SUBDIR else folder or ".")
+        try:
+            manifest = read_remote_manifest(checkpoint)
+        except CkptlabError as exc:
+            rows.append((rel, run_key, None, None, None, f"invalid: {exc}", None, None, None,
+                         "{}"))
+            continue
+        status = "valid"
+        try:
+            if verify:
+                from .reader import verify_checkpoint
+
+                verify_checkpoint(checkpoint)
+            else:
+                prefix = data_prefix(checkpoint, manifest)
+                for member, entry in manifest["files"].items():
+                    size = sizes.get(_join(prefix, member))
+                    if size != entry["bytes"]:
+                        raise CheckpointCorruptError(
+                            f"{member} has {'no object' if size is None else f'{size} bytes'}"
+                            f", manifest says {entry['bytes']}")
+        except CkptlabError as exc:
+            status = f"invalid: {exc}"
+        lineage = manifest.get("lineage") or {}
+        parent_record = lineage.get("parent")
+        parent = parent_record.get("path") if isinstance(parent_record, dict) else None
+        config = manifest.get("config")
+        rows.append((rel, run_key, manifest.get("step"), manifest.get("created"),
+                     sum(int(f["bytes"]) for f in manifest["files"].values()), status,
+                     json.dumps(config) if config is not None else None,
+                     manifest.get("config_sha256"), str(parent) if parent is not None else None,
+                     json.dumps(manifest.get("metrics") or {})))
+    return rows
+
+
 # --------------------------------------------------------------------------------------------
 # The writer's lease
 # --------------------------------------------------------------------------------------------

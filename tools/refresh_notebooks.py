@@ -20,6 +20,7 @@ solutions included), without executing anything.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -97,6 +98,10 @@ def write_kernel_metadata(paths: list[Path]) -> list[Path]:
 
 
 def main() -> None:
+    # A refresh is nobody's learning: the lessons' kernels record no progress (nor read
+    # anyone's into the committed outputs), and never run in the presentation style.
+    os.environ["CKPTLAB_PROGRESS"] = "off"
+    os.environ.pop("CKPTLAB_PRESENTATION", None)
     args = sys.argv[1:]
     if args[:1] == ["--metadata-only"]:
         paths = [Path(p) for p in args[1:]] or sorted(NOTEBOOKS.glob("*.ipynb"))

@@ -249,6 +249,33 @@ def separation_title(run: AfterResume, reference: AfterResume) -> str:
             f"differs from +{first}, never more than 5% apart")
 
 
+EARLY_SEPARATION = 100
+"""Steps after the resume within which a separation counts as "at once" (lesson 5)."""
+
+LOSS_BEHAVIOURS: dict[str, str] = {
+    "identical": "Stay identical to the full resume",
+    "pause": "Make no update at first (learning pauses), then go its own way",
+    "early": f"Pull apart within the first {EARLY_SEPARATION} steps",
+    "late": "Stay close for hundreds of steps, then pull apart",
+    "close": "Differ slightly, never more than 5% apart",
+}
+
+
+def loss_behaviour(run: AfterResume, reference: AfterResume) -> str:
+    """What ``run``'s loss does against ``reference``'s, as one key of
+    :data:`LOSS_BEHAVIOURS`: identical, a pause in learning, a separation within
+    :data:`EARLY_SEPARATION` steps or later, or a difference that never reaches 5%."""
+    if divergence(run, reference)["first divergence (steps after resume)"] is None:
+        return "identical"
+    mine, theirs = first_update(run), first_update(reference)
+    if mine is None or (theirs is not None and mine > theirs):
+        return "pause"
+    apart = separation_step(run, reference)
+    if apart is None:
+        return "close"
+    return "early" if apart <= EARLY_SEPARATION else "late"
+
+
 def plot_separation(ax: Any, run: AfterResume, reference: AfterResume, *,
                     label: str = "resumed", window: int = 25) -> None:
     """The loss the separation is judged on (smoothed over ``window`` updates): ``run`` over
@@ -290,6 +317,47 @@ class WhatToSaveLab:
         self.config, self.steps, self.eval_key_step = config, steps, eval_key_step
         self.reference = reference if reference is not None else resume_with(
             self.checkpoint, config, FULL, steps, eval_key_step)
+        self.last: AfterResume | None = None   # what the last render trained
+
+    def predictions(self) -> list[Any]:
+        """What the learner predicts before pressing *Resume*: what the run's loss will do
+        against the full resume's (answered by :func:`loss_behaviour` on the run just made).
+        With *mystery* on, the question does not name the pieces left out."""
+        from .predict import Outcome, Prediction
+
+        why = {
+            "identical": "Only the metric history can be left out without a trace: it feeds "
+                         "the curves, not the agent. Any other missing piece changes the next "
+                         "updates or actions.",
+            "pause": "Without the counters the step counter starts again at 0, below "
+                     "learning_starts, so no update happens for a while; epsilon is back at 1 "
+                     "too.",
+            "early": "Without the weights, the optimizer, the replay buffer or the random "
+                     "generators the next updates differ at once (another network, other steps, "
+                     "other batches).",
+            "late": "Without the environment's episode the first batches still come from the "
+                    "saved buffer; the runs part only when the new episode's experience reaches "
+                    "the batches.",
+            "close": "A difference that never grows past 5% in these steps: the missing piece "
+                     "changes little of what the next updates see.",
+        }
+
+        def prompt(mystery: bool = False, **ticked: bool) -> str:
+            missing = [p for p in COMPONENTS if not ticked.get(p)]
+            what = ("the mystery run" if mystery else "a resume with every piece" if not missing
+                    else "a resume without " + ", ".join(missing))
+            return (f"Compared with the full resume, what will the smoothed loss of {what} do "
+                    f"in the {self.steps} steps after the resume?")
+
+        def answer(**_: Any) -> str:
+            if self.last is None:
+                raise CkptlabError("no run yet: press Resume first")
+            return loss_behaviour(self.last, self.reference)
+
+        return [Prediction("what-to-save-loss", prompt,
+                           lambda **_: [Outcome(key, text, why[key])
+                                        for key, text in LOSS_BEHAVIOURS.items()],
+                           answer)]
 
     def run(self, pieces: object) -> AfterResume:
         """Resume with ``pieces`` and train on."""
@@ -306,7 +374,7 @@ class WhatToSaveLab:
             raise CkptlabError(f"unknown checkpoint piece(s) {unknown}; choose from "
                                f"{', '.join(COMPONENTS)}")
         pieces = check_pieces({name for name, on in ticked.items() if on})
-        run = self.run(pieces)
+        run = self.last = self.run(pieces)
         name = "mystery run" if mystery else (
             "full checkpoint" if pieces == FULL else
             "without " + ", ".join(p for p in COMPONENTS if p not in pieces))

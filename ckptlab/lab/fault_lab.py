@@ -51,7 +51,10 @@ FAULTS: dict[str, str] = {
 }
 _CORRUPT_FILES = {"tensors": "tensors.safetensors", "state": "state.json",
                   "manifest": "manifest.json"}
-assert all(f"kill:{p}" in FAULTS for p in PHASES), "a fault phase has no entry in FAULTS"
+# Every phase a local save passes through has an entry (save:uploading is reached only by
+# saves to an object store, which the picker does not stage).
+assert all(f"kill:{p}" in FAULTS for p in PHASES if p != "save:uploading"), \
+    "a fault phase has no entry in FAULTS"
 
 
 def fault_config(seed: int = 0) -> Any:
@@ -178,4 +181,106 @@ def fault_view(fault: str, seed: int = 0) -> list[Any]:
             f"staged, inspected and resumed in {report.seconds:.1f} s"]
 
 
-__all__ = ["FAULTS", "FaultReport", "fault_config", "fault_rows", "fault_view", "stage_fault"]
+# -- predict, then stage ---------------------------------------------------------------------
+_BEFORE_COMMIT = {"kill:save:files-written"}
+_AFTER_COMMIT = {"kill:save:committed", "kill:save:pointer-temp", "kill:save:pointer-updated"}
+
+
+def _verify_outcomes(fault: str) -> list[Any]:
+    from .predict import Outcome
+
+    if fault in _BEFORE_COMMIT:
+        why = {"ok": "A checkpoint exists for a reader only once the rename has committed it, "
+                     "and this one never was.",
+               "refused": "Nothing committed was touched: the half-written save sits in a "
+                          ".tmp- directory that verify does not even see.",
+               "absent": "The kill came before the rename that commits it: its files sit in a "
+                         ".tmp- directory, which no reader takes for a checkpoint."}
+    elif fault.startswith("corrupt:"):
+        why = {"ok": "A flipped bit changes the file's SHA-256 (or the manifest's own hash), "
+                     "and verify recomputes every hash before it trusts anything.",
+               "refused": "One flipped bit changes a hash, and verify compares every file "
+                          "with the manifest (and the manifest with its own hash).",
+               "absent": "The checkpoint is still there, committed; one of its files is "
+                         "damaged."}
+    else:  # killed after the commit, or between saves
+        why = {"ok": "The rename had committed it: its files and manifest were written and "
+                     "fsynced first, and a kill changes no byte already written.",
+               "refused": "A kill does not damage files already written; SIGKILL only stops "
+                          "the process.",
+               "absent": "The save of step 1000 had been committed before the kill; only what "
+                         "came after it was cut short."}
+    return [Outcome("ok", "It verifies", why["ok"]),
+            Outcome("refused", "It fails verification", why["refused"]),
+            Outcome("absent", "There is no checkpoint of step 1000", why["absent"])]
+
+
+def _resume_outcomes(fault: str) -> list[Any]:
+    from .predict import Outcome
+
+    if fault in _BEFORE_COMMIT:
+        why = {1000: "Step 1000 was never committed, so there is nothing of it to resume.",
+               500: "The newest committed checkpoint: step 1000's save was cut short before "
+                    "its commit.",
+               0: "Step 500 was committed earlier and a kill does not touch it."}
+    elif fault.startswith("corrupt:"):
+        why = {1000: "ckptlab does not load a checkpoint whose hash check fails.",
+               500: "The newest checkpoint fails its hash check, so resume warns and falls "
+                    "back to the newest one that verifies.",
+               0: "Step 500 still verifies, so nothing forces a fresh start."}
+    else:
+        why = {1000: "Step 1000 was committed; resume verifies the committed checkpoints "
+                     "newest first and does not need the latest pointer to find it.",
+               500: "The latest pointer may still name step 500, but resume scans the "
+                    "committed directories, and step 1000 is there and verifies.",
+               0: "Committed checkpoints survive a kill; only a run without any starts over."}
+    return [Outcome(1000, "From step 1000", why[1000]), Outcome(500, "From step 500", why[500]),
+            Outcome(0, "From a fresh start", why[0])]
+
+
+class FaultPicker:
+    """Lesson 7's fault picker with predictions: :meth:`render` stages a fault (see
+    :func:`stage_fault`) and keeps its report in :attr:`last`; :meth:`predictions` asks, before
+    it, what verify will say about the checkpoint of step 1000 and where the run will resume."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.last: FaultReport | None = None
+
+    def render(self, fault: str) -> list[Any]:
+        """Stage ``fault`` and show its report (what the *Stage it* button does)."""
+        from .lessons import show_table
+
+        report = self.last = stage_fault(fault, seed=self.seed)
+        return [show_table(fault_rows(report)),
+                f"staged, inspected and resumed in {report.seconds:.1f} s"]
+
+    def _report(self) -> FaultReport:
+        if self.last is None:
+            raise CkptlabError("nothing staged yet: press Stage it first")
+        return self.last
+
+    def verify_verdict(self) -> str:
+        """What verify said about step_00001000 in the last staged fault: ok, refused or
+        absent."""
+        verdicts = dict(self._report().verify)
+        name = "step_00001000"
+        return "absent" if name not in verdicts else "ok" if verdicts[name] == "ok" \
+            else "refused"
+
+    def predictions(self) -> list[Any]:
+        from .predict import Prediction
+
+        return [
+            Prediction("fault-verify",
+                       lambda fault: f"{FAULTS[fault]}. What will verify say about the "
+                                     "checkpoint of step 1000?",
+                       _verify_outcomes, lambda **_: self.verify_verdict()),
+            Prediction("fault-resume",
+                       lambda fault: "And from which checkpoint will the run resume?",
+                       _resume_outcomes, lambda **_: self._report().resumed_from),
+        ]
+
+
+__all__ = ["FAULTS", "FaultPicker", "FaultReport", "fault_config", "fault_rows", "fault_view",
+           "stage_fault"]

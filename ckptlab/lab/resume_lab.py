@@ -270,6 +270,66 @@ class KillResumeLab:
         result = self.last = self.run(kill_at_step, save_every)
         return [plot_kill_and_resume(result), describe_kill_and_resume(result)]
 
+    def predictions(self) -> list[Any]:
+        """What the learner predicts before pressing *Kill & resume*: the step the run resumes
+        from, and whether its final state equals the uninterrupted run's (both answered by
+        :attr:`last`, the run just made)."""
+        from .predict import Outcome, Prediction
+
+        total = self.config.total_steps
+
+        def resume_outcomes(kill_at_step: int, save_every: int) -> list[Outcome]:
+            kill = check_kill_step(kill_at_step, total)
+            every = check_save_interval(save_every)
+            last = kill // every * every
+            found: dict[int, Outcome] = {}
+            for key, text, why in (
+                    (last, f"From step {last}" if last else "From the start (step 0)",
+                     "The newest checkpoint committed before the kill: everything after it is "
+                     "lost and trained again." if last else "No checkpoint had been committed "
+                     "before the kill, so the run starts over, and still ends identical."),
+                    (kill, f"From step {kill}",
+                     "A kill saves nothing: the steps after the last checkpoint are lost and "
+                     "trained again."),
+                    (last + every, f"From step {last + every}",
+                     "That save was due after the kill; the killed process never reached it."),
+                    (0, "From the start (step 0)",
+                     "Checkpoints written before a kill survive it; only a run without any "
+                     "starts over.")):
+                if key <= total:
+                    found.setdefault(key, Outcome(key, text, why))
+            return list(found.values())
+
+        resume = Prediction(
+            "kill-resume-step",
+            lambda kill_at_step, save_every: (
+                f"The run saves every {save_every} steps and is killed after step "
+                f"{kill_at_step}. From which step will it resume?"),
+            resume_outcomes, lambda **_: self._last().resumed_from_step)
+        same = Prediction(
+            "kill-final-state",
+            lambda **_: "Compared with the uninterrupted run, the resumed run's final state "
+                        "will be:",
+            lambda **_: [
+                Outcome("identical", "Identical, bit for bit",
+                        "Every piece of state that decides the next steps was saved and "
+                        "restored, so the steps trained again repeat the same computation."),
+                Outcome("close", "Equal up to floating-point noise",
+                        "Saving and loading add no noise (raw bytes, no rounding); on one "
+                        "machine with the same library versions the runs are equal, not "
+                        "close."),
+                Outcome("different", "Different, but just as good",
+                        "With the complete state restored nothing is left to make it differ: "
+                        "RL is random only through its generators, and they are restored.")],
+            lambda **_: ("identical" if self._last().identical else
+                         "close" if self._last().max_abs_diff < 1e-3 else "different"))
+        return [resume, same]
+
+    def _last(self) -> KillAndResume:
+        if self.last is None:
+            raise CkptlabError("no run yet: press Kill & resume first")
+        return self.last
+
     def close(self) -> None:
         """Remove the scratch directory (also done when the object is garbage-collected)."""
         self._scratch.cleanup()

@@ -688,9 +688,13 @@ class RemoteCheckpointManager(CheckpointManager):
         store = self.directory.store
         committed = {name for _, name in remote_committed_steps(self.directory)}
         base = _key(self.directory, DATA_DIR) + "/"
+        by_prefix: dict[str, list[str]] = {}
+        for meta in store.list(base):  # one paginated listing of every data object
+            folder = meta.key[len(base):].split("/", 1)[0]
+            by_prefix.setdefault(folder, []).append(meta.key)
         garbage = []
-        for prefix in store.list_prefixes(base):
-            relative = f"{DATA_DIR}/{prefix[len(base):].rstrip('/')}"
+        for folder in by_prefix:
+            relative = f"{DATA_DIR}/{folder}"
             match = _DATA_PREFIX.match(relative)
             if match is None:
                 continue  # not ours: never delete what this protocol did not write
@@ -704,10 +708,9 @@ class RemoteCheckpointManager(CheckpointManager):
                 self._manifests[name] = manifest
                 if manifest.get(DATA_FIELD) == relative:
                     continue
-            garbage.append(prefix)
-        keys = [meta.key for prefix in garbage for meta in store.list(prefix)]
-        store.delete(keys)
-        return [StorePath(store, prefix) for prefix in garbage]
+            garbage.append(folder)
+        store.delete([key for folder in garbage for key in by_prefix[folder]])
+        return [StorePath(store, base + folder) for folder in garbage]
 
     def rollback(self, step: int, *, reason: str = "requested") -> list[Path]:
         raise CkptlabError(

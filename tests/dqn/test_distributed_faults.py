@@ -37,7 +37,7 @@ from ckptlab.engine.distributed import (  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = {"learning_starts": 100, "steps_per_epoch": 200, "eval_episodes": 2,
           "hidden_sizes": [16, 16], "buffer_capacity": 2000, "batch_size": 32}
-STEPS, SAVE_EVERY = 1000, 400
+STEPS, SAVE_EVERY = 1200, 400
 TIMEOUT = 300
 
 # Loaded by every process of a job (PYTHONPATH); acts only in ranks (RANK is set).
@@ -330,8 +330,8 @@ def _tree(run: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("fault,errno_name", [
-    ("1:dcp@1200", "ENOSPC"),         # rank 1's DCP data file: DCP raises on every rank
-    ("0:part@1200:EACCES", "EACCES"),  # rank 0's own part, before DCP
+    ("1:dcp@1600", "ENOSPC"),         # rank 1's DCP data file: DCP raises on every rank
+    ("0:part@1600:EACCES", "EACCES"),  # rank 0's own part, before DCP
 ])
 def test_a_failed_save_on_one_rank_is_one_error_line_and_changes_nothing(root, reference,
                                                                          tmp_path, fault,
@@ -339,12 +339,12 @@ def test_a_failed_save_on_one_rank_is_one_error_line_and_changes_nothing(root, r
     run = tmp_path / "run"
     shutil.copytree(reference, run)
     before = _tree(run)
-    done = _train(root, run, steps=STEPS + 400, TEST_DISK_FULL=fault)  # next save: 1200
+    done = _train(root, run, steps=STEPS + 400, TEST_DISK_FULL=fault)  # next save: 1600
     output = done.stdout + done.stderr
     assert done.returncode == 2, output[-3000:]
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, output[-3000:]
-    assert "could not save checkpoint step_00001200" in errors[0] and errno_name in errors[0]
+    assert "could not save checkpoint step_00001600" in errors[0] and errno_name in errors[0]
     assert "Traceback" not in output, output[-3000:]
     assert not _leftovers(run)
     assert _tree(run) == before  # earlier checkpoint, latest, best, decision log: untouched

@@ -40,9 +40,12 @@ lab: setup  ## open the lessons in JupyterLab
 		--ContentsManager.pre_save_hook=ckptlab.lab.jupyter_hooks.keep_tracked_language_info \
 		--KernelManager.transport=ipc $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
+# tools/present.py: Voila on a curated copy of the lessons (never the solutions), each lesson
+# pre-run in a waiting kernel so that it is usable within seconds of opening, in the
+# presentation style. PRESENT_ARGS for more: --preheat 04 05 (pre-run only these), --no-preheat.
 .PHONY: present
 present: setup  ## serve the lessons as live pages, code hidden, for projecting (LESSON=04_....ipynb for one)
-	$(PY) -m voila notebooks/$(LESSON) --Voila.ip=127.0.0.1 --port=$(or $(PORT),8866)
+	$(PY) tools/present.py $(LESSON) --port $(or $(PORT),8866) $(PRESENT_ARGS)
 
 demo: setup  ## kill a training run with SIGKILL, resume it, compare with an uninterrupted run
 	$(PY) -m ckptlab demo

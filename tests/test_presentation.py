@@ -61,10 +61,12 @@ def voila(tmp_path_factory):
         print((base / "voila.log").read_text()[-2000:])
 
 
-def test_the_make_target_runs_this_command():
+def test_the_make_target_runs_the_presentation_launcher():
+    # tools/present.py builds the curated tree and runs Voila on loopback with pre-run kernels
+    # (tests/lab/test_present_tree.py checks its command; tests/browser/ runs it).
     makefile = (REPO / "Makefile").read_text()
-    assert "present: setup" in makefile and "-m voila notebooks/$(LESSON)" in makefile
-    assert "--Voila.ip=127.0.0.1" in makefile
+    assert "present: setup" in makefile and "tools/present.py $(LESSON)" in makefile
+    assert "--Voila.ip=127.0.0.1" in (REPO / "tools" / "present.py").read_text()
 
 
 @pytest.mark.parametrize("lesson, exercise", [

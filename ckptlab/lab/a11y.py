@@ -6,10 +6,11 @@ cannot set ARIA attributes from Python, so :func:`live_region_script` - displaye
 by :func:`ckptlab.lab.figures.use_lab_style` - gives each such widget, as soon as it appears in
 the page, ``role="status"``, ``aria-live="polite"`` and ``aria-atomic="true"``. The attributes
 sit on the widget's outer element, which stays in place while its content is replaced, so every
-new message is announced (a live region must exist before its content changes). Each message
-also carries its own ``role="status"`` wrapper (:func:`announce`), so the region is marked even
-where scripts do not run; an exercise's verdict (an ordinary output) is wrapped the same way,
-and the output area it appears in becomes a live region too, for the next run of the cell.
+new message is announced (a live region must exist before its content changes). An exercise's
+verdict, an ordinary output, carries ``role="status"`` itself, and the output area it appears in
+becomes a live region too, for the next run of the cell.
+The same script names what ipywidgets leaves unnamed for a screen reader: each slider handle
+(after its label) and each icon-only Play button.
 
 Introduced in notebook ``01_pipeline_trace``.
 """
@@ -27,6 +28,27 @@ _SCRIPT = """
       el.setAttribute('role', 'status');
       el.setAttribute('aria-live', 'polite');
       el.setAttribute('aria-atomic', 'true');
+    });
+    // ipywidgets draws a slider's handle (role=slider) without a name: name it after the
+    // widget's label, and the editable readout after it too.
+    document.querySelectorAll('.widget-slider').forEach(function (w) {
+      var label = w.querySelector('.widget-label');
+      var name = label ? label.textContent.trim() : '';
+      if (!name) { return; }
+      w.querySelectorAll('.noUi-handle:not([aria-label])').forEach(function (h) {
+        h.setAttribute('aria-label', name);
+      });
+      w.querySelectorAll('.widget-readout:not([aria-label])').forEach(function (r) {
+        r.setAttribute('aria-label', name + ' (type a value)');
+      });
+    });
+    // Play buttons show only an icon: say what each does.
+    var icons = {'fa-play': 'play', 'fa-pause': 'pause', 'fa-stop': 'stop',
+                 'fa-retweet': 'repeat'};
+    document.querySelectorAll('.widget-play button:not([aria-label])').forEach(function (b) {
+      Object.keys(icons).forEach(function (icon) {
+        if (b.querySelector('.' + icon)) { b.setAttribute('aria-label', icons[icon]); }
+      });
     });
     document.querySelectorAll('.%(exercise)s').forEach(function (el) {
       var area = el.closest('.jp-OutputArea') || el.parentElement;
@@ -58,11 +80,6 @@ def mark_live(widget: object) -> object:
     return it."""
     widget.add_class(LIVE_CLASS)  # type: ignore[attr-defined]
     return widget
-
-
-def announce(html_text: str) -> str:
-    """Wrap a message so that it is a status message even where no script runs."""
-    return f"<div role='status'>{html_text}</div>" if html_text else ""
 
 
 def enable_live_regions() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.distributed import read_sharded_state
+from .figures import ROLE, caption, fmt
 from .lessons import smooth
 
 # (panel label, x key, y key) of the metrics a DQN rank records
@@ -49,17 +50,24 @@ def restart_figure(reference: Mapping[str, Any], restarted: Mapping[str, Any],
         if ya.shape != yb.shape:
             raise ValueError(f"the runs recorded a different number of {key} "
                              f"({len(ya)} and {len(yb)}): they cannot be compared point by point")
-        axes[row, 0].plot(reference[steps], ya, color="0.6", lw=4, label="uninterrupted")
-        axes[row, 0].plot(restarted[steps], yb, color="tab:blue", lw=1.2,
+        axes[row, 0].plot(reference[steps], ya, color=ROLE["reference"], lw=4,
+                          label="uninterrupted")
+        axes[row, 0].plot(restarted[steps], yb, color=ROLE["resumed"], lw=1.2, ls="--",
                           label="killed + restarted")
-        axes[row, 0].axvline(kill_step, color="tab:red", ls=":", label="rank killed")
+        axes[row, 0].axvline(kill_step, color=ROLE["event"], ls=":", label="rank killed")
         axes[row, 0].set_ylabel(label)
-        axes[row, 1].plot(reference[steps], yb - ya, color="tab:green")
+        axes[row, 1].plot(reference[steps], yb - ya, color="black")
         axes[row, 1].set_title("difference")
         differences[key] = float(np.max(np.abs(yb - ya))) if len(ya) else 0.0
     axes[0, 0].legend(loc="upper right")
     axes[1, 0].set_xlabel("step (one environment step on every rank)")
     fig.tight_layout()
+    caption(fig, f"Rank 0's loss and episode return of the 2-rank job whose rank was SIGKILLed "
+                 f"at the save of step {kill_step} and restarted, drawn over the uninterrupted "
+                 f"job: restarted minus uninterrupted, max |difference| = "
+                 f"{fmt(max(differences.values(), default=0.0))} over "
+                 f"{len(reference['losses'])} losses and {len(reference['episode_returns'])} "
+                 "episode returns.")
     return fig, differences
 
 
@@ -75,13 +83,17 @@ def reshard_figure(reference: Mapping[str, Any], resharded: Mapping[str, Any],
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(12, 3))
-    ax.plot(reference["loss_steps"], _series(reference, "losses"), color="0.6", lw=4,
-            label="2 ranks")
-    ax.plot(resharded["loss_steps"], _series(resharded, "losses"), color="tab:orange",
-            lw=1.2, label="resharded onto 1 rank")
-    ax.axvline(reshard_step, color="k", ls=":", label="reshard")
+    ax.plot(reference["loss_steps"], _series(reference, "losses"), color=ROLE["reference"],
+            lw=4, label="2 ranks")
+    ax.plot(resharded["loss_steps"], _series(resharded, "losses"), color=ROLE["discarded"],
+            lw=1.2, ls="--", label="resharded onto 1 rank")
+    ax.axvline(reshard_step, color="black", ls=":", label="reshard")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (moving average)")
     ax.legend()
     fig.tight_layout()
-    return fig
+    first = first_loss_difference(reference, resharded)
+    return caption(fig, f"Rank 0's loss of the 2-rank run and of the same checkpoint at step "
+                        f"{reshard_step} resumed on 1 rank: identical up to the reshard, "
+                        + (f"the first loss that differs is at step {first}." if first is not None
+                           else "and no loss differs after it."))

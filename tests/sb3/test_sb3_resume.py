@@ -4,6 +4,7 @@ by name before anything is trained or written."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -23,12 +24,16 @@ from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper  # noqa: E402
 
 from ckptlab.engine import (  # noqa: E402
+    AnyOf,
     CheckpointFallbackWarning,
     CkptlabError,
+    EveryNCounts,
     EveryNSteps,
     ForeignFileError,
     IncompatibleCheckpointError,
+    OnImprovement,
     load_checkpoint_state,
+    read_decision_log,
 )
 from ckptlab.sb3 import (  # noqa: E402
     PIECES,
@@ -161,6 +166,35 @@ def test_the_checkpoint_holds_no_pickle_and_an_sb3_zip_is_refused(interrupted, t
     model.save(tmp_path / "model.zip")
     with pytest.raises(ForeignFileError):
         resume(tmp_path, lambda: build_model(SPEC), checkpoint=tmp_path / "model.zip")
+
+
+def test_other_save_policies_and_retention_work_and_resume_exactly(tmp_path):
+    """Improvement and episode-count policies, asked about every step and carried out at the
+    next rollout boundary; retention keeps the last 2 (and the best); the policies' state
+    goes with the checkpoint, so the resumed run saves where the uninterrupted one did."""
+    def policy():
+        return AnyOf(OnImprovement("ep_rew_mean", min_delta=2.0),
+                     EveryNCounts(7, counter="episode", event="episode_end"))
+
+    def run(run_dir, *extra):
+        cb = CkptlabCallback(run_dir, save_policy=policy(), keep_last=2, verbose=0)
+        build_model(SPEC).learn(TOTAL, callback=CallbackList([cb, *extra]))
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    run(straight)
+    saves = [e for e in read_decision_log(checkpoint_directory(straight))
+             if e["event"] == "saved"]
+    kept = [json.loads((p / "manifest.json").read_text())
+            for p in checkpoint_directory(straight).glob("step_*")]
+    assert len(saves) > len(kept) and len(kept) <= 3  # retention: the last 2, and the best
+    assert all(entry["step"] % 64 == 0 for entry in saves)  # at rollout boundaries
+    reasons = " ".join(r for m in kept for r in m["save_reasons"])
+    assert "every 7 episodes" in reasons or "ep_rew_mean improved" in reasons, reasons
+    run(stopped, StopAt(400))
+    run(stopped)
+    assert not differing(straight, stopped)
+    saved = sorted(p.name for p in checkpoint_directory(straight).glob("step_*"))
+    assert saved == sorted(p.name for p in checkpoint_directory(stopped).glob("step_*"))
 
 
 # -- refused, by name, before anything is trained or written ----------------------------------

@@ -21,7 +21,11 @@ pytest.importorskip("stable_baselines3")
 from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper  # noqa: E402
+from stable_baselines3.common.vec_env import (  # noqa: E402
+    DummyVecEnv,
+    VecEnvWrapper,
+    VecNormalize,
+)
 
 from ckptlab.engine import (  # noqa: E402
     AnyOf,
@@ -195,6 +199,38 @@ def test_other_save_policies_and_retention_work_and_resume_exactly(tmp_path):
     assert not differing(straight, stopped)
     saved = sorted(p.name for p in checkpoint_directory(straight).glob("step_*"))
     assert saved == sorted(p.name for p in checkpoint_directory(stopped).glob("step_*"))
+
+
+def other_algorithm(name: str):
+    from stable_baselines3 import A2C, SAC, TD3
+
+    if name == "A2C":
+        env = VecNormalize(make_vec_env("CartPole-v1", n_envs=2, seed=0))
+        return A2C("MlpPolicy", env, n_steps=16, seed=0, device="cpu",
+                   policy_kwargs={"net_arch": [16]})
+    env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=0))
+    return {"SAC": SAC, "TD3": TD3}[name](
+        "MlpPolicy", env, learning_starts=64, buffer_size=1_000, batch_size=32, train_freq=4,
+        seed=0, device="cpu", policy_kwargs={"net_arch": [16]})
+
+
+@pytest.mark.parametrize("name", ["A2C", "SAC", "TD3"])
+def test_a2c_sac_and_td3_resume_exactly_too(name, tmp_path):
+    """SAC's entropy coefficient (a torch variable and its optimizer) and TD3's delayed
+    updates ride along: every torch object SB3's own save names is a component."""
+    total, every = 400, 64
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    other_algorithm(name).learn(total, callback=CkptlabCallback(straight, verbose=0,
+                                                                save_every_steps=every))
+    other_algorithm(name).learn(total, callback=CallbackList([
+        CkptlabCallback(stopped, verbose=0, save_every_steps=every), StopAt(230)]))
+    cb = CkptlabCallback(stopped, verbose=0, save_every_steps=every)
+    other_algorithm(name).learn(total, callback=cb)
+    assert 0 < cb.restored_from.step < 230
+    last = sorted(checkpoint_directory(straight).glob("step_*"))[-1].name
+    assert last == sorted(checkpoint_directory(stopped).glob("step_*"))[-1].name
+    assert all(c.identical for c in compare_runs(checkpoint_directory(straight) / last,
+                                                 checkpoint_directory(stopped) / last))
 
 
 # -- refused, by name, before anything is trained or written ----------------------------------

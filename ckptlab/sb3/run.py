@@ -96,10 +96,15 @@ class RunSpec:
 
 def build_env(spec: RunSpec) -> Any:
     """The spec's vectorised environment: ``n_envs`` seeded copies, ``VecNormalize`` on top."""
+    import gymnasium as gym
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
-    env = make_vec_env(spec.env_id, n_envs=spec.n_envs, seed=spec.seed)
+    try:
+        env = make_vec_env(spec.env_id, n_envs=spec.n_envs, seed=spec.seed)
+    except gym.error.Error as exc:
+        raise CkptlabError(f"cannot create environment {spec.env_id!r} ({exc}); try "
+                           "CartPole-v1, Acrobot-v1 or Pendulum-v1") from None
     return VecNormalize(env) if spec.normalize else env
 
 
@@ -112,8 +117,13 @@ def algorithm_class(spec: RunSpec) -> Any:
 def build_model(spec: RunSpec, env: Any = None) -> Any:
     """The spec's model on CPU, seeded (what the interrupted and the resumed run both call)."""
     env = build_env(spec) if env is None else env
-    return algorithm_class(spec)("MlpPolicy", env, seed=spec.seed, device="cpu",
-                                 **spec.settings())
+    algorithm = algorithm_class(spec)
+    try:
+        return algorithm("MlpPolicy", env, seed=spec.seed, device="cpu", **spec.settings())
+    except (TypeError, ValueError, AssertionError) as exc:  # SB3's checks of its arguments
+        env.close()
+        raise CkptlabError(f"{algorithm.__name__} refused these settings "
+                           f"({spec.settings()}): {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------

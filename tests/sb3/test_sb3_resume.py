@@ -385,3 +385,19 @@ def test_no_warning_from_a_clean_resume(interrupted, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", CheckpointFallbackWarning)
         resume(run_dir, lambda: build_model(SPEC))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--set", '{"bogus": 1}'], "PPO refused these settings"),
+    (["--env", "Nope-v0"], "cannot create environment 'Nope-v0'"),
+    (["--algo", "dqn", "--env", "Pendulum-v1"], "DQN refused these settings"),
+    (["--steps", "0"], "total_timesteps must be a whole number >= 1"),
+    (["--env", "FrozenLake-v1", "--no-normalize"], "FrozenLake-v1"),
+])
+def test_the_run_command_says_what_is_wrong_in_one_line(args, words, tmp_path, capsys):
+    from ckptlab.sb3.run import main
+
+    assert main([*args, "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.rglob("step_*"))

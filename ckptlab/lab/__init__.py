@@ -12,5 +12,8 @@ Modules:
     retention_lab  replay a save and retention strategy over a recorded run
     failures       damage a checkpoint on purpose (flipped bytes, a planted pickle)
     practice       the package's features in use: pointers, lineage, async saves, partial
-                   loads, export, the catalog, ranking, your own loop, how often to save
+                   loads, export, the catalog, ranking, your own loop, how often to save,
+                   rollbacks and branches, the command line run in process
+    predict        predict, then run: questions a live control asks before its run
+    determinism    when a resume can be bit-exact; deterministic kernels on a GPU
 """

@@ -17,7 +17,13 @@ from torch import nn
 
 from ..dqn.metrics import MetricHistory
 from ..engine import MANIFEST, CkptlabError, describe_digest, read_manifest
+from .determinism import make_gpu_deterministic
 from .figures import OKABE_ITO, ROLE
+
+# The lessons assert bit-exact resumes, which on a GPU need deterministic kernels. Every lesson
+# imports this module before it trains, so they are switched on here (nothing changes on a CPU;
+# see ckptlab.lab.determinism and lesson 4).
+make_gpu_deterministic()
 
 # --------------------------------------------------------------------------------------------
 # Lesson 1: the pipeline

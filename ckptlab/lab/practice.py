@@ -742,6 +742,84 @@ def _duration(seconds: float) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Rolling back, and branching on purpose
+# --------------------------------------------------------------------------------------------
+
+def _masked(path: str, mask_time: bool) -> str:
+    import re
+
+    return re.sub(r"\d{8}T\d{6}Z", "<time>", path) if mask_time else path
+
+
+def abandoned_checkpoints(checkpoints_dir: str | os.PathLike[str], *,
+                          mask_time: bool = False) -> list[str]:
+    """The checkpoints a rollback moved aside, as paths relative to ``checkpoints_dir``
+    (``abandoned/<time>-after-step_NNNNNNNN/step_MMMMMMMM``), oldest move first; with
+    ``mask_time`` the moment of the move reads ``<time>`` (a lesson's output stays the same)."""
+    root = Path(checkpoints_dir)
+    return [_masked(path, mask_time) for path in sorted(
+        str(p.relative_to(root)) for p in (root / "abandoned").glob("*/step_*") if p.is_dir())]
+
+
+def rollback_events(checkpoints_dir: str | os.PathLike[str], *,
+                    mask_time: bool = False) -> list[dict[str, Any]]:
+    """The rollbacks recorded in ``decisions.jsonl``: to which checkpoint, what moved where,
+    and why (``mask_time`` as in :func:`abandoned_checkpoints`)."""
+    from ..engine import read_decision_log
+
+    return [{"rolled back to": e.get("checkpoint"), "moved": ", ".join(e.get("moved", [])),
+             "moved to": _masked(str(e.get("moved_to")), mask_time), "why": e.get("reason")}
+            for e in read_decision_log(checkpoints_dir) if e.get("event") == "rolled_back"]
+
+
+# --------------------------------------------------------------------------------------------
+# The command line: what a practitioner types
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CliRun:
+    """One ``ckptlab`` command run in this process, and what it printed."""
+
+    command: str
+    exit_status: int
+    output: str
+
+    def __str__(self) -> str:
+        return f"$ {self.command}\n{self.output.rstrip()}\n(exit status {self.exit_status})"
+
+
+def run_cli(args: Sequence[str], *, hide: str | os.PathLike[str] | None = None,
+            max_lines: int | None = None) -> CliRun:
+    """Run ``python -m ckptlab ARGS`` in this process (:func:`ckptlab.cli.main`, the very
+    function the command calls) and capture what it prints to stdout and stderr.
+
+    ``hide`` (a directory) is shown as ``<work>`` and timestamps as ``<time>``, so a lesson's
+    output names no machine path and stays the same from run to run; ``max_lines`` keeps the
+    first lines of a long output (the rest is counted, not dropped silently).
+    """
+    import contextlib
+    import io
+    import re
+
+    from ..cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        status = main([str(a) for a in args])
+    text = out.getvalue()
+    shown = ["ckptlab", *map(str, args)]
+    command = " ".join(shown)
+    if hide is not None:
+        text = text.replace(str(hide), "<work>")
+        command = command.replace(str(hide), "<work>")
+    text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z?", "<time>", text)
+    lines = text.rstrip().splitlines()
+    if max_lines is not None and len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"... ({len(lines) - max_lines} more lines)"]
+    return CliRun(command, int(status), "\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------------
 # Exercise: warm-start everything but the output layer (the "head")
 # --------------------------------------------------------------------------------------------
 

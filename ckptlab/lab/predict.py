@@ -109,13 +109,15 @@ class PredictLiveView(LiveView):
     def __init__(self, render: Callable[..., Any], controls: Mapping[str, Any],
                  predictions: Sequence[Prediction], *, run_button: str,
                  seed: int | None = None,
-                 hint: str = "Predict, then press the button: a real run answers.") -> None:
+                 hint: str = "Predict, then press the button: a real run answers.",
+                 lesson: str | None = None) -> None:
         import ipywidgets as widgets
 
         if not predictions:
             raise CkptlabError("a predicting control needs at least one prediction")
         super().__init__(render, controls, run_button=run_button, hint=hint)
         self.predictions = list(predictions)
+        self.lesson = lesson   # with it, each scored prediction goes to the progress file
         self.seed = session_seed() if seed is None else int(seed)
         self.score = Score(0)
         self.prompts = [widgets.HTML() for _ in self.predictions]
@@ -194,6 +196,7 @@ class PredictLiveView(LiveView):
             result: Grade = grade(question, pick)
             self.score.record(result)
             mine = question.choices[pick]
+            saved = self._record(question.id, mine.text, result.correct)
             mark = ("<b style='color:#1a7f37'>&#10003; right.</b>" if result.correct else
                     "<b style='color:#cf222e'>&#10007; not this time.</b>")
             why = "" if result.correct else \
@@ -201,12 +204,25 @@ class PredictLiveView(LiveView):
                 f"{html.escape(mine.explanation)}"
             lines.append(f"<li>{html.escape(question.prompt)} {mark} The run: "
                          f"<b>{html.escape(right.text)}</b>. {html.escape(right.explanation)}"
-                         f"{why}</li>")
+                         f"{why}{saved}</li>")
         self.verdict.value = ("<div class='ckptlab-predict-verdict' style='border-left:4px "
                               "solid #7c3aed;padding:2px 10px'><b>Your prediction, and what "
                               f"the run did:</b><ul style='margin:4px 0'>{''.join(lines)}"
                               "</ul></div>")
         self._update_score()
+
+    def _record(self, prediction_id: str, prediction: str, matched: bool) -> str:
+        """Record a scored prediction in the learner's progress file; returns a note to show
+        when the file cannot be used (it is never overwritten)."""
+        if self.lesson is None:
+            return ""
+        from .progress import ProgressFileError, record_prediction
+
+        try:
+            record_prediction(self.lesson, prediction_id, prediction, matched)
+        except ProgressFileError as exc:
+            return f" <small>(progress not saved: {html.escape(str(exc))})</small>"
+        return ""
 
     def _update_score(self) -> None:
         made = len(self.score.first)
@@ -218,7 +234,8 @@ class PredictLiveView(LiveView):
 
 def show_predict_live(render: Callable[..., Any], controls: Mapping[str, Any],
                       predictions: Sequence[Prediction], *, run_button: str,
-                      seed: int | None = None, hint: str | None = None) -> PredictLiveView:
+                      seed: int | None = None, hint: str | None = None,
+                      lesson: str | None = None) -> PredictLiveView:
     """Display a predicting control as one output: in a live kernel the control with its
     questions and an empty live area (the learner predicts before seeing any outcome); without a
     kernel the questions, the default run's result and, collapsed, what that run answered.
@@ -229,7 +246,7 @@ def show_predict_live(render: Callable[..., Any], controls: Mapping[str, Any],
     from IPython.display import display
 
     view = PredictLiveView(render, controls, predictions, run_button=run_button, seed=seed,
-                           **({"hint": hint} if hint is not None else {}))
+                           lesson=lesson, **({"hint": hint} if hint is not None else {}))
     values = view.values()
     shown = to_displayable(render(**values))
     answered = view.questions([p.answer(**values) for p in view.predictions])

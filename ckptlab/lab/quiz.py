@@ -712,7 +712,10 @@ def show_quiz(name: str, seed: int | None = None) -> QuizWidget:
     (questions, choices, collapsed answers) wherever widgets cannot run."""
     from IPython.display import display
 
+    from .a11y import enable_live_regions
+
     lesson = None if Path(name).suffix else Path(name).name
     widget = QuizWidget(load_quiz(name), seed=seed, lesson=lesson)
+    enable_live_regions()   # its feedback areas become live regions, in any lesson
     display(widget)
     return widget

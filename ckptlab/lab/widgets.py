@@ -172,9 +172,12 @@ def show_live(render: Callable[..., Any], controls: Mapping[str, Any], *,
     """
     from IPython.display import display
 
+    from .a11y import enable_live_regions
+
     view = LiveView(render, controls, run_button=run_button,
                     **({"hint": hint} if hint is not None else {}))
     view.show_default()
+    enable_live_regions()   # its status line becomes a live region, its slider named
     display(view)
     return view
 

@@ -93,3 +93,30 @@ def test_every_named_section_is_a_heading_of_its_lesson():
                     for line in c.source.splitlines() if line.startswith("#")}
         missing = sections - headings
         assert not missing, f"{bank.name}: no such heading in the lesson: {sorted(missing)}"
+
+
+def test_a_scored_prediction_is_recorded(progress_file):
+    import ipywidgets as widgets
+
+    from ckptlab.lab.predict import Outcome, Prediction, PredictLiveView
+
+    last = {}
+
+    def render(x):
+        last["value"] = 2 * x
+        return f"twice {x} is {2 * x}"
+
+    prediction = Prediction("double", lambda x: f"What is twice {x}?",
+                            lambda x: [Outcome(2 * x, str(2 * x), "Doubling adds it to itself."),
+                                       Outcome(x + 2, str(x + 2), "That adds 2 instead.")],
+                            lambda **_: last["value"])
+    view = PredictLiveView(render, {"x": widgets.IntSlider(value=3)}, [prediction],
+                           run_button="Run", seed=0, lesson=LESSON)
+    view.choose(0, "5")
+    view.refresh()
+    entries = read_progress(progress_file)["lessons"][LESSON]["questions"]
+    (entry,) = entries.values()
+    assert entry["kind"] == "predict" and entry["answer"] == "5"
+    assert entry["first_try"] is False and entry["correct"] is False
+    row = next(r for r in summarise(read_progress(progress_file)) if r.lesson == LESSON)
+    assert row.predictions == 1

@@ -147,6 +147,19 @@ def test_leaving_any_piece_out_changes_the_run(reference, interrupted, tmp_path,
     assert "policy" in {c.name for c in comparisons if not c.identical}
 
 
+def test_async_saves_hold_the_same_state(reference, interrupted, tmp_path):
+    """Written in a background thread while training goes on, the checkpoints hold exactly
+    what the synchronous ones hold, and the run resumes from them exactly."""
+    run_dir = tmp_path / "async"
+    build_model(SPEC).learn(TOTAL, callback=CallbackList([callback(run_dir, async_save=True),
+                                                          StopAt(420)]))
+    assert all(c.identical for c in compare_runs(
+        checkpoint_directory(interrupted) / "step_00000384",
+        checkpoint_directory(run_dir) / "step_00000384"))
+    build_model(SPEC).learn(TOTAL, callback=callback(run_dir, async_save=True))
+    assert not differing(reference, run_dir)
+
+
 def test_a_damaged_newest_checkpoint_falls_back_and_still_resumes_exactly(
         reference, interrupted, tmp_path):
     run_dir = copy_run(interrupted, tmp_path / "run")

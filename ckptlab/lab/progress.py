@@ -411,9 +411,12 @@ def records_exercise(lesson: str, exercise: str) -> Callable[[Callable[..., Any]
 # --------------------------------------------------------------------------------------------
 
 def heading_anchor(heading: str) -> str:
-    """The fragment JupyterLab (and nbconvert) give a markdown heading: its text with spaces
-    as hyphens (``"Kill, resume, compare"`` -> ``"Kill,-resume,-compare"``)."""
-    return heading.strip().replace(" ", "-")
+    """The fragment JupyterLab (and nbconvert) give a markdown heading: its rendered text -
+    without code marks or emphasis - with spaces as hyphens (``"Kill, resume, compare"`` ->
+    ``"Kill,-resume,-compare"``; ``"1. The `latest` pointer"`` -> ``"1.-The-latest-pointer"``)."""
+    import re
+
+    return re.sub(r"[`*]", "", heading.strip()).replace(" ", "-")
 
 
 def lesson_label(lesson: str) -> str:

@@ -120,3 +120,16 @@ def test_a_scored_prediction_is_recorded(progress_file):
     assert entry["first_try"] is False and entry["correct"] is False
     row = next(r for r in summarise(read_progress(progress_file)) if r.lesson == LESSON)
     assert row.predictions == 1
+
+
+def test_a_missed_question_links_to_the_section_that_teaches_it(progress_file):
+    from ckptlab.lab.progress import heading_anchor, record_answer
+
+    question = next(q for q in load_quiz("07_failure_modes").questions if q.id == "pickle")
+    assert question.section.startswith("Why `torch.load`")
+    record_answer("07_failure_modes", "pickle", kind=question.kind, correct=False)
+    row = next(r for r in summarise(read_progress(progress_file)) if r.lesson == "07_failure_modes")
+    assert row.revisit[0].link == ("07_failure_modes.ipynb#Why-torch.load-without-"
+                                   "weights_only=True-is-dangerous")
+    assert heading_anchor("1. The `latest` and `best` pointers") == \
+        "1.-The-latest-and-best-pointers"

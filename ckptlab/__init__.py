@@ -99,6 +99,24 @@ def install_command(extra: str) -> str:
     return f'pip install -c requirements.txt "ckptlab[{extra}]"'
 
 
+def missing_extra_error(exc: ModuleNotFoundError, layer: str,
+                        needed_by: str) -> MissingExtraError | None:
+    """The :class:`MissingExtraError` to raise for ``exc``, met while importing or running
+    ``layer`` (``ckptlab.dqn``, ``ckptlab.sb3``, ``ckptlab.lab`` or a module inside one) for
+    ``needed_by``: its one-line message says what needs the missing library, which extra to
+    install and how. ``None`` when no extra would help (ckptlab itself is missing a module:
+    a bug, to be raised as it is)."""
+    missing = (exc.name or "").split(".")[0]
+    layer = ".".join(layer.split(".")[:2])
+    if not missing or missing == "ckptlab" or layer not in _EXTRAS:
+        return None
+    extra, libraries = _EXTRAS[layer]
+    return MissingExtraError(
+        f"{needed_by} needs {missing}, which is not installed: install the '{extra}' extra "
+        f"({libraries}) with: {install_command(extra)}  (in ckptlab's repository; see the "
+        "README's Install)", name=missing)
+
+
 def import_layer(module: str, needed_by: str | None = None) -> Any:
     """Import ``ckptlab.dqn``, ``ckptlab.sb3`` or ``ckptlab.lab`` (or a module inside one).
 
@@ -108,15 +126,10 @@ def import_layer(module: str, needed_by: str | None = None) -> Any:
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        missing = (exc.name or "").split(".")[0]
-        layer = ".".join(module.split(".")[:2])
-        if not missing or missing == "ckptlab" or layer not in _EXTRAS:
+        error = missing_extra_error(exc, module, needed_by or module)
+        if error is None:
             raise  # a bug in ckptlab itself, not an extra to install
-        extra, libraries = _EXTRAS[layer]
-        raise MissingExtraError(
-            f"{needed_by or module} needs {missing}, which is not installed: install the "
-            f"'{extra}' extra ({libraries}) with: {install_command(extra)}  (in ckptlab's "
-            "repository; see the README's Install)", name=missing) from None
+        raise error from None
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: the DQN run's names, loaded when first used

@@ -30,8 +30,8 @@ from ckptlab.dqn.distributed import (  # noqa: E402
     check_world_size,
     kill_outcome,
     reshard_replay,
-    worker_argv,
 )
+from ckptlab.dqn.job import TrainJob  # noqa: E402
 from ckptlab.engine import (  # noqa: E402
     CheckpointCorruptError,
     CheckpointFallbackWarning,
@@ -280,8 +280,10 @@ def test_bad_input_gives_clear_errors_and_changes_nothing(runs, tmp_path, capsys
     with pytest.raises(ValueError, match="RANK:PHASE@STEP"):
         parse_rank_faults("1:save:nowhere@3")
     assert parse_rank_faults("1:save:committed@400#2") == {(1, "save:committed", 400, 2)}
-    assert worker_argv(["train", "--nproc", "2", "--max-restarts=1", "--run-dir", "x"]) == \
-        ["train", "--run-dir", "x"]
+    # Each rank runs the launcher's job without the launcher's own options.
+    launcher = TrainJob(Path("x"), nproc=2, max_restarts=1, nnodes=2, rdzv_id="job",
+                        rdzv_endpoint="h:1", keep_last=3)
+    assert TrainJob.from_json(launcher.rank_job().to_json()) == TrainJob(Path("x"), keep_last=3)
 
 
 def test_inspect_ls_and_export_work_on_sharded_checkpoints(runs, tmp_path, capsys):

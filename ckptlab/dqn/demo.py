@@ -4,6 +4,9 @@
 separate process that is killed with SIGKILL mid-run (mid-episode, between checkpoints), then
 resumes it with the same command and compares the two final checkpoints component by
 component. Notebook ``04_interrupt_and_resume`` tells the same story with plots.
+
+Each run is the job ``ckptlab train --run-dir RUN --config RUN/config.json --quiet`` runs,
+in a process of its own (``python -m ckptlab.dqn JOB_JSON``, :mod:`ckptlab.dqn.job`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from ..engine import (
 )
 from ..engine.faults import ENV_VAR
 from .config import DQNConfig
+from .job import TrainJob, job_command
 
 
 @dataclass
@@ -46,14 +49,15 @@ class InterruptedRun:
         return self.killed_at_step - self.resumed_from_step
 
 
-def _start_cli(args: list[str], fault: str | None = None) -> subprocess.Popen[str]:
+def _start(job: TrainJob, fault: str | None = None) -> subprocess.Popen[str]:
+    """Run ``job`` in a new process (this ckptlab, whatever the working directory)."""
     env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
     if fault:
         env[ENV_VAR] = fault
-    package_parent = str(Path(__file__).resolve().parent.parent)
+    package_parent = str(Path(__file__).resolve().parent.parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent,
                                                       env.get("PYTHONPATH")]))
-    return subprocess.Popen([sys.executable, "-m", "ckptlab", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen(job_command(job), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -62,22 +66,24 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def _train_args(config: DQNConfig, run_dir: Path) -> list[str]:
+def _train_job(config: DQNConfig, run_dir: Path) -> TrainJob:
+    """The job of ``ckptlab train --run-dir RUN_DIR --config RUN_DIR/config.json --quiet``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / "config.json"
     config_file.write_text(json.dumps(config.to_dict(), indent=1))
-    return ["train", "--run-dir", str(run_dir), "--config", str(config_file), "--quiet"]
+    return TrainJob(run_dir, config_file=config_file, quiet=True)
 
 
 def train_in_subprocess(config: DQNConfig, run_dir: Path,
                         fault: str | None = None) -> tuple[int, str, str]:
-    """Run ``python -m ckptlab train`` for ``config`` in ``run_dir``; with ``fault``
+    """Run what ``python -m ckptlab train`` runs for ``config`` in ``run_dir``, in a new
+    process; with ``fault``
     (``PHASE@STEP``, see :mod:`ckptlab.faults`) the process SIGKILLs itself there.
 
     Returns (exit status, stdout, stderr); -9 means it was killed by SIGKILL.
     Introduced in notebook ``07_failure_modes``.
     """
-    proc = _start_cli(_train_args(config, run_dir), fault=fault)
+    proc = _start(_train_job(config, run_dir), fault=fault)
     out, err = proc.communicate()
     return proc.returncode, out, err
 
@@ -90,14 +96,14 @@ def run_killed_and_resumed(config: DQNConfig, run_dir: Path, kill_at_step: int
     """
     if not 0 < kill_at_step < config.total_steps:
         raise CkptlabError(f"kill_at_step must be between 1 and {config.total_steps - 1}")
-    cmd = _train_args(config, run_dir)
-    code, err = _finish(_start_cli(cmd, fault=f"step@{kill_at_step}"))
+    job = _train_job(config, run_dir)
+    code, err = _finish(_start(job, fault=f"step@{kill_at_step}"))
     if code != -signal.SIGKILL:
         raise CkptlabError(f"the training process was expected to die by SIGKILL but exited "
                            f"with {code}: {err.strip()[-500:]}")
     manager = CheckpointManager(run_dir / CHECKPOINTS_SUBDIR, create=False)
     resumed_from = manager.latest_valid().step if manager.committed() else 0
-    code, err = _finish(_start_cli(cmd))
+    code, err = _finish(_start(job))
     if code != 0:
         raise CkptlabError(f"resuming failed: {err.strip()[-500:]}")
     final = run_dir / CHECKPOINTS_SUBDIR / checkpoint_dir_name(config.total_steps)
@@ -106,7 +112,7 @@ def run_killed_and_resumed(config: DQNConfig, run_dir: Path, kill_at_step: int
 
 def start_uninterrupted(config: DQNConfig, run_dir: Path) -> subprocess.Popen[str]:
     """Start training ``config`` start to finish in a subprocess (see :func:`finish_run`)."""
-    return _start_cli(_train_args(config, run_dir))
+    return _start(_train_job(config, run_dir))
 
 
 def finish_run(proc: subprocess.Popen[str], config: DQNConfig, run_dir: Path) -> Path:
@@ -123,9 +129,8 @@ def stop_gracefully(config: DQNConfig, run_dir: Path, after_epoch: int) -> tuple
     Returns the step at which the process saved and stopped, and its message.
     Introduced in notebook ``04_interrupt_and_resume``.
     """
-    args = _train_args(config, run_dir)
-    args.remove("--quiet")  # epoch lines tell us how far it got
-    proc = _start_cli(args)
+    # not quiet: the epoch lines tell us how far it got
+    proc = _start(dataclasses.replace(_train_job(config, run_dir), quiet=False))
     assert proc.stdout is not None
     marker = f"epoch {after_epoch:3d}"
     for line in proc.stdout:

@@ -30,7 +30,6 @@ Introduced in notebook ``09_when_one_machine_is_not_enough``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -56,7 +55,6 @@ from ..engine import (
     CheckpointInfo,
     CkptlabError,
     IncompatibleCheckpointError,
-    RetentionPolicy,
     SaveContext,
     SavePolicy,
     checkpoint_dir_name,
@@ -70,11 +68,13 @@ from ..engine.distributed import (
     launch,
     rank_fault_point,
 )
+from ..engine.location import StorePath
 from ..engine.sharded import is_sharded, world_size_of
 from .agent import DQNAgent
 from .config import DQNConfig
 from .envs import EnvRunner, Evaluation
-from .resume import ResumePlan, find_resume_checkpoint, plan_resume
+from .job import TrainJob, job_command, prepare_resume
+from .resume import ResumePlan
 from .rng import RNGStates, seed_everything
 from .train import Trainer, TrainResult
 
@@ -492,71 +492,50 @@ class DistributedTrainer(Trainer):
 
 
 # --------------------------------------------------------------------------------------------
-# Command line: `ckptlab train --nproc N` (launcher) and the worker it starts
+# A job on several ranks: the launcher (`ckptlab train --nproc N`) and each rank it starts
 # --------------------------------------------------------------------------------------------
 
-_LAUNCH_FLAGS = ("--nproc", "--max-restarts", "--nnodes", "--rdzv-endpoint", "--rdzv-id")
-
-
-def worker_argv(argv: Sequence[str]) -> list[str]:
-    """The command line minus the launcher's own options (what each worker runs)."""
-    out, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-            continue
-        if item in _LAUNCH_FLAGS:
-            skip = True
-            continue
-        if item.startswith(tuple(f + "=" for f in _LAUNCH_FLAGS)):
-            continue
-        out.append(item)
-    return out
-
-
-def cmd_train_distributed(args: argparse.Namespace, argv: Sequence[str],
-                          config_for: Callable[[argparse.Namespace, CheckpointInfo | None],
-                                               DQNConfig],
-                          retention_for: Callable[[argparse.Namespace],
-                                                  list[RetentionPolicy]],
-                          save_policy_for: Callable[[argparse.Namespace, DQNConfig],
-                                                    SavePolicy]) -> int:
-    """``ckptlab train`` with ``--nproc`` (launch) or inside a launched worker (train)."""
+def run_distributed_job(job: TrainJob) -> int:
+    """Run ``job`` on several ranks: inside a launched worker (torchrun, or
+    :func:`launch_job`'s ranks) train this rank, else launch the ranks. Returns the exit
+    status."""
+    if isinstance(job.run_dir, StorePath):  # [object store] not yet for several ranks
+        raise CkptlabError(
+            f"--run-dir {job.run_dir}: sharded checkpoints (--nproc, several ranks) on "
+            "object storage are not supported yet; train with one process, or put a "
+            "sharded run on a local or network file system (nothing was written)")
     if in_launched_worker():
-        if args.nproc is not None:
+        if job.nproc is not None:
             raise CkptlabError("--nproc launches workers; inside torchrun give the rank count "
                                "to torchrun (--nproc-per-node) instead")
-        return _worker(args, config_for, retention_for, save_policy_for)
-    world_size = args.nproc * args.nnodes
-    # Checked here, once, before any worker starts: a refused run starts and changes nothing.
-    info = find_resume_checkpoint(args.run_dir, args.resume)
-    config = config_for(args, info)
-    check_world_size(config, world_size)
-    if info is not None:
-        plan = plan_resume(info, config, allow_config_change=args.allow_config_change,
-                           run_checkpoints=args.run_dir / CHECKPOINTS_SUBDIR,
-                           allow_rollback=args.rollback)
-        if plan.rollback:
-            raise CkptlabError(
-                f"a distributed run cannot roll back yet: {info.path.parent} holds newer "
-                f"checkpoints than {info.name} ({', '.join(plan.rollback)}). Move them out of "
-                "that directory yourself (nothing is deleted by this refusal), then resume "
-                "with the same command without --rollback")
-        if not is_sharded(info.manifest):
-            raise IncompatibleCheckpointError(
-                f"{info.path} was written by a single process; resume it without --nproc, or "
-                "start the distributed run in another --run-dir")
-        if info.step >= config.total_steps:
-            print(f"The run in {args.run_dir} is already finished: {info.name} is at step "
-                  f"{info.step} of {config.total_steps}. Nothing to do.")
-            return 0
-    print(f"Launching {args.nproc} rank(s) per node on {args.nnodes} node(s) with torch's "
-          f"elastic agent (max restarts {args.max_restarts}).", flush=True)
+        return train_rank(job)
+    return launch_job(job)
+
+
+def launch_job(job: TrainJob) -> int:
+    """Launch ``job``'s ranks under torch's elastic agent (``job.nproc`` on this node) and
+    wait for them; returns the exit status (0 also when a signal stopped every rank cleanly).
+
+    Checked here, once, before any rank starts (:func:`prepare_resume`): a refused run starts
+    and changes nothing. Each rank runs ``python -m ckptlab.dqn`` with :meth:`TrainJob.rank_job`
+    and reports how it ended (:data:`REPORT_DIR_ENV`), so a failure is one line.
+
+    Raises:
+        CkptlabError: the resume was refused, a rank failed (its own reason), or the ranks
+            could not stop cleanly after a signal.
+    """
+    nproc = job.nproc or 1
+    prepared = prepare_resume(job, world_size=nproc * job.nnodes)
+    if prepared.finished:
+        print(prepared.finished_line(job.run_dir))
+        return 0
+    print(f"Launching {nproc} rank(s) per node on {job.nnodes} node(s) with torch's "
+          f"elastic agent (max restarts {job.max_restarts}).", flush=True)
     with tempfile.TemporaryDirectory(prefix="ckptlab-rank-reports-") as reports:
         try:
-            stopped_by = launch(worker_argv(argv), nproc=args.nproc, nnodes=args.nnodes,
-                                max_restarts=args.max_restarts,
-                                rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id,
+            stopped_by = launch(job_command(job.rank_job(), unbuffered=True), nproc=nproc,
+                                nnodes=job.nnodes, max_restarts=job.max_restarts,
+                                rdzv_endpoint=job.rdzv_endpoint, rdzv_id=job.rdzv_id,
                                 worker_env={REPORT_DIR_ENV: reports})
         except CkptlabError:
             errors = [r["message"] for _, r in sorted(_read_reports(reports).items())
@@ -566,11 +545,11 @@ def cmd_train_distributed(args: argparse.Namespace, argv: Sequence[str],
             raise
         outcomes = _read_reports(reports)
     clean = [r for r in outcomes.values() if r["outcome"] in ("stopped", "finished")]
-    if stopped_by is None or len(clean) == args.nproc:
+    if stopped_by is None or len(clean) == nproc:
         return 0  # rank 0 has said where the run stopped
     reasons = [r["message"] for _, r in sorted(outcomes.items()) if "message" in r]
-    if len(outcomes) < args.nproc:
-        reasons.append(f"{args.nproc - len(outcomes)} rank(s) did not stop within "
+    if len(outcomes) < nproc:
+        reasons.append(f"{nproc - len(outcomes)} rank(s) did not stop within "
                        f"{GRACEFUL_STOP_SECONDS} s and were killed")
     raise CkptlabError(f"received {stopped_by}, but the ranks could not stop cleanly: "
                        f"{reasons[0]} - run the same command to resume from the newest "
@@ -631,14 +610,24 @@ def _restarts_left() -> bool:
         int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
 
 
-def _worker(args: argparse.Namespace, config_for: Any, retention_for: Any,
-            save_policy_for: Any) -> int:
+def train_rank(job: TrainJob) -> int:
+    """Train this rank of ``job`` (in a worker started by torchrun or :func:`launch_job`);
+    returns the exit status.
+
+    Signals are recorded from the first line on (:class:`StopRequest`). Under
+    :func:`launch_job` the rank reports how it ended and a refused or failed job returns 2
+    (the launcher prints the reason once); under plain torchrun the error propagates (each
+    rank prints it).
+
+    Raises:
+        CkptlabError: under plain torchrun, the job was refused or failed.
+    """
     stop_request = StopRequest.install()  # first of all: from here on a signal stops cleanly
     rank = int(os.environ["RANK"])
     if os.environ.get(REPORT_DIR_ENV):
         Path(os.environ[REPORT_DIR_ENV], f"rank_{rank:05d}.json").unlink(missing_ok=True)
     try:
-        return _train_rank(args, config_for, retention_for, save_policy_for, stop_request)
+        return _train_rank(job, stop_request)
     except CkptlabError as exc:
         _report("error", message=str(exc))
         if not os.environ.get(REPORT_DIR_ENV):
@@ -661,10 +650,9 @@ def _worker(args: argparse.Namespace, config_for: Any, retention_for: Any,
         return 128 + stop_request.signum
 
 
-def _train_rank(args: argparse.Namespace, config_for: Any, retention_for: Any,
-                save_policy_for: Any, stop_request: StopRequest) -> int:
+def _train_rank(job: TrainJob, stop_request: StopRequest) -> int:
     rank = int(os.environ["RANK"])
-    use_cuda = torch.cuda.is_available() and args.device != "cpu"
+    use_cuda = torch.cuda.is_available() and job.device != "cpu"
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     init_distributed("nccl" if use_cuda else "gloo")
@@ -673,23 +661,22 @@ def _train_rank(args: argparse.Namespace, config_for: Any, retention_for: Any,
     checkpointer = trainer = None
     try:
         checkpointer = ShardedCheckpointer(
-            args.run_dir / CHECKPOINTS_SUBDIR, retention=retention_for(args),
-            best=BestBy("eval_return", "max"), disk_budget_bytes=args.disk_budget,
+            job.run_dir / CHECKPOINTS_SUBDIR, retention=job.retention(),
+            best=BestBy("eval_return", "max"), disk_budget_bytes=job.disk_budget,
             extra_versions=_gym_version())
-        info = checkpointer.agree_on_checkpoint(
-            lambda: find_resume_checkpoint(args.run_dir, args.resume))
-        config = config_for(args, info)
-        plan = (plan_resume(info, config, allow_config_change=args.allow_config_change,
-                            run_checkpoints=args.run_dir / CHECKPOINTS_SUBDIR)
-                if info is not None else None)
-        say = None if args.quiet else (lambda line: print(line, flush=True))
+        # A finished run resumes too and trains no step: a restart after the final commit
+        # still says where it resumed (LaunchedRun.attempts, lesson 9).
+        prepared = prepare_resume(job, world_size=dist.get_world_size(),
+                                  agree=checkpointer.agree_on_checkpoint)
+        info, config, plan = prepared.checkpoint, prepared.config, prepared.plan
+        say = None if job.quiet else (lambda line: print(line, flush=True))
         trainer = DistributedTrainer(config, checkpointer,
-                                     save_policy=save_policy_for(args, config),
-                                     async_save=args.async_save,
-                                     shard_model=args.shard_model,
+                                     save_policy=job.save_policy(config),
+                                     async_save=job.async_save,
+                                     shard_model=job.shard_model,
                                      stop_request=stop_request, log=say)
         restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        if plan is not None:
+        if info is not None and plan is not None:
             trainer.resume_from(plan)
             if rank == 0:
                 print(f"[restart {restarts}] Resuming {trainer.world_size} rank(s) from "
@@ -763,8 +750,9 @@ class LaunchedRun:
 def start_distributed(config: DQNConfig, run_dir: str | os.PathLike[str], *, nproc: int,
                       max_restarts: int = 0, resume: str | os.PathLike[str] | None = None,
                       kill: str | None = None) -> DistributedJob:
-    """Start ``ckptlab train --nproc nproc`` with ``config`` in a child process; returns at
-    once. :meth:`DistributedJob.wait` collects it.
+    """Start the job ``ckptlab train --nproc nproc`` runs, with ``config``, in a child
+    process (:func:`~ckptlab.dqn.job.job_command`); returns at once.
+    :meth:`DistributedJob.wait` collects it.
 
     Two independent jobs started one after the other share the machine: their start-up
     (mostly imports) and their training overlap instead of queueing.
@@ -780,18 +768,16 @@ def start_distributed(config: DQNConfig, run_dir: str | os.PathLike[str], *, npr
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / "config.json"
     config_file.write_text(json.dumps(config.to_dict()))
-    cmd = [sys.executable, "-m", "ckptlab", "train", "--run-dir", str(run_dir), "--config",
-           str(config_file), "--nproc", str(nproc), "--max-restarts", str(max_restarts),
-           "--quiet"]
-    if resume is not None:
-        cmd += ["--resume", str(resume)]
+    job = TrainJob(run_dir, resume="auto" if resume is None else str(resume),
+                   config_file=config_file, nproc=nproc, max_restarts=max_restarts,
+                   quiet=True)
     env = {k: v for k, v in os.environ.items() if k != "CKPTLAB_RANK_FAULT"}
     if kill:
         env["CKPTLAB_RANK_FAULT"] = kill
     env.setdefault("OMP_NUM_THREADS", "1")
     # One pipe for both streams: the job's output is read in one go by wait(), and two pipes
     # read one after the other could deadlock once the unread one filled up.
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+    process = subprocess.Popen(job_command(job), env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     return DistributedJob(run_dir, nproc, process)
 

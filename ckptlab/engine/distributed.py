@@ -640,11 +640,12 @@ def in_launched_worker() -> bool:
 GRACEFUL_STOP_SECONDS = 20
 
 
-def launch(args: Sequence[str], *, nproc: int, nnodes: int = 1, max_restarts: int = 0,
+def launch(command: Sequence[str], *, nproc: int, nnodes: int = 1, max_restarts: int = 0,
            rdzv_endpoint: str | None = None, rdzv_id: str | None = None,
            monitor_interval: float = 0.2, worker_env: Mapping[str, str] | None = None,
            stop_seconds: int = GRACEFUL_STOP_SECONDS) -> str | None:
-    """Run ``python -m ckptlab ARGS`` as ``nproc`` local ranks under torch's elastic agent.
+    """Run ``command`` (an executable and its arguments, e.g. ``[sys.executable, "-u", "-m",
+    "some.module", ...]``) as ``nproc`` local ranks under torch's elastic agent.
 
     The same agent ``torchrun`` uses: a c10d rendezvous (local, or at ``rdzv_endpoint`` for
     ``nnodes`` > 1), and up to ``max_restarts`` restarts of the whole worker group when a
@@ -656,6 +657,8 @@ def launch(args: Sequence[str], *, nproc: int, nnodes: int = 1, max_restarts: in
     die with this process if it is killed (:func:`die_with_launcher`).
 
     Args:
+        command: what each rank runs; the caller chooses it (the engine starts no program of
+            its own).
         worker_env: extra environment variables for the workers.
 
     Returns:
@@ -683,7 +686,7 @@ def launch(args: Sequence[str], *, nproc: int, nnodes: int = 1, max_restarts: in
     saved = {name: os.environ.get(name) for name in added}
     os.environ.update(added)
     try:
-        elastic_launch(config, sys.executable)("-u", "-m", "ckptlab", *args)
+        elastic_launch(config, command[0])(*command[1:])
     except SignalException as exc:  # the agent has passed it on and waited for the ranks
         return signal.Signals(exc.sigval).name
     except KeyboardInterrupt:  # Ctrl-C before the agent took over SIGINT: no rank started

@@ -468,6 +468,22 @@ class KeepEveryTSeconds:
         return votes
 
 
+def retention_rules(*, keep_last: int | None = None, keep_top: int | None = None,
+                    keep_top_smooth: int = 1, keep_every: int | None = None,
+                    metric: str = "eval_return", mode: Mode = "max") -> list[RetentionPolicy]:
+    """The rules ``--keep-last N``, ``--keep-top K`` (ranked by ``metric``, mean of the last
+    ``keep_top_smooth`` values) and ``--keep-every STEPS`` ask for (``ckptlab train`` and
+    ``ckptlab prune``); options left at ``None`` ask for none. No rule: keep everything."""
+    rules: list[RetentionPolicy] = []
+    if keep_last:
+        rules.append(KeepLastN(keep_last))
+    if keep_top:
+        rules.append(KeepTopK(metric, keep_top, mode, keep_top_smooth))
+    if keep_every:
+        rules.append(KeepEveryKSteps(keep_every))
+    return rules
+
+
 @dataclass(frozen=True)
 class DiskBudget:
     """Delete the oldest unprotected checkpoints until all together use at most ``max_bytes``.

@@ -78,6 +78,83 @@ def test_the_boundary_check_would_catch_a_forbidden_import(tmp_path):
     assert "ckptlab.sb3" in [name for _, name in imported_modules(bad, "ckptlab.dqn")]
 
 
+# --------------------------------------------------------------------------------------------
+# The command line is on top: nothing below it imports it or starts `python -m ckptlab`
+# --------------------------------------------------------------------------------------------
+
+BELOW_THE_CLI = ("engine", "dqn", "lab", "sb3")
+# What a process started as `python -m NAME` would run: the command line.
+CLI_MODULES = ("ckptlab", "ckptlab.__main__", "ckptlab.cli")
+_LAUNCHING_CALLS = ("Popen", "run", "call", "check_call", "check_output", "system", "split",
+                    "execv", "execvp", "spawnv", "spawnvp", "create_subprocess_exec")
+
+
+def _strings(nodes: Iterable[ast.AST]) -> list[str | None]:
+    return [n.value if isinstance(n, ast.Constant) and isinstance(n.value, str) else None
+            for n in nodes]
+
+
+def cli_calls(path: Path, package: str) -> list[str]:
+    """Where a source file imports the command line, or starts it as a process: ``"-m",
+    "ckptlab"`` side by side in a list, tuple or call (``[sys.executable, "-m", "ckptlab",
+    ...]``), a command string given to a process-starting call (``"python -m ckptlab
+    train"``), or an ``import_module``/``import_layer`` of it. Docstrings and messages that
+    tell a person what to type are text, not code, and pass."""
+    found = [f"{path.name}:{line} imports {name}" for line, name in imported_modules(path, package)
+             if any(name == m or name.startswith(m + ".") for m in CLI_MODULES[2:])]
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        sequences = []
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+            sequences.append(node.elts)
+        elif isinstance(node, ast.Call):
+            sequences.append(node.args)
+            function = node.func.attr if isinstance(node.func, ast.Attribute) else \
+                getattr(node.func, "id", "")
+            for text in _strings(node.args):
+                words = text.split() if text else []
+                if function in _LAUNCHING_CALLS and any(
+                        a == "-m" and b in CLI_MODULES for a, b in zip(words, words[1:])):
+                    found.append(f"{path.name}:{node.lineno} runs {text!r}")
+            if function in ("import_module", "import_layer", "__import__"):
+                found += [f"{path.name}:{node.lineno} imports {text} indirectly"
+                          for text in _strings(node.args[:1]) if text
+                          and any(text == m or text.startswith(m + ".")
+                                  for m in CLI_MODULES[2:])]
+        for items in sequences:
+            texts = _strings(items)
+            found += [f"{path.name}:{node.lineno} starts python -m {b}"
+                      for a, b in zip(texts, texts[1:]) if a == "-m" and b in CLI_MODULES]
+    return found
+
+
+def test_nothing_below_the_command_line_imports_it_or_starts_it_as_a_process():
+    offenders = [offence
+                 for layer in BELOW_THE_CLI
+                 for path in sorted((REPO / "ckptlab" / layer).rglob("*.py"))
+                 for offence in cli_calls(path, f"ckptlab.{layer}")]
+    assert not offenders, offenders
+
+
+def test_the_command_line_check_would_catch_each_way_of_calling_up(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(textwrap.dedent('''
+        """Run ``python -m ckptlab train`` yourself."""  # a docstring for a person: fine
+        import subprocess, sys
+        from ..cli import main
+        from ckptlab.cli.train import cmd_train
+        from .. import cli
+        subprocess.Popen([sys.executable, "-m", "ckptlab", "train"])
+        launch(config, sys.executable)("-u", "-m", "ckptlab", *args)
+        subprocess.run("python -m ckptlab train --run-dir x", shell=True)
+        import_layer("ckptlab.cli", "x")
+        print("run python -m ckptlab train to resume")  # a message: fine
+        subprocess.Popen([sys.executable, "-m", "ckptlab.dqn", job])  # the DQN layer: fine
+    '''))
+    found = cli_calls(bad, "ckptlab.lab")
+    assert len(found) == 7, found
+    assert not any(":2 " in f or ":11 " in f or ":12 " in f for f in found), found
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """ckptlab built as a wheel (not an editable install)."""

@@ -42,7 +42,7 @@ from ..dqn.demo import LostWork
 from ..dqn.metrics import MetricHistory
 from ..dqn.resume import check_config_compatible
 from ..engine import CkptlabError, ComponentComparison, compare_checkpoints, latest_valid_checkpoint
-from .figures import OKABE_ITO, ROLE, caption, fmt
+from .figures import GREY, OKABE_ITO, ROLE, caption, fmt
 
 SMOOTHING = 50  # updates in the loss moving average of the overlay
 
@@ -190,7 +190,7 @@ def plot_kill_and_resume(result: KillAndResume) -> Any:
     for (name, ref), (ax, dax) in zip(result.reference.items(), axes):
         mine, lost = result.resumed[name], result.discarded[name]
         ax.axvspan(result.resumed_from_step, result.kill_at_step, facecolor=OKABE_ITO["yellow"],
-                   alpha=0.35, hatch="..", edgecolor="#B8A800", linewidth=0,
+                   alpha=0.35, hatch="..", edgecolor=GREY, linewidth=0,
                    label=f"redone: {result.resumed_from_step}\u2192{result.kill_at_step}")
         ax.plot(lost.steps, lost.values, color=ROLE["discarded"], linewidth=7, alpha=0.55,
                 solid_capstyle="butt", label="discarded attempt (killed)")

@@ -741,6 +741,63 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1e} h (about {seconds / (3600 * 24 * 365.25):.2g} years)"
 
 
+def check_run_plan(plan: Any, *, run_hours: float, mtbf_hours: float,
+                   save_seconds: float) -> Any:
+    """Exercise of ``12_closing_review``: plan a long run. ``plan`` holds ``save_every_s``
+    (Young's interval), ``finish_with_h`` (the mean hours to finish saving that often) and
+    ``finish_without_h`` (the mean hours to finish with no checkpoint). Each is checked
+    within 2% against :func:`optimal_interval` and :func:`expected_completion_time`, and the
+    usual wrong models get their own message."""
+    from .exercises import ExerciseResult
+
+    hint = ("Young's rule: sqrt(2 x save cost x time between failures). Without checkpoints "
+            "a failure restarts the run from zero, and the mean time to finish grows "
+            "exponentially: M (e^(T/M) - 1). With saves, each interval plus its save is such a "
+            "run of its own.")
+    keys = ("save_every_s", "finish_with_h", "finish_without_h")
+    if plan is None:
+        return ExerciseResult(None, "set `plan` to a dict with " + ", ".join(keys))
+    if not isinstance(plan, Mapping) or set(plan) != set(keys):
+        return ExerciseResult(False, f"`plan` must be a dict with exactly the keys "
+                                     f"{', '.join(keys)}", hint)
+    try:
+        given = {k: float(plan[k]) for k in keys}
+    except (TypeError, ValueError):
+        return ExerciseResult(False, "every value of `plan` must be a number", hint)
+    mtbf, run = mtbf_hours * 3600, run_hours * 3600
+    every = optimal_interval(save_seconds, mtbf)
+    right = {"save_every_s": every,
+             "finish_with_h": expected_completion_time(run, mtbf, interval_s=every,
+                                                       save_s=save_seconds) / 3600,
+             "finish_without_h": expected_completion_time(run, mtbf) / 3600}
+
+    def near(a: float, b: float) -> bool:
+        return abs(a - b) <= 0.02 * abs(b)
+
+    problems = []
+    if not near(given["save_every_s"], right["save_every_s"]):
+        problems.append("save_every_s: " + (
+            "Young's rule has a factor 2 under the square root"
+            if near(given["save_every_s"], math.sqrt(save_seconds * mtbf)) else
+            "not the interval Young's rule gives"))
+    if not near(given["finish_without_h"], right["finish_without_h"]):
+        one_failure = run_hours + (run_hours / 2) * (1 - math.exp(-run / mtbf))
+        problems.append("finish_without_h: " + (
+            "that counts at most one failure, but failures keep coming and each restarts the "
+            "run from zero" if given["finish_without_h"] <= 2 * one_failure else
+            "not the mean time to finish a run that restarts from zero"))
+    if not near(given["finish_with_h"], right["finish_with_h"]):
+        problems.append("finish_with_h: " + (
+            "that leaves out the saves and the work each failure loses"
+            if near(given["finish_with_h"], run_hours) else
+            "not the mean time to finish saving at that interval"))
+    if problems:
+        return ExerciseResult(False, "; ".join(problems), hint)
+    return ExerciseResult(True, f"save every {right['save_every_s'] / 60:.1f} min: about "
+                                f"{right['finish_with_h']:.1f} h to finish; with no checkpoint "
+                                f"about {right['finish_without_h']:.0f} h")
+
+
 # --------------------------------------------------------------------------------------------
 # Rolling back, and branching on purpose
 # --------------------------------------------------------------------------------------------

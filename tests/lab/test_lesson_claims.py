@@ -157,3 +157,25 @@ def test_killed_after_the_commit_and_at_the_pointer_swap_leave_the_same_state():
     assert any(name.startswith(".tmp-latest-") for name in committed.listing)
     assert "same state" in FAULTS["kill:save:pointer-temp"]
     assert "before the commit" in FAULTS["kill:save:pointer-temp"]
+
+
+# -- lesson 12: plan a long run --------------------------------------------------------------
+
+def test_the_run_plan_check_knows_the_wrong_models_it_meets():
+    import math
+
+    from ckptlab.lab.practice import check_run_plan, expected_completion_time, optimal_interval
+
+    setting = {"run_hours": 48, "mtbf_hours": 6, "save_seconds": 30}
+    every = optimal_interval(30, 6 * 3600)
+    right = {"save_every_s": every,
+             "finish_with_h": expected_completion_time(48 * 3600, 6 * 3600, interval_s=every,
+                                                       save_s=30) / 3600,
+             "finish_without_h": 6 * math.expm1(8)}
+    assert check_run_plan(right, **setting).passed
+    assert check_run_plan(None, **setting).passed is None
+    naive = check_run_plan({"save_every_s": math.sqrt(30 * 6 * 3600), "finish_with_h": 48,
+                            "finish_without_h": 72}, **setting)
+    assert naive.passed is False and "factor 2" in naive.message
+    assert "restarts the run from zero" in naive.message and "leaves out" in naive.message
+    assert check_run_plan({"save_every_s": 1}, **setting).passed is False

@@ -144,21 +144,24 @@ def zoo_ppo(seed: int) -> PPO:
                learning_rate=linear(1e-3), clip_range=linear(0.2), seed=seed, device="cpu")
 
 
-def solve_ppo(seed: int, max_timesteps: int, every: int, with_callback: bool
-              ) -> tuple[int | None, float, float]:
+Outcome = tuple[int | None, float, float, float]  # timesteps to solve, wall s, eval s, CPU s
+
+
+def solve_ppo(seed: int, max_timesteps: int, every: int, with_callback: bool) -> Outcome:
     with tempfile.TemporaryDirectory() as run_dir:
         model = zoo_ppo(seed)
         check = SolveCheck(every, seed)
         callbacks = [check] + ([CkptlabCallback(run_dir, verbose=0)] if with_callback else [])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         model.learn(max_timesteps, callback=CallbackList(callbacks))
-        return check.solved_at, time.perf_counter() - t0, check.eval_seconds
+        return (check.solved_at, time.perf_counter() - t0, check.eval_seconds,
+                time.thread_time() - c0)
 
 
-def solve_dqn(seed: int, max_timesteps: int) -> tuple[int | None, float, float]:
+def solve_dqn(seed: int, max_timesteps: int) -> Outcome:
     config = DQNConfig(seed=seed, total_steps=max_timesteps, eval_episodes=20)
     with tempfile.TemporaryDirectory() as run_dir:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         trainer = Trainer(config, run_dir)  # saves at the default cadence, like a real run
         evaluate = trainer.evaluate
         spent = [0.0]
@@ -172,16 +175,17 @@ def solve_dqn(seed: int, max_timesteps: int) -> tuple[int | None, float, float]:
 
         trainer.evaluate = timed_evaluate  # type: ignore[method-assign]
         result = trainer.train(stop_when=lambda s: (s.eval_mean_return or 0) >= THRESHOLD)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
         trainer.close()
-    return (result.final_step if result.stopped_early else None), wall, spent[0]
+    return (result.final_step if result.stopped_early else None), wall, spent[0], cpu
 
 
 def time_to_solve(seeds: list[int], max_timesteps: int, every: int) -> None:
     print(f"\n2. Time to solve CartPole-v1 (20 greedy episodes, mean >= {THRESHOLD:g}; at most "
           f"{max_timesteps} timesteps)")
-    print(f"   {'method':28s} {'seed':>4s} {'timesteps':>9s} {'wall s':>7s} {'of which eval':>13s}")
-    results: dict[str, list[tuple[int | None, float, float]]] = {}
+    print(f"   {'method':28s} {'seed':>4s} {'timesteps':>9s} {'wall s':>7s} "
+          f"{'of which eval':>13s} {'CPU s':>6s}")
+    results: dict[str, list[Outcome]] = {}
     for seed in seeds:
         for method in ("SB3 PPO", "SB3 PPO + CkptlabCallback", "ckptlab DQN"):
             if method == "ckptlab DQN":
@@ -189,20 +193,21 @@ def time_to_solve(seeds: list[int], max_timesteps: int, every: int) -> None:
             else:
                 outcome = solve_ppo(seed, max_timesteps, every, method != "SB3 PPO")
             results.setdefault(method, []).append(outcome)
-            steps, wall, spent = outcome
+            steps, wall, spent, cpu = outcome
             print(f"   {method:28s} {seed:4d} {steps if steps else 'no':>9} {wall:7.1f} "
-                  f"{spent:13.1f}", flush=True)
+                  f"{spent:13.1f} {cpu:6.1f}", flush=True)
         same = results["SB3 PPO"][-1][0] == results["SB3 PPO + CkptlabCallback"][-1][0]
         print(f"   (seed {seed}: the callback {'did not change' if same else 'CHANGED'} "
               "the timesteps PPO needed)")
     print("   medians:")
     for method, outcomes in results.items():
-        steps = [s if s else float("inf") for s, _, _ in outcomes]
-        walls = [w if s else float("inf") for s, w, _ in outcomes]
-        evals = [e for _, _, e in outcomes]
+        steps = [s if s else float("inf") for s, _, _, _ in outcomes]
+        walls = [w if s else float("inf") for s, w, _, _ in outcomes]
+        evals = [e for _, _, e, _ in outcomes]
+        cpus = [c if s else float("inf") for s, _, _, c in outcomes]
         print(f"   {method:28s} {statistics.median(steps):9.0f} timesteps, "
-              f"{statistics.median(walls):6.1f} s wall, {statistics.median(evals):5.1f} s of "
-              "it evaluating")
+              f"{statistics.median(walls):6.1f} s wall ({statistics.median(evals):5.1f} s of "
+              f"it evaluating), {statistics.median(cpus):6.1f} s CPU")
 
 
 def main() -> None:

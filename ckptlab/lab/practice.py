@@ -741,6 +741,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1e} h (about {seconds / (3600 * 24 * 365.25):.2g} years)"
 
 
+@records_exercise("12_closing_review", "run_plan")
 def check_run_plan(plan: Any, *, run_hours: float, mtbf_hours: float,
                    save_seconds: float) -> Any:
     """Exercise of ``12_closing_review``: plan a long run. ``plan`` holds ``save_every_s``

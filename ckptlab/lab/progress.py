@@ -98,6 +98,7 @@ EXERCISES: dict[str, tuple[str, ...]] = {
     "09_when_one_machine_is_not_enough": ("rank_counts",),
     "10_checkpointing_in_practice": ("body_pattern",),
     "11_bring_your_own_library": ("own_env",),
+    "12_closing_review": ("run_plan",),
 }
 
 

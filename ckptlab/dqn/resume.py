@@ -12,9 +12,10 @@ Three questions are answered here and nowhere else:
    names the parent checkpoint when the run continues another run's checkpoint in a new
    directory (the original is never touched).
 
-The check runs once per resume: the CLI plans before it builds the Trainer (so a refused resume
-creates nothing) and hands the plan to :meth:`Trainer.resume_from`; :meth:`Trainer.restore`
-plans and resumes in one call.
+The check runs once per resume: a training job (``ckptlab train``, each rank of ``--nproc``)
+plans in :func:`ckptlab.dqn.job.prepare_resume` before it builds the Trainer (so a refused
+resume creates nothing) and hands the plan to :meth:`Trainer.resume_from`;
+:meth:`Trainer.restore` plans and resumes in one call.
 
 Introduced in notebook ``04_interrupt_and_resume``.
 """
@@ -40,7 +41,7 @@ from ..engine import (
     newest_valid_checkpoint,
     verify_checkpoint,
 )
-from ..engine.location import as_location
+from ..engine.location import StorePath, as_location
 from .config import ConfigChange, DQNConfig, diff_configs
 
 
@@ -95,11 +96,25 @@ def find_resume_checkpoint(run_dir: str | os.PathLike[str],
     if resume == "auto":
         return newest_valid_checkpoint(own_dir) if has_own else None
     info = latest_valid_checkpoint(resume)
-    if has_own and info.path.parent.resolve() != own_dir.resolve():
-        raise CkptlabError(
-            f"{run_dir} already holds checkpoints of its own; resuming {info.path} into it "
-            "would mix two runs. Choose an empty --run-dir (nothing was changed)")
+    if has_own:
+        refuse_mixing_runs(info, own_dir, advice="Choose an empty --run-dir")
     return info
+
+
+def refuse_mixing_runs(info: CheckpointInfo, checkpoints_dir: Path | StorePath, *,
+                       advice: str) -> None:
+    """A run directory holds one run: another run's checkpoint ``info`` may start the run
+    whose checkpoints go to ``checkpoints_dir`` only while it has none, or retention would
+    delete the directory's own checkpoints under the other run's.
+
+    Raises:
+        CkptlabError: the resume would mix two runs; the message ends with ``advice``.
+    """
+    if (info.path.parent.resolve() != checkpoints_dir.resolve()
+            and committed_checkpoints(checkpoints_dir)):
+        raise CkptlabError(
+            f"{checkpoints_dir.parent} already holds checkpoints of its own; resuming "
+            f"{info.path} into it would mix two runs. {advice} (nothing was changed)")
 
 
 def checkpoint_config(info: CheckpointInfo) -> DQNConfig:

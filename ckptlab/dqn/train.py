@@ -68,7 +68,7 @@ from ..engine import (
     wall_clock,
 )
 from .replay import ReplayBuffer
-from .resume import ResumePlan, plan_resume
+from .resume import ResumePlan, plan_resume, refuse_mixing_runs
 from .rng import RNGStates, seed_everything
 
 
@@ -425,16 +425,10 @@ class Trainer:
         return info
 
     def _refuse_mixing_runs(self, info: CheckpointInfo) -> None:
-        """A run directory holds one run: another run's checkpoint may start it only while it
-        is empty (as the CLI's ``--resume PATH`` requires), or retention would delete the
-        directory's own checkpoints under the other run's."""
-        if self.checkpoints is None:
-            return
-        own = self.checkpoints.directory
-        if info.path.parent.resolve() != own.resolve() and self.checkpoints.committed():
-            raise CkptlabError(
-                f"{own.parent} already holds checkpoints of its own; resuming {info.path} "
-                "into it would mix two runs. Use an empty run_dir (nothing was changed)")
+        """Another run's checkpoint may start this run only while its directory is empty
+        (:func:`~ckptlab.dqn.resume.refuse_mixing_runs`, as ``--resume PATH`` requires)."""
+        if self.checkpoints is not None:
+            refuse_mixing_runs(info, self.checkpoints.directory, advice="Use an empty run_dir")
 
     def _refuse_if_half_restored(self) -> None:
         if self._failed_restore is not None:

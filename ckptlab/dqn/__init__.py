@@ -12,6 +12,9 @@ Modules:
     metrics  losses, returns and per-epoch summaries
     train    the Trainer: the loop, its save policy, graceful stop on SIGTERM/SIGINT
     resume   where a run resumes from, the config compatibility check, the lineage record
+    job      a training job as data (what ``ckptlab train`` asks for) and the functions that
+             run it: one process, the ``--nproc`` launcher, a rank; ``python -m ckptlab.dqn``
+    distributed  data-parallel ranks (DDP or FSDP2) with sharded checkpoints
     demo     kill a real training process, resume it, compare with an uninterrupted run
 """
 

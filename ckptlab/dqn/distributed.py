@@ -18,12 +18,13 @@ again, ranks whose environment and RNG were saved continue them, and the others 
 episodes on fresh streams. That run is a faithful continuation but not bit-identical to any
 run at either size - it says so in its log and its manifests (``resharded_from``).
 
-Launch: ``ckptlab train --nproc N [--max-restarts R] ...`` or
-``torchrun --nproc-per-node N -m ckptlab train ...``. SIGTERM or SIGINT (to the launcher, which
-passes it on, or to any rank) stops every rank after the same step with one sharded save, and
-the job exits 0 (:class:`StopRequest`, :meth:`DistributedTrainer._maybe_save`); a killed launcher
-takes its ranks with it (``die_with_launcher``); a rank that fails reports why, and the launcher
-prints that one line. Evaluation runs on rank 0 alone and is broadcast.
+Launch: ``ckptlab train --nproc N [--max-restarts R] ...`` (:func:`launch_job`, whose ranks run
+``python -m ckptlab.dqn`` with the job) or ``torchrun --nproc-per-node N -m ckptlab train ...``
+(each rank: :func:`train_rank`). SIGTERM or SIGINT (to the launcher, which passes it on, or to
+any rank) stops every rank after the same step with one sharded save, and the job exits 0
+(:class:`StopRequest`, :meth:`DistributedTrainer._maybe_save`); a killed launcher takes its
+ranks with it (``die_with_launcher``); a rank that fails reports why, and the launcher prints
+that one line. Evaluation runs on rank 0 alone and is broadcast.
 
 Introduced in notebook ``09_when_one_machine_is_not_enough``.
 """

@@ -10,8 +10,6 @@ Every way in prepares a resume the same way, before anything is created, so a re
 changes nothing: :func:`prepare_resume` finds the checkpoint (``--resume auto|never|PATH``),
 builds the config (the checkpoint's, then ``--config``, then the flags), checks and plans the
 resume, and says whether the run is already finished.
-
-Introduced in notebook ``04_interrupt_and_resume`` (the runs it kills are such jobs).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -846,10 +846,12 @@ class CliRun:
         return f"$ {self.command}\n{self.output.rstrip()}\n(exit status {self.exit_status})"
 
 
-def run_cli(args: Sequence[str], *, hide: str | os.PathLike[str] | None = None,
-            max_lines: int | None = None) -> CliRun:
-    """Run ``python -m ckptlab ARGS`` in this process (:func:`ckptlab.cli.main`, the very
-    function the command calls) and capture what it prints to stdout and stderr.
+def run_cli(main: Callable[[Sequence[str]], int], args: Sequence[str], *,
+            hide: str | os.PathLike[str] | None = None, max_lines: int | None = None) -> CliRun:
+    """Run ``python -m ckptlab ARGS`` in this process through ``main`` - the lesson passes
+    :func:`ckptlab.cli.main`, the very function the command calls (the lab itself does not
+    import the command line, which sits above it) - and capture what it prints to stdout and
+    stderr.
 
     ``hide`` (a directory) is shown as ``<work>`` and timestamps as ``<time>``, so a lesson's
     output names no machine path and stays the same from run to run; ``max_lines`` keeps the
@@ -858,8 +860,6 @@ def run_cli(args: Sequence[str], *, hide: str | os.PathLike[str] | None = None,
     import contextlib
     import io
     import re
-
-    from ..cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):

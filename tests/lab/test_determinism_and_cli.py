@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 from ckptlab import DQNConfig, IncompatibleCheckpointError, RollbackRequiredError, Trainer
+from ckptlab.cli import main as ckptlab_main
 from ckptlab.lab import determinism, practice
 from conftest import FAST
 
@@ -63,18 +64,18 @@ def test_what_must_match_for_a_bit_exact_resume_is_read_from_the_manifest(runs):
 
 def test_the_command_line_runs_in_process_with_paths_and_times_hidden(runs, tmp_path):
     root, _ = runs
-    inspect = practice.run_cli(["inspect", root / "original"], hide=root, max_lines=6)
+    inspect = practice.run_cli(ckptlab_main, ["inspect", root / "original"], hide=root, max_lines=6)
     assert inspect.exit_status == 0 and str(root) not in str(inspect)
     assert "<time>" in inspect.output and inspect.output.endswith("more lines)")
-    assert practice.run_cli(["verify", root / "original"], hide=root).exit_status == 0
+    assert practice.run_cli(ckptlab_main, ["verify", root / "original"], hide=root).exit_status == 0
     damaged = tmp_path / "damaged"
     shutil.copytree(root / "original", damaged)
     state = damaged / "checkpoints" / "step_00001200" / "state.json"
     state.write_bytes(state.read_bytes().replace(b"0", b"1", 1))
-    failed = practice.run_cli(["verify", damaged], hide=tmp_path)
+    failed = practice.run_cli(ckptlab_main, ["verify", damaged], hide=tmp_path)
     assert failed.exit_status == 1 and "step_00001200" in failed.output
-    pruned = practice.run_cli(["prune", root / "original", "--keep-last", "1", "--dry-run"],
-                              hide=root)
+    pruned = practice.run_cli(ckptlab_main, ["prune", root / "original", "--keep-last", "1",
+                                             "--dry-run"], hide=root)
     assert pruned.exit_status == 0 and "would delete" in pruned.output
     assert "$ ckptlab prune <work>/original" in str(pruned)
 

@@ -9,7 +9,7 @@ ckptlab's protocol needs, is:
   still the version the writer read; the ``latest`` and ``best`` pointers and the lease move
   this way, so a lost race is detected instead of overwritten.
 * **upload** of a large object in parts (S3 multipart), which no reader sees until it is
-  complete;
+  complete; **copy** of an object inside the store (a rollback keeps what it moves aside);
 * **get** with a byte bound, and **open** for streaming reads (hashed as the bytes arrive);
 * **list** of a prefix, page by page; **delete**.
 
@@ -94,7 +94,17 @@ class ObjectStore(Protocol):
                on_part: Callable[[int], None] | None = None) -> str:
         """Write the bytes of ``views`` (in order) as one object, in parallel parts when
         large; no reader sees a partial object. Returns the ETag. ``on_part(number)`` is
-        called as each part of a multipart upload is stored (crash tests kill there)."""
+        called as each part is stored, a small object being one part (crash tests kill
+        there)."""
+        ...
+
+    def copy(self, source: str, key: str) -> str:
+        """Copy the object ``source`` to ``key`` inside the store (no byte passes through
+        this client), however large it is; returns the new object's ETag.
+
+        Raises:
+            ObjectNotFound: ``source`` does not exist.
+        """
         ...
 
     def get(self, key: str, max_bytes: int) -> ObjectRead:

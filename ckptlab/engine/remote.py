@@ -9,6 +9,7 @@ A checkpoints "directory" ``s3://bucket/run/checkpoints`` holds::
     latest, best                         pointers, moved by compare-and-swap (If-Match ETag)
     .writer-lease                        one writer per run: create-only, renewed by CAS
     decisions/<time>-<tag>.jsonl         the decision log, one object per append
+    abandoned/<time>-after-step_N/       checkpoints a rollback kept: copies, committed there
 
 **Save.** The data objects are uploaded first (in parallel parts when large: S3 shows no
 object of an unfinished multipart upload), hashed from the very buffers that are uploaded.
@@ -25,6 +26,10 @@ resume: resume lists the commits and verifies newest first.
 in between leaves data without a commit: garbage that no reader sees and that the next
 writer removes (:meth:`RemoteCheckpointManager.remove_leftovers`), never a half-checkpoint
 that verifies.
+
+**Rollback** copies each newer checkpoint into ``abandoned/`` (data, then its commit) before
+it uncommits the original, oldest first, behind the lease's fence
+(:meth:`RemoteCheckpointManager.rollback`).
 
 **Reading** is the local reader's: the manifest object is read with a bound, checked
 against its self-hash and type-checked; every data object's size is checked before its first
@@ -56,6 +61,7 @@ from .format import (
     _MAX_MANIFEST_BYTES,
     _MAX_SAFETENSORS_HEADER,
     _STEP_DIR,
+    ABANDONED_SUBDIR,
     CHECKPOINTS_SUBDIR,
     FORMAT_NAME,
     LATEST,
@@ -85,7 +91,7 @@ from .objectstore import (
     StoreError,
 )
 from .policies import CheckpointRecord
-from .reader import CheckpointInfo
+from .reader import CheckpointInfo, verify_checkpoint
 from .verified import _READ_AHEAD, VerifiedFile
 from .writer import CheckpointWriteError, _flat_views
 
@@ -380,8 +386,6 @@ def remote_catalog_rows(root: StorePath, verify: bool) -> list[tuple[Any, ...]]:
         status = "valid"
         try:
             if verify:
-                from .reader import verify_checkpoint
-
                 verify_checkpoint(checkpoint)
             else:
                 prefix = data_prefix(checkpoint, manifest)
@@ -605,7 +609,7 @@ class RemoteCheckpointManager(CheckpointManager):
     bucket/run/checkpoints")`` builds one): the same API, registration, policies, async saves
     and guarantees, with the protocol of this module instead of rename and fsync.
 
-    Not (yet) on object stores: :meth:`rollback` and sharded saves of several ranks.
+    Not (yet) on object stores: sharded saves of several ranks.
     """
 
     directory: StorePath  # type: ignore[assignment]
@@ -683,8 +687,9 @@ class RemoteCheckpointManager(CheckpointManager):
         store.delete(doomed)
 
     def remove_leftovers(self) -> list[StorePath]:  # type: ignore[override]
-        """Delete the data of saves that never committed (killed mid-upload) and of
-        checkpoints that were uncommitted but not yet deleted; returns their prefixes."""
+        """Delete the data of saves that never committed (killed mid-upload), of
+        checkpoints that were uncommitted but not yet deleted, and of rollback copies that
+        never got their commit; returns their prefixes."""
         store = self.directory.store
         committed = {name for _, name in remote_committed_steps(self.directory)}
         base = _key(self.directory, DATA_DIR) + "/"
@@ -710,13 +715,95 @@ class RemoteCheckpointManager(CheckpointManager):
                     continue
             garbage.append(folder)
         store.delete([key for folder in garbage for key in by_prefix[folder]])
-        return [StorePath(store, base + folder) for folder in garbage]
+        return [StorePath(store, base + folder) for folder in garbage] + \
+            self._remove_unfinished_copies()
 
-    def rollback(self, step: int, *, reason: str = "requested") -> list[Path]:
-        raise CkptlabError(
-            f"rollback is not supported on object storage yet ({self.directory}): resume "
-            f"step {step} into a new location instead (--resume {self.directory}/"
-            f"{checkpoint_dir_name(step)} --run-dir NEW_LOCATION); nothing was changed")
+    def _remove_unfinished_copies(self) -> list[StorePath]:
+        """Delete the data a rollback copied into ``abandoned/`` for a checkpoint whose copy
+        never got its commit object (the rollback was killed mid-copy): one listing."""
+        store = self.directory.store
+        base = _key(self.directory, ABANDONED_SUBDIR) + "/"
+        commits: set[tuple[str, str]] = set()
+        data: dict[tuple[str, str, str], list[str]] = {}
+        for meta in store.list(base):
+            folder, _, rest = meta.key[len(base):].partition("/")
+            commit = _COMMIT_KEY.match(rest)
+            if commit:
+                commits.add((folder, commit.group(1)))
+            elif rest.startswith(DATA_DIR + "/"):
+                prefix = rest.split("/", 2)[1]
+                match = _DATA_PREFIX.match(f"{DATA_DIR}/{prefix}")
+                if match is not None:  # never delete what this protocol did not write
+                    data.setdefault((folder, match.group(1), prefix), []).append(meta.key)
+        garbage = [found for found in data if found[:2] not in commits]
+        store.delete([key for found in garbage for key in data[found]])
+        return [StorePath(store, f"{base}{folder}/{DATA_DIR}/{prefix}")
+                for folder, _, prefix in garbage]
+
+    def _move_aside(self, name: str, aside: StorePath) -> StorePath:
+        """Keep committed checkpoint ``name`` as ``aside/name`` (a checkpoint that reads and
+        verifies there), then uncommit and delete it here.
+
+        The order is the protocol's: the copy's data objects, then its commit object (a crash
+        before it leaves data without a commit, which the next writer removes); then the lease
+        is renewed - the fence - and the original is uncommitted before its data goes.
+        Objects are copied inside the store, as they are: a damaged checkpoint stays damaged.
+        """
+        store = self.directory.store
+        try:
+            manifest = self._manifests.get(name) or read_remote_manifest(self.directory / name)
+            prefixes = [data_prefix(self.directory / name, manifest) + "/"]
+        except CkptlabError:  # unreadable commit: keep every data prefix of this step
+            prefixes = [_key(self.directory, DATA_DIR, name) + "-"]
+        base = _key(self.directory) + "/" if self.directory.key else ""
+        for prefix in prefixes:
+            for meta in store.list(prefix):
+                store.copy(meta.key, _key(aside, meta.key[len(base):]))
+        store.copy(_key(self.directory, name, MANIFEST), _key(aside, name, MANIFEST))
+        self._lock.check()  # a writer whose lease was taken over uncommits nothing
+        self._manifests.pop(name, None)
+        self._unusable.discard(name)
+        self._delete([name])
+        return aside / name
+
+    def rollback(self, step: int, *, reason: str = "requested") -> list[StorePath]:
+        """:meth:`.manager.CheckpointManager.rollback` on an object store: every newer
+        checkpoint is kept in ``abandoned/<time>-after-step_N/`` (copied inside the store;
+        it reads and verifies there) and only then uncommitted here, oldest first, so a crash
+        leaves the old newest checkpoint the newest until the last one has gone - as on disk.
+        Pointers then move by compare-and-swap, under the writer's lease."""
+        self._writable()
+        name = checkpoint_dir_name(step)
+        committed = remote_committed_steps(self.directory)
+        if name not in {n for _, n in committed}:
+            raise CheckpointNotFoundError(f"{self.directory} has no checkpoint at step {step} "
+                                          "to roll back to")
+        target = self.directory / name
+        try:
+            verify_checkpoint(target)
+        except CkptlabError as exc:
+            older = self._rollback_candidate(step - 1)
+            advice = (f"call rollback({older[0]}) instead to continue from {older[1]}" if
+                      older is not None else "no valid checkpoint below it is left to roll "
+                      "back to: resume into a new location")
+            raise CheckpointCorruptError(
+                f"cannot roll back to step {step} in {self.directory}: {name} is damaged "
+                f"({exc}); nothing was moved; {advice}") from exc
+        newer = [n for s, n in committed if s > step]
+        if not newer:
+            return []
+        self._lock.check()  # before the first copy, too: a stalled writer leaves no trace
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.directory / ABANDONED_SUBDIR / f"{stamp}-after-{name}"
+        if next(iter(self.directory.store.list(_key(aside) + "/")), None) is not None:
+            aside = aside.parent / f"{aside.name}-{uuid.uuid4().hex[:6]}"
+        moved = [self._move_aside(n, aside) for n in newer]
+        self._log([{"event": "rolled_back", "checkpoint": name, "step": step,
+                    "moved": newer, "moved_to": aside.relative_to(self.directory),
+                    "reason": reason}])
+        self._history = None  # re-read without the abandoned saves
+        self._repair_pointers()
+        return moved
 
     def adopt_committed(self, path: Path, manifest: Mapping[str, Any]) -> list[Any]:
         raise CkptlabError("sharded checkpoints (--nproc) on object storage are not supported "

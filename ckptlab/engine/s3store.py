@@ -42,6 +42,9 @@ from .objectstore import (
 MULTIPART_MIN = 16 * 1024 * 1024
 PART_BYTES = 8 * 1024 * 1024
 _MAX_PARTS = 10_000
+# S3 copies an object of up to 5 GiB in one request; a larger one is copied in parts.
+COPY_SINGLE_MAX = 5 * 1024 ** 3
+COPY_PART_BYTES = 512 * 1024 * 1024
 # Parallel part uploads and connections per store.
 UPLOAD_THREADS = 8
 _CREDENTIALS_IN_URL = re.compile(r"//[^/@]*@")
@@ -83,11 +86,16 @@ class S3Store:
     by the parallel part uploads)."""
 
     scheme = "s3"
+    # S3's limits: keys per listing page and per DeleteObjects request, the size copied in
+    # one request and the part size above it. Tests lower them (on the class or on one
+    # store) to exercise pagination, batching and copies in parts with few, small objects.
+    page_size = 1000
+    delete_batch = 1000
+    copy_single_max = COPY_SINGLE_MAX
+    copy_part_bytes = COPY_PART_BYTES
 
     def __init__(self, bucket: str, *, client: Any = None) -> None:
         self.bucket = bucket
-        # Listing page size: S3's maximum; tests lower it to exercise pagination cheaply.
-        self.page_size = 1000
         if client is None:
             try:
                 session = boto3.session.Session()
@@ -208,6 +216,41 @@ class S3Store:
             raise
         return str(response["ETag"])
 
+    def copy(self, source: str, key: str) -> str:
+        meta = self.head(source)
+        if meta is None:
+            raise ObjectNotFound(f"{self._where(source)} does not exist")
+        origin = {"Bucket": self.bucket, "Key": source}
+        if meta.size <= self.copy_single_max:
+            response = self._call(key, "copying to", self.client.copy_object, Key=key,
+                                  CopySource=origin)
+            return str(response["CopyObjectResult"]["ETag"])
+        upload = self._call(key, "starting the copy to", self.client.create_multipart_upload,
+                            Key=key)
+        upload_id = upload["UploadId"]
+
+        def send(number: int, start: int) -> dict[str, Any]:
+            end = min(start + self.copy_part_bytes, meta.size) - 1
+            response = self._call(key, "copying a part to", self.client.upload_part_copy,
+                                  Key=key, UploadId=upload_id, PartNumber=number,
+                                  CopySource=origin, CopySourceRange=f"bytes={start}-{end}")
+            return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
+
+        try:
+            starts = range(0, meta.size, self.copy_part_bytes)
+            parts = list(self._executor().map(send, range(1, len(starts) + 1), starts))
+            response = self._call(key, "completing the copy to",
+                                  self.client.complete_multipart_upload, Key=key,
+                                  UploadId=upload_id, MultipartUpload={"Parts": parts})
+        except BaseException:
+            try:  # as for an upload: never leave invisible parts behind
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                   UploadId=upload_id)
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+                pass  # the original error is the one to report
+            raise
+        return str(response["ETag"])
+
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
@@ -216,8 +259,8 @@ class S3Store:
 
     def delete(self, keys: Sequence[str]) -> None:
         keys = list(keys)
-        for start in range(0, len(keys), 1000):
-            batch = keys[start:start + 1000]
+        for start in range(0, len(keys), self.delete_batch):
+            batch = keys[start:start + self.delete_batch]
             response = self._call(batch[0], "deleting", self.client.delete_objects,
                                   Delete={"Objects": [{"Key": k} for k in batch],
                                           "Quiet": True})

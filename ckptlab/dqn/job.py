@@ -155,7 +155,9 @@ class TrainJob:
     # -- as JSON (how a launcher tells its ranks, and a parent process its child) ----------
     def to_json(self) -> str:
         """This job as one line of JSON (paths and locations as text)."""
-        fields = dataclasses.asdict(self)
+        # Not dataclasses.asdict: it deep-copies every value, and an s3:// run_dir holds its
+        # store's client (connection pool, locks), which cannot be copied.
+        fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         fields["run_dir"] = str(self.run_dir)
         fields["config_file"] = str(self.config_file) if self.config_file else None
         return json.dumps(fields, separators=(",", ":"))

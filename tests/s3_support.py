@@ -9,6 +9,7 @@ standard one (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...), as a user's wou
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import shutil
@@ -73,9 +74,16 @@ def new_bucket(endpoint: str) -> str:
 
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
-    """moto's S3 server in this process (a thread), on a free loopback port."""
+    """moto's S3 server in this process (a thread), on a free loopback port.
+
+    Its per-request log lines (werkzeug, INFO) are switched off while it runs: formatting and
+    capturing one line per request costs about a millisecond of CPU each, and a test makes
+    hundreds of requests."""
     from moto.server import ThreadedMotoServer
 
+    requests_log = logging.getLogger("werkzeug")
+    level = requests_log.level
+    requests_log.setLevel(logging.WARNING)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -83,6 +91,7 @@ def moto_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+        requests_log.setLevel(level)
 
 
 def weed_binary() -> str | None:

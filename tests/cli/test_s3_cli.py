@@ -1,6 +1,10 @@
 """The command line on an S3-compatible store (moto's server on 127.0.0.1): inspect, verify,
 ls, prune and export read and change a run in a bucket, and a location ckptlab cannot use is
-one error line before anything is written - never a local folder named after the URL."""
+one error line before anything is written - never a local folder named after the URL.
+
+``verify`` runs as ``python -m ckptlab`` in a real process (the entry point, configured by
+the environment alone); the other commands run in this process through the very function it
+calls (``ckptlab.cli.main``), which saves a Python start-up per command."""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import json
 import pytest
 
 from ckptlab import DQNConfig, Trainer
-from conftest import FAST, REPO, run_cli
+from ckptlab.cli import main
+from conftest import FAST, run_cli
 
 s3_support = pytest.importorskip("s3_support")
 pytest.importorskip("moto", reason="moto (the test S3 server) is not installed")
@@ -17,7 +22,7 @@ pytest.importorskip("moto", reason="moto (the test S3 server) is not installed")
 
 @pytest.fixture(scope="module")
 def store_run(tmp_path_factory):
-    """A short DQN run written to a bucket: ``(environment, run URL)``."""
+    """A short DQN run written to a bucket: ``(environment, run URL, export folder)``."""
     with s3_support.moto_server() as url:
         environment = s3_support.environment(url)
         with pytest.MonkeyPatch.context() as patch:
@@ -31,32 +36,43 @@ def store_run(tmp_path_factory):
             yield environment, run, tmp_path_factory.mktemp("export")
 
 
-def test_verify_inspect_and_ls_read_the_run_in_the_bucket(store_run):
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``ckptlab ARGS`` in this process: ``(exit status, stdout, stderr)``."""
+    capsys.readouterr()
+    try:
+        status = main(list(args))
+    except SystemExit as exc:  # argparse refuses an argument
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_verify_inspect_and_ls_read_the_run_in_the_bucket(store_run, capsys):
     environment, run, _ = store_run
     verified = run_cli("verify", run, env_extra=environment)
     assert verified.returncode == 0, verified.stderr
     assert "3 of 3 checkpoint(s) valid" in verified.stdout
-    inspected = run_cli("inspect", run, "--json", env_extra=environment)
-    assert inspected.returncode == 0, inspected.stderr
-    described = json.loads(inspected.stdout)
+    status, out, err = cli(capsys, "inspect", run, "--json")
+    assert status == 0, err
+    described = json.loads(out)
     assert described["path"] == f"{run}/checkpoints/step_00001200"
     assert described["status"] == "valid" and described["components"]["agent"]["tensors"] > 0
-    listed = run_cli("ls", run.rsplit("/", 2)[0], "--json", env_extra=environment)
-    assert listed.returncode == 0, listed.stderr
-    rows = json.loads(listed.stdout)
+    status, out, err = cli(capsys, "ls", run.rsplit("/", 2)[0], "--json")
+    assert status == 0, err
+    rows = json.loads(out)
     assert [(r["run"], r["step"], r["status"]) for r in rows] == \
         [("runs/a", step, "valid") for step in (400, 800, 1200)]
 
 
-def test_export_and_prune_on_the_bucket(store_run):
-    environment, run, out = store_run
-    exported = run_cli("export", run, "--out", str(out), env_extra=environment)
-    assert exported.returncode == 0, exported.stderr
-    assert (out / "weights.safetensors").stat().st_size > 0
-    pruned = run_cli("prune", run, "--keep-last", "1", env_extra=environment)
-    assert pruned.returncode == 0, pruned.stderr
-    verified = run_cli("verify", run, env_extra=environment)
-    kept = [line.split()[1] for line in verified.stdout.splitlines() if line.startswith("OK")]
+def test_export_and_prune_on_the_bucket(store_run, capsys):
+    _, run, out_dir = store_run
+    status, _, err = cli(capsys, "export", run, "--out", str(out_dir))
+    assert status == 0, err
+    assert (out_dir / "weights.safetensors").stat().st_size > 0
+    status, _, err = cli(capsys, "prune", run, "--keep-last", "1")
+    assert status == 0, err
+    status, out, _ = cli(capsys, "verify", run)
+    kept = [line.split()[1] for line in out.splitlines() if line.startswith("OK")]
     assert "step_00001200" in kept and "step_00000400" not in kept
 
 
@@ -65,10 +81,11 @@ def test_export_and_prune_on_the_bucket(store_run):
     ("s3:/bucket/run", "is not a valid URL"),
     ("s3://Not_A_Bucket/run", "is not an S3 bucket name"),
 ])
-def test_a_location_ckptlab_cannot_use_is_one_error_line_and_writes_nothing(tmp_path,
-                                                                          location, refusal):
-    done = run_cli("train", "--run-dir", location, "--steps", "100")
-    assert done.returncode == 2
-    [line] = done.stderr.strip().splitlines()
+def test_a_location_ckptlab_cannot_use_is_one_error_line_and_writes_nothing(
+        tmp_path, monkeypatch, capsys, location, refusal):
+    monkeypatch.chdir(tmp_path)
+    status, out, err = cli(capsys, "train", "--run-dir", location, "--steps", "100")
+    assert status == 2 and out == ""
+    [line] = err.strip().splitlines()
     assert line.startswith("error:") and refusal in line
-    assert not any(p.name.endswith(":") for p in REPO.iterdir())  # no folder named s3: / gs:
+    assert list(tmp_path.iterdir()) == []  # no folder named s3: or gs:, nothing at all

@@ -152,7 +152,7 @@ def test_a_save_killed_mid_upload_is_invisible_and_the_next_writer_cleans_it(buc
         h = H(torch.arange(10.0))
         manager.register("h", h)
         manager.save(1)
-        h.v = torch.randn(6 * 1024 * 1024)  # 24 MiB: three parts
+        h.v = torch.randn(17 * 1024 * 1024 // 4)  # 17 MiB: two parts
         manager.save(2)  # CKPTLAB_FAULT kills the process after its first part
         print("not reached")
     """)
@@ -160,13 +160,14 @@ def test_a_save_killed_mid_upload_is_invisible_and_the_next_writer_cleans_it(buc
            "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, timeout=120)
+    killed_at = time.monotonic()
     assert done.returncode == -9, done.stderr[-2000:]
     assert "injected SIGKILL at save:uploading@2" in done.stderr
     leftovers = keys(endpoint, bucket, "killed/.data/step_00000002")
     assert leftovers  # the save got as far as uploading (its data is there, uncommitted)
     assert [p.name for p in CheckpointManager(f"s3://{bucket}/killed",
                                               create=False).committed()] == ["step_00000001"]
-    time.sleep(3.1)  # the killed writer's lease lapses
+    time.sleep(max(0.0, killed_at + 3.1 - time.monotonic()))  # the killed writer's lease lapses
     holder = _Holder(torch.zeros(10))
     with CheckpointManager(f"s3://{bucket}/killed") as manager:
         manager.register("h", holder)
@@ -190,7 +191,7 @@ def test_a_killed_writers_lease_lapses(bucket):
         print("holding", flush=True)
         time.sleep(60)
     """)
-    env = {**os.environ, "CKPTLAB_S3_LEASE_SECONDS": "3", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "CKPTLAB_S3_LEASE_SECONDS": "2", "PYTHONPATH": str(REPO)}
     child = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
                              text=True)
     try:
@@ -342,30 +343,51 @@ def test_retention_uncommits_first_and_a_crash_mid_delete_leaves_only_garbage(bu
     assert keys(endpoint, bucket, "keep/.data/step_00000001-") == []
 
 
-def test_listing_pages_past_a_thousand_objects(bucket, endpoint):
+def test_listings_and_deletions_go_past_one_page(bucket, endpoint, monkeypatch):
+    from ckptlab.engine.s3store import S3Store
+
+    # S3 answers at most 1000 keys per listing page and deletes at most 1000 per request;
+    # ckptlab asks for S3Store.page_size / .delete_batch at a time. Lowered to 7, the same
+    # loops (continuation tokens, batches) run over a few dozen objects instead of thousands.
+    monkeypatch.setattr(S3Store, "page_size", 7)
+    monkeypatch.setattr(S3Store, "delete_batch", 7)
     with CheckpointManager(f"s3://{bucket}/many") as manager:
         manager.register("model", Model(width=4))
         for step in (1, 2, 3):
             manager.save(step)
     s3 = s3_support.client(endpoint)
     commit = "many/step_00000003/manifest.json"
-    # 1010 more commits (copies of one manifest, each naming step 3's data: listed, invalid)
-    # and 1010 garbage data objects: more than one page (1000) of each.
+    extra = 20  # more commits (copies of one manifest, naming step 3's data: listed, invalid)
+    # and as many garbage data objects: three pages and more of each
+
     def add(i):
         s3.copy_object(Bucket=bucket, Key=f"many/step_{10 + i:08d}/manifest.json",
                        CopySource={"Bucket": bucket, "Key": commit})
         s3.put_object(Bucket=bucket, Key=f"many/.data/step_{90000 + i:08d}-{i:016x}/x", Body=b"")
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(add, range(1010)))
+        list(pool.map(add, range(extra)))
+    requests = []  # (request, continuation token, keys to delete)
+    real_call = S3Store._call
+
+    def recorded(self, key, action, function, **kwargs):
+        requests.append((function.__name__, kwargs.get("ContinuationToken"),
+                         len(kwargs.get("Delete", {}).get("Objects", []))))
+        return real_call(self, key, action, function, **kwargs)
+
+    monkeypatch.setattr(S3Store, "_call", recorded)
     reader = CheckpointManager(f"s3://{bucket}/many", create=False)
-    assert len(reader.committed()) == 1013  # two pages of commits
+    assert len(reader.committed()) == 3 + extra
+    listed = [r for r in requests if r[0] == "list_objects_v2"]
+    assert len(listed) == 4 and all(token for _, token, _ in listed[1:])  # 23 keys, 7 a page
     with pytest.raises(CheckpointCorruptError, match="does not name this checkpoint's data"):
         verify_checkpoint(f"s3://{bucket}/many/step_00000010")  # a copied commit is refused
-    with ThreadPoolExecutor(16) as pool:
+    with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: s3.delete_object(
-            Bucket=bucket, Key=f"many/step_{10 + i:08d}/manifest.json"), range(1010)))
-    with CheckpointManager(f"s3://{bucket}/many"):  # removes 1010 garbage data prefixes
+            Bucket=bucket, Key=f"many/step_{10 + i:08d}/manifest.json"), range(extra)))
+    requests.clear()
+    with CheckpointManager(f"s3://{bucket}/many"):  # removes the garbage data prefixes
         pass
+    assert [n for name, _, n in requests if name == "delete_objects"] == [7, 7, 6]
     assert len(keys(endpoint, bucket, "many/.data/")) == 6
     assert latest_valid_checkpoint(f"s3://{bucket}/many").step == 3
 

@@ -31,18 +31,32 @@ def endpoint():
         yield url
 
 
+@pytest.fixture(scope="module")
+def good_run(endpoint):
+    """A bucket with one good run of two checkpoints, written once; each test gets a copy."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in s3_support.environment(endpoint).items():
+            patch.setenv(name, value)
+        bucket = s3_support.new_bucket(endpoint)
+        with CheckpointManager(f"s3://{bucket}/run") as manager:
+            manager.register("model", torch.nn.Linear(8, 8))
+            manager.save(1)
+            manager.save(2)
+    return bucket
+
+
 @pytest.fixture
-def run(endpoint, monkeypatch):
-    """A bucket with one good run of two checkpoints: ``(s3 client, bucket, run URL)``."""
+def run(endpoint, good_run, monkeypatch):
+    """A fresh bucket holding a copy of the good run (copied inside the server, object by
+    object): ``(s3 client, bucket, run URL)``."""
     for name, value in s3_support.environment(endpoint).items():
         monkeypatch.setenv(name, value)
+    s3 = s3_support.client(endpoint)
     bucket = s3_support.new_bucket(endpoint)
-    model = torch.nn.Linear(8, 8)
-    with CheckpointManager(f"s3://{bucket}/run") as manager:
-        manager.register("model", model)
-        manager.save(1)
-        manager.save(2)
-    return s3_support.client(endpoint), bucket, f"s3://{bucket}/run"
+    for item in s3.list_objects_v2(Bucket=good_run)["Contents"]:
+        s3.copy_object(Bucket=bucket, Key=item["Key"],
+                       CopySource={"Bucket": good_run, "Key": item["Key"]})
+    return s3, bucket, f"s3://{bucket}/run"
 
 
 def reseal(s3, bucket: str, step: int, change) -> None:

@@ -86,6 +86,9 @@ _LAZY = {name: "ckptlab.dqn" for name in (
     "Evaluation", "GreedyEvaluator", "make_env", "capture_env_state", "restore_env_state",
     "EpochSummary", "MetricHistory", "UnsupportedEnvironmentError", "EveryNEpisodes",
     "UnsavedRunWarning")}
+# Stable-Baselines3 (the sb3 extra): reachable as ckptlab.CkptlabCallback, but left out of
+# __all__ so that `from ckptlab import *` never needs stable-baselines3.
+_LAZY.update({name: "ckptlab.sb3" for name in ("CkptlabCallback", "UnsupportedRunError")})
 # Which extra each optional layer needs, and what it installs.
 _EXTRAS = {"ckptlab.dqn": ("rl", "gymnasium, tqdm"),
            "ckptlab.sb3": ("sb3", "stable-baselines3"),

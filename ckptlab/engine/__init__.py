@@ -99,7 +99,7 @@ from .reader import (
     restore_components,
     verify_checkpoint,
 )
-from .writer import CheckpointWriteError
+from .writer import CheckpointWriteError, PointerSetAsideWarning
 
 __all__ = [
     "Catalog", "CatalogRow", "ComponentComparison", "compare_checkpoints",
@@ -123,5 +123,5 @@ __all__ = [
     "load_newest_valid",
     "newest_valid_checkpoint",
     "read_decision_log", "read_pointer", "resolve_location", "restore_components",
-    "verify_checkpoint", "CheckpointWriteError",
+    "verify_checkpoint", "CheckpointWriteError", "PointerSetAsideWarning",
 ]

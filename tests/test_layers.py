@@ -427,8 +427,9 @@ def _wheel_extras(wheel: Path) -> dict[str, list[str]]:
         for requirement in extras[extra]:
             if requirement.name == "ckptlab":
                 out += [r for inner in sorted(requirement.extras) for r in expand(inner)]
-            else:
-                out.append(f"{requirement.name}{requirement.specifier}")
+            else:  # with its own extras (moto[s3]): they bring requirements too
+                wanted = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+                out.append(f"{requirement.name}{wanted}{requirement.specifier}")
         return out
 
     return {extra: expand(extra) for extra in extras}
@@ -453,7 +454,8 @@ def test_each_extra_installs_from_the_wheel_against_the_pins_and_works(wheel, tm
                "--quiet"],
         "sb3": [str(python), "-c", "import ckptlab.sb3"],
         "lab": [str(python), "-c", "import ckptlab.lab.widgets, ckptlab.lab.lessons, "
-                "jupyterlab, nbval, papermill"],
+                "jupyterlab, nbval, papermill; from ckptlab.lab import store_lab; "
+                "store_lab.start_local_s3().stop()"],  # lesson 10's S3 server
     }
     from packaging.version import Version
 

@@ -9,7 +9,8 @@ including in the middle of a save.
 Phases, in the order a training step meets them:
 
 * ``step`` - right after environment step ``step`` and its update (mid-episode, between saves);
-* ``save:uploading`` - (object stores) a part of a large data object uploaded, the rest not;
+* ``save:uploading`` - (object stores) a part of the tensors object uploaded (a small object is
+  one part), the rest of the save's data perhaps not, nothing committed;
 * ``save:files-written`` - checkpoint files written into the temporary directory, not committed;
 * ``save:committed`` - checkpoint directory renamed into place, ``latest`` pointer not updated;
 * ``save:pointer-temp`` - new pointer written to its temporary file, not yet swapped in;

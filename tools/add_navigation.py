@@ -6,7 +6,7 @@
 Each notebook ends with one markdown cell (id ``navigation-links``) linking, relatively, to the
 previous and next lesson of the learning path in :data:`LESSONS` and to the start page. Only
 lessons present in ``notebooks/`` are linked, so after adding a lesson, run this again
-(``tests/test_notebook_hygiene.py`` fails until the links are up to date). Nothing but that last
+(``tests/lab/test_notebook_hygiene.py`` fails until the links are up to date). Nothing but that last
 cell is touched; outputs and other cells are left exactly as they are.
 """
 

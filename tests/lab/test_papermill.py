@@ -9,7 +9,7 @@ import nbformat
 import papermill
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def run(tmp_path: Path, name: str, **kwargs) -> str:

@@ -34,7 +34,7 @@ from ckptlab.lab.quiz import (
 BANKS = sorted(p for p in QUIZ_DIR.glob("*.json") if p.name != "schema.json")
 CLOSING_REVIEW = "12_closing_review"   # the cumulative review at the end of the path
 SCHEMA = json.loads((QUIZ_DIR / "schema.json").read_text())
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def choice_questions():
@@ -479,7 +479,7 @@ def test_exported_page_keeps_the_static_view_and_drops_the_widget(tmp_path):
     import nbformat
     from nbconvert import HTMLExporter
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
     from refresh_notebooks import clean
 
     widget = QuizWidget(load_quiz("04_interrupt_and_resume"), seed=0)

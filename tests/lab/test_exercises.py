@@ -18,7 +18,7 @@ from ckptlab.engine.policies import EveryNSteps, Hybrid, KeepLastN
 from ckptlab.lab import exercises as ex
 from ckptlab.lab.retention_lab import Strategy
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def solutions() -> dict[str, str]:

@@ -47,7 +47,7 @@ from ckptlab.engine.distributed import (  # noqa: E402
     read_sharded_state,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = {"learning_starts": 100, "steps_per_epoch": 200, "eval_episodes": 2,
           "hidden_sizes": [16, 16], "buffer_capacity": 2000, "batch_size": 32}
 STEPS = 600

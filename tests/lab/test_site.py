@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from browser_support import launch, requires_chromium
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,7 @@
 """The command line, ``python -m ckptlab`` and the ``ckptlab`` console script.
 
-Modules:
-    main      main(), the command table, one-line errors (a missing extra included)
-    parser    the parser and the types of its values
-    train     ``train``: the flags become a ckptlab.dqn.job.TrainJob (one process, the
-              ``--nproc`` launcher, or a rank under torchrun); needs the ``rl`` extra
-    commands  ``inspect``, ``verify``, ``ls``, ``export``, ``prune``, ``migrate-sharded``,
-              ``progress``, ``demo``
+Its modules, one line each, are in the module map of docs/architecture.md (the one list;
+``tests/test_module_map.py`` keeps it true).
 """
 
 from .commands import describe_checkpoint

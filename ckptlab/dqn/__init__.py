@@ -3,19 +3,8 @@
 Built on :mod:`ckptlab.engine`; needs the ``rl`` extra (``pip install "ckptlab[rl]"``:
 gymnasium, tqdm).
 
-Modules:
-    config   the hyperparameters (a documented dataclass) and what changing each one means
-    agent    the Q-network, the DQN update and the exploration schedule
-    envs     gymnasium environments, snapshotted mid-episode; greedy evaluation
-    replay   the replay buffer
-    rng      every random generator the run uses, captured and restored
-    metrics  losses, returns and per-epoch summaries
-    train    the Trainer: the loop, its save policy, graceful stop on SIGTERM/SIGINT
-    resume   where a run resumes from, the config compatibility check, the lineage record
-    job      a training job as data (what ``ckptlab train`` asks for) and the functions that
-             run it: one process, the ``--nproc`` launcher, a rank; ``python -m ckptlab.dqn``
-    distributed  data-parallel ranks (DDP or FSDP2) with sharded checkpoints
-    demo     kill a real training process, resume it, compare with an uninterrupted run
+Its modules, one line each, are in the module map of docs/architecture.md (the one list;
+``tests/test_module_map.py`` keeps it true).
 """
 
 from .agent import DQNAgent, LinearSchedule, QNetwork, resolve_device

@@ -4,21 +4,8 @@ It knows components (``state_dict()`` / ``load_state_dict()``), files, hashes an
 nothing about what is being trained: it imports no RL code, no gymnasium, no plotting or widget
 library. Its dependencies are torch, numpy and safetensors (``pip install ckptlab``).
 
-Modules:
-    format         the on-disk format: names, manifest, safetensors and JSON, read and write
-    writer         durable files and the commit protocol (temp dir, fsync, rename, pointers)
-    reader         finding, verifying, decoding and restoring checkpoints; fallback
-    hashing        SHA-256 of a file as it is written or read, in other threads when large
-    manager        CheckpointManager: registration, save (sync and async), restore, retention
-    policies       when to save and which checkpoints to keep
-    serialization  state trees split into JSON and tensors, and joined back
-    partial        loading some components or parameters; export
-    catalog        a SQLite index of checkpoints across runs
-    compare        component-by-component equality of two checkpoints
-    lock           one writer per checkpoint directory
-    global_rng     the process-global generators (Python, NumPy, torch, CUDA) as a component
-    faults         crash injection for tests (``CKPTLAB_FAULT``)
-    errors         the exceptions every module raises
+Its modules, one line each, are in the module map of docs/architecture.md (the one list;
+``tests/test_module_map.py`` keeps it true).
 """
 
 from .catalog import Catalog, CatalogRow

@@ -14,7 +14,8 @@ Environments ckptlab does not know take part through two methods, ``get_state()`
 ``python -m ckptlab.sb3.run`` trains a small PPO or DQN run with the callback (the tests kill
 it with SIGKILL and resume it).
 
-Introduced in notebook ``11_bring_your_own_library``.
+Its modules are in the module map of docs/architecture.md. Introduced in notebook
+``11_bring_your_own_library``.
 """
 
 from __future__ import annotations

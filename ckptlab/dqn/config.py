@@ -16,8 +16,6 @@ Introduced in notebook ``01_pipeline_trace``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -136,20 +134,10 @@ class DQNConfig:
                 "version of ckptlab")
         return cls(**data)
 
-    def sha256(self) -> str:
-        """Hash of the canonical JSON of the config (recorded in every manifest)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
-
     @staticmethod
     def role(name: str) -> Role:
         """Whether field ``name`` is trajectory, numerics or bookkeeping (see module docs)."""
         return _FIELDS[name].metadata["role"]
-
-    @staticmethod
-    def describe(name: str) -> str:
-        """The one-line documentation of field ``name``."""
-        return _FIELDS[name].metadata["doc"]
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(DQNConfig)}

@@ -73,7 +73,7 @@ from .format import (
 )
 from .manager import CheckpointManager
 from .policies import BestBy, RetentionPolicy
-from .reader import CheckpointInfo, _read_verified, latest_valid_checkpoint
+from .reader import CheckpointInfo
 from .sharded import (
     decode_rank_part,
     encode_rank_part,
@@ -81,6 +81,7 @@ from .sharded import (
     rank_dir_name,
     world_size_of,
 )
+from .verified import read_verified
 from .writer import (
     CheckpointWriteError,
     ReplacedButUnsyncedError,
@@ -321,7 +322,7 @@ class ShardedCheckpointer:
     def read_rank_part(self, info: CheckpointInfo, rank: int) -> dict[str, Any]:
         """Rank ``rank``'s own states of a sharded checkpoint, hash-checked on read."""
         part = rank_dir_name(rank)
-        files = {name: _read_verified(info.path, info.manifest, f"{part}/{name}")
+        files = {name: read_verified(info.path, info.manifest, f"{part}/{name}")
                  for name in (SHARD_INFO, "state.json", "tensors.safetensors")}
         return decode_rank_part(files, info.path / part)
 
@@ -536,15 +537,6 @@ def _tensor_leaves(value: Any) -> list[torch.Tensor]:
 # Export and launching
 # --------------------------------------------------------------------------------------------
 
-def export_sharded_weights(checkpoint: str | os.PathLike[str], prefix: str) -> dict[str,
-                                                                                  torch.Tensor]:
-    """Full (consolidated) tensors under DCP key ``prefix`` of a verified sharded checkpoint."""
-    info = latest_valid_checkpoint(checkpoint)
-    if not is_sharded(info.manifest):
-        raise CkptlabError(f"{info.path} is not a sharded checkpoint")
-    return load_dcp_tensors(info.path, prefix)
-
-
 def init_distributed(backend: str | None = None) -> None:
     """``dist.init_process_group`` for a worker of torchrun / the elastic launcher, safe
     across restarts.
@@ -724,7 +716,7 @@ def read_sharded_state(checkpoint: str | os.PathLike[str]) -> tuple[CheckpointIn
             states[f"{DCP_DIR}/{key}"] = {}  # e.g. an optimizer before its first step
     for rank in range(world_size_of(info.manifest)):
         part = rank_dir_name(rank)
-        files = {name: _read_verified(info.path, info.manifest, f"{part}/{name}")
+        files = {name: read_verified(info.path, info.manifest, f"{part}/{name}")
                  for name in (SHARD_INFO, "state.json", "tensors.safetensors")}
         states[part] = decode_rank_part(files, info.path / part)
     return info, states

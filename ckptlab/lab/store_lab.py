@@ -160,9 +160,9 @@ def _role(relative: str) -> str:
 
 
 def bucket_rows(checkpoints_url: str) -> list[dict[str, Any]]:
-    """One row per object under a run's checkpoints prefix: its key (``<tag>`` for the random
-    part of a data prefix), size and role; a data prefix without its step's commit object is
-    marked. Decision-log objects are counted in one row."""
+    """One row per object under a run's checkpoints prefix: its key, size and role; a data
+    prefix without its step's commit object is marked. Decision-log objects are counted in one
+    row."""
     from ..engine.location import store_location
 
     location = store_location(checkpoints_url)
@@ -180,14 +180,11 @@ def bucket_rows(checkpoints_url: str) -> list[dict[str, Any]]:
             log_objects, log_bytes = log_objects + 1, log_bytes + meta.size
             continue
         role = _role(relative)
-        shown = relative
         if relative.startswith(".data/"):
-            folder = relative.split("/")[1]
-            step_name, _, tag = folder.rpartition("-")
-            shown = relative.replace(tag, "<tag>")
+            step_name = relative.split("/")[1].rpartition("-")[0]
             if step_name not in committed:
                 role = f"data of a save of {step_name} that never committed: invisible"
-        rows.append({"object": shown, "bytes": meta.size, "what it is": role})
+        rows.append({"object": relative, "bytes": meta.size, "what it is": role})
     if log_objects:
         rows.append({"object": f"decisions/ ({log_objects} objects)", "bytes": log_bytes,
                      "what it is": _role("decisions/")})
@@ -252,7 +249,7 @@ class StoreKillAndResume:
              "seen": "refused: the killed writer (pid "
                      f"{self.refused_holder_pid}) still holds the lease" if
                      self.refused_holder_pid is not None else "not refused"},
-            {"what happened": "the same command once the lease lapsed",
+            {"what happened": "the next writer, once that lease lapsed (--resume auto)",
              "seen": f"after {self.waited_seconds:.1f} s: removed "
                      f"{len(self.removed)} uncommitted data prefix(es), resumed from "
                      f"{self.resumed_from}"},

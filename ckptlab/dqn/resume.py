@@ -38,7 +38,6 @@ from ..engine import (
     checkpoint_step,
     committed_checkpoints,
     latest_valid_checkpoint,
-    newest_valid_checkpoint,
     verify_checkpoint,
 )
 from ..engine.location import StorePath, as_location
@@ -94,7 +93,7 @@ def find_resume_checkpoint(run_dir: str | os.PathLike[str],
                 "choose another --run-dir (nothing was changed)")
         return None
     if resume == "auto":
-        return newest_valid_checkpoint(own_dir) if has_own else None
+        return latest_valid_checkpoint(own_dir) if has_own else None
     info = latest_valid_checkpoint(resume)
     if has_own:
         refuse_mixing_runs(info, own_dir, advice="Choose an empty --run-dir")

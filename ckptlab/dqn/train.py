@@ -35,38 +35,36 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .agent import DQNAgent, LinearSchedule, resolve_device
 from ..engine import (
     CHECKPOINTS_SUBDIR,
+    FINAL,
+    START,
+    AnyOf,
+    BestBy,
     CheckpointInfo,
     CheckpointManager,
+    CkptlabError,
+    EveryNSteps,
+    Final,
+    IncompatibleCheckpointError,
+    RetentionPolicy,
+    SaveContext,
+    SavePolicy,
     Stateful,
     checkpoint_dir_name,
     load_checkpoint_state,
     load_latest_valid,
-    load_newest_valid,
     restore_components,
+    wall_clock,
 )
-from .config import DQNConfig
-from .envs import EnvRunner, Evaluation, GreedyEvaluator
-from ..engine import CkptlabError, IncompatibleCheckpointError
 from ..engine.faults import fault_point
 from ..engine.location import as_location
 from ..engine.policies import first_scheduled_save
+from .agent import DQNAgent, LinearSchedule, resolve_device
+from .config import DQNConfig
+from .envs import EnvRunner, Evaluation, GreedyEvaluator
 from .metrics import EpochSummary, MetricHistory
 from .policies import EPISODE_END, EPOCH_END
-from ..engine import (
-    AnyOf,
-    BestBy,
-    FINAL,
-    START,
-    EveryNSteps,
-    Final,
-    RetentionPolicy,
-    SaveContext,
-    SavePolicy,
-    wall_clock,
-)
 from .replay import ReplayBuffer
 from .resume import ResumePlan, plan_resume, refuse_mixing_runs
 from .rng import RNGStates, seed_everything
@@ -483,7 +481,7 @@ class Trainer:
         config is checked first."""
         if location is None:
             assert self.checkpoints is not None
-            return load_newest_valid(self.checkpoints.directory, device=self._placement())
+            return load_latest_valid(self.checkpoints.directory, device=self._placement())
         return load_latest_valid(location, device=self._placement())
 
     def resume_from(self, plan: ResumePlan) -> CheckpointInfo:

@@ -77,8 +77,6 @@ from .reader import (
     latest_valid_checkpoint,
     load_checkpoint_state,
     load_latest_valid,
-    load_newest_valid,
-    newest_valid_checkpoint,
     read_decision_log,
     read_pointer,
     read_pointer_record,
@@ -107,8 +105,6 @@ __all__ = [
     "decide_retention", "wall_clock", "FINAL", "START",
     "CheckpointFallbackWarning", "CheckpointInfo", "Stateful", "committed_checkpoints",
     "latest_valid_checkpoint", "load_checkpoint_state", "load_latest_valid",
-    "load_newest_valid",
-    "newest_valid_checkpoint",
     "read_decision_log", "read_pointer", "resolve_location", "restore_components",
     "verify_checkpoint", "CheckpointWriteError", "PointerSetAsideWarning",
 ]

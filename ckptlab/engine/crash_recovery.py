@@ -11,7 +11,7 @@ compared file by file):
 
 * ``accepted-differs`` - no checkpoint that ``verify`` accepts differs from the checkpoint
   saved under its name in ``O`` or ``N``;
-* ``resume-point`` - the checkpoint a resume picks (``newest_valid_checkpoint``, what
+* ``resume-point`` - the checkpoint a resume picks (``latest_valid_checkpoint``, what
   ``restore()`` and ``--resume auto`` load) is ``O``'s newest valid one or ``N``'s;
 * ``not-durable`` - once the operation has returned, a crash leaves ``N``'s checkpoints,
   exactly (what the operation promised is durable);
@@ -72,7 +72,7 @@ from .partial import export_checkpoint
 from .policies import BestBy
 from .reader import (
     committed_checkpoints,
-    newest_valid_checkpoint,
+    latest_valid_checkpoint,
     read_decision_log,
     read_pointer,
     verify_checkpoint,
@@ -183,7 +183,7 @@ def observe(workspace: Path, checkpoints: str = CHECKPOINTS,
             if verified[key]:
                 valid.add(path.name)
         if committed:
-            newest = newest_valid_checkpoint(directory).name
+            newest = latest_valid_checkpoint(directory).name
     except (CheckpointCorruptError, CheckpointNotFoundError):
         newest = None
     except Exception as exc:  # a reader that fails on a crash state needs a human: report it
@@ -312,7 +312,7 @@ def recover_and_continue(workspace: Path, raw: Facts,
         step = max((int(name[5:]) for name in raw.committed), default=0) + 1
         _save(manager, step, 0.0)
         directory = workspace / context.checkpoints
-        newest = newest_valid_checkpoint(directory).name
+        newest = latest_valid_checkpoint(directory).name
         if newest != f"step_{step:08d}":
             found.append(("cannot-continue", f"after saving step {step}, a resume picks "
                           f"{newest}"))

@@ -291,7 +291,7 @@ class ShardedCheckpointer:
                             ) -> CheckpointInfo | None:
         """Run ``choose`` on rank 0 and return its choice on every rank.
 
-        Rank 0 verifies (its ``choose`` typically calls ``newest_valid_checkpoint``, which skips
+        Rank 0 verifies (its ``choose`` typically calls ``latest_valid_checkpoint``, which skips
         unusable checkpoints with a warning); every rank then reads the same manifest.
         """
         answer: dict[str, Any] = {}

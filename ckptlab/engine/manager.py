@@ -73,9 +73,9 @@ from .reader import (
     Stateful,
     committed_checkpoints,
     committed_steps,
+    latest_valid_checkpoint,
     load_checkpoint_state,
-    load_newest_valid,
-    newest_valid_checkpoint,
+    load_latest_valid,
     read_decision_log,
     read_pointer,
     read_pointer_record,
@@ -329,7 +329,7 @@ class CheckpointManager:
             CheckpointNotFoundError: there are no checkpoints.
             CheckpointCorruptError: there are checkpoints but none is valid.
         """
-        return newest_valid_checkpoint(self.directory)
+        return latest_valid_checkpoint(self.directory)
 
     # -- restore --------------------------------------------------------------------------
     def restore(self, checkpoint: str | os.PathLike[str] | None = None, *,
@@ -346,7 +346,7 @@ class CheckpointManager:
         decoding the whole state on the host first; see :func:`load_checkpoint_state`.
         """
         if checkpoint is None:
-            info, states = load_newest_valid(self.directory, device=device)
+            info, states = load_latest_valid(self.directory, device=device)
         else:
             info, states = load_checkpoint_state(checkpoint, keys=None, device=device)
         restore_components(self.components, states, info.path)

@@ -339,7 +339,7 @@ def latest_valid_checkpoint(location: str | os.PathLike[str]) -> CheckpointInfo:
     directory, specific = resolve_location(location)
     if specific is not None:
         return verify_checkpoint(specific)
-    return newest_valid_checkpoint(directory)
+    return _newest_that_passes(directory, verify_checkpoint)
 
 
 
@@ -436,18 +436,6 @@ def _newest_that_passes(directory: str | os.PathLike[str],
         f"{directory}' for the full list")
 
 
-def newest_valid_checkpoint(directory: str | os.PathLike[str]) -> CheckpointInfo:
-    """Verify the checkpoints in ``directory`` newest first and return the first valid one.
-
-    Each newer one that fails is reported with a :class:`CheckpointFallbackWarning`.
-
-    Raises:
-        CheckpointNotFoundError: there are no checkpoints.
-        CheckpointCorruptError: there are checkpoints but none is valid.
-    """
-    return _newest_that_passes(directory, verify_checkpoint)
-
-
 def load_latest_valid(location: str | os.PathLike[str], *,
                       device: DevicePlacement = None) -> tuple[CheckpointInfo, dict[str, Any]]:
     """:func:`latest_valid_checkpoint`, verified and decoded in one pass per file: ``(info,
@@ -457,15 +445,6 @@ def load_latest_valid(location: str | os.PathLike[str], *,
     directory, specific = resolve_location(location)
     if specific is not None:
         return load_checkpoint_state(specific, device=device)
-    return load_newest_valid(directory, device=device)
-
-
-def load_newest_valid(directory: str | os.PathLike[str], *,
-                      device: DevicePlacement = None) -> tuple[CheckpointInfo, dict[str, Any]]:
-    """Like :func:`newest_valid_checkpoint`, but verifies and decodes in the same single pass
-    (:func:`load_checkpoint_state`, whose ``device`` this takes): ``(info, {component:
-    state})`` of the newest valid one.
-    """
     return _newest_that_passes(directory,
                                lambda path: load_checkpoint_state(path, device=device))
 

@@ -47,7 +47,7 @@ from ..engine.crash_states import (
     materialise,
 )
 from ..engine.format import BEST, LATEST
-from ..engine.reader import newest_valid_checkpoint, read_pointer
+from ..engine.reader import latest_valid_checkpoint, read_pointer
 
 #: The save as the engine makes it, or with one fsync removed (a fault switch applied to the
 #: recording only; the engine never knows it).
@@ -223,7 +223,7 @@ def _inspect(recording: Recording, state: CrashState
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            resume: str | None = newest_valid_checkpoint(directory).name
+            resume: str | None = latest_valid_checkpoint(directory).name
         except CkptlabError:
             resume = None
     leftovers = [_TAG.sub("", n) for n in names if n.startswith((".tmp-", ".trash-"))]

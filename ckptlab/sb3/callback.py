@@ -58,7 +58,6 @@ from ..engine import (
     SaveContext,
     SavePolicy,
     load_latest_valid,
-    load_newest_valid,
     read_manifest,
     wall_clock,
 )
@@ -273,7 +272,7 @@ class CkptlabCallback(BaseCallback):
                     "resume='auto' to continue that run, or another run_dir (nothing was "
                     "changed)")
             total = model._total_timesteps
-            info, states = load_newest_valid(self.checkpoints.directory)
+            info, states = load_latest_valid(self.checkpoints.directory)
             self._check_total(info, total, resumed_by="CkptlabCallback")
             apply_state(model, states, str(info.path),
                         allow_config_change=self.allow_config_change)
@@ -484,7 +483,7 @@ def resume(run_dir: str | os.PathLike[str], build: Callable[[], BaseAlgorithm], 
     if checkpoint is None:
         if not directory.is_dir() or not any(directory.glob("step_*")):
             return model
-        info, states = load_newest_valid(directory)
+        info, states = load_latest_valid(directory)
     else:  # a checkpoint, or another run's directory (a foreign file is refused by name)
         info, states = load_latest_valid(checkpoint)
     apply_state(model, states, str(info.path), allow_config_change=allow_config_change)

@@ -36,8 +36,8 @@ from ckptlab.engine import (  # noqa: E402
     CheckpointCorruptError,
     CheckpointFallbackWarning,
     IncompatibleCheckpointError,
+    latest_valid_checkpoint,
     load_checkpoint_state,
-    newest_valid_checkpoint,
     verify_checkpoint,
 )
 from ckptlab.engine.distributed import (  # noqa: E402
@@ -243,7 +243,7 @@ def test_missing_or_mixed_shards_are_named_and_skipped_and_nothing_is_deleted(ru
     with pytest.raises(CheckpointCorruptError, match="rank 1's shard .* is missing"):
         verify_checkpoint(newest)
     with pytest.warns(CheckpointFallbackWarning, match="rank 1's shard"):
-        assert newest_valid_checkpoint(run / "checkpoints").step == 400
+        assert latest_valid_checkpoint(run / "checkpoints").step == 400
     shutil.copytree(_final(run, 400) / "rank_00001", newest / "rank_00001")
     with pytest.raises(CheckpointCorruptError, match="from another save .*step 400"):
         verify_checkpoint(newest)

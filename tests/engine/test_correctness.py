@@ -48,8 +48,8 @@ from ckptlab.engine import (
     OnImprovement,
     RollbackRequiredError,
     UnsupportedValueError,
+    latest_valid_checkpoint,
     load_checkpoint_state,
-    newest_valid_checkpoint,
     read_decision_log,
     read_pointer_record,
     verify_checkpoint,
@@ -431,7 +431,7 @@ def test_a_manifest_naming_a_path_is_refused_and_falls_back(two_checkpoints, nam
     with pytest.raises(CheckpointCorruptError):
         verify_checkpoint(newest)
     with pytest.warns(CheckpointFallbackWarning):
-        assert newest_valid_checkpoint(two_checkpoints).name == "step_00000001"
+        assert latest_valid_checkpoint(two_checkpoints).name == "step_00000001"
 
 
 def test_open_member_refuses_paths_even_when_called_directly(two_checkpoints):
@@ -500,7 +500,7 @@ def test_manifest_fields_of_the_wrong_type_are_refused(two_checkpoints, change):
     with pytest.raises(CheckpointCorruptError):
         verify_checkpoint(newest)
     with pytest.warns(CheckpointFallbackWarning):
-        assert newest_valid_checkpoint(two_checkpoints).name == "step_00000001"
+        assert latest_valid_checkpoint(two_checkpoints).name == "step_00000001"
 
 
 def test_a_huge_number_or_a_nesting_bomb_in_the_manifest_is_refused(two_checkpoints):
@@ -568,7 +568,7 @@ def test_an_unreadable_checkpoint_falls_back(two_checkpoints, monkeypatch):
     with pytest.raises(CheckpointCorruptError, match="Permission denied"):
         verify_checkpoint(two_checkpoints / "step_00000002")
     with pytest.warns(CheckpointFallbackWarning):
-        assert newest_valid_checkpoint(two_checkpoints).name == "step_00000001"
+        assert latest_valid_checkpoint(two_checkpoints).name == "step_00000001"
 
 
 def test_ls_on_a_read_only_tree_indexes_in_memory(two_checkpoints, monkeypatch, capsys):

@@ -18,8 +18,8 @@ from ckptlab.engine import (
     CheckpointCorruptError,
     CkptlabError,
     RollbackRequiredError,
+    latest_valid_checkpoint,
     load_latest_valid,
-    newest_valid_checkpoint,
     read_decision_log,
     read_pointer_record,
 )
@@ -169,7 +169,7 @@ def test_a_directory_named_like_a_pointer_is_moved_aside_not_deleted(tmp_path, p
     (directory / pointer).unlink()
     (directory / pointer).mkdir()
     (directory / pointer / "notes.txt").write_text("the operator's notes")
-    assert newest_valid_checkpoint(directory).step == 30  # readers never needed it
+    assert latest_valid_checkpoint(directory).step == 30  # readers never needed it
 
     with pytest.warns(PointerSetAsideWarning, match=f"{pointer}.moved-aside-") as caught:
         manager, counter = counter_manager(directory, best=best)

@@ -34,7 +34,7 @@ from ckptlab.engine.distributed import (
 )
 from ckptlab.engine.errors import CheckpointCorruptError
 from ckptlab.engine.format import _canonical_json, _manifest_self_hash, read_manifest
-from ckptlab.engine.reader import newest_valid_checkpoint
+from ckptlab.engine.reader import latest_valid_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +130,10 @@ def _every_reader_refuses(run_dir: Path, checkpoint: Path, capsys, match: str = 
     assert "Traceback" not in capsys.readouterr().err
     if falls_back:
         with pytest.warns(UserWarning):
-            assert newest_valid_checkpoint(run_dir / "checkpoints").step == 10
+            assert latest_valid_checkpoint(run_dir / "checkpoints").step == 10
     else:
         with pytest.raises(UnsupportedFormatError, match="migrate-sharded"):
-            newest_valid_checkpoint(run_dir / "checkpoints")
+            latest_valid_checkpoint(run_dir / "checkpoints")
     assert time.monotonic() - started < 30
 
 
@@ -580,7 +580,7 @@ def test_migrate_sharded_converts_a_trusted_old_checkpoint_and_changes_nothing_e
     for part in ("model", "optim"):
         torch.testing.assert_close(loaded[part], expected[part], rtol=0, atol=0)
     assert read_sharded_state(converted)[1]["rank_00000"]["box"] == {"value": 20}
-    assert newest_valid_checkpoint(tmp_path / "new" / "checkpoints").path == converted
+    assert latest_valid_checkpoint(tmp_path / "new" / "checkpoints").path == converted
     assert before == {p: p.read_bytes() for p in checkpoint.rglob("*") if p.is_file()}
     # a used output directory is refused; a damaged old file is refused before unpickling
     assert main(["migrate-sharded", str(checkpoint), "--out", str(tmp_path / "new"),

@@ -85,7 +85,8 @@ def start_lab(tmp_path_factory, extra_args: Sequence[str] = ()):
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
-                pytest.fail(f"JupyterLab did not start:\n{(base / 'jupyterlab.log').read_text()[-3000:]}")
+                log = (base / "jupyterlab.log").read_text()[-3000:]
+                pytest.fail(f"JupyterLab did not start:\n{log}")
             time.sleep(0.5)
     try:
         yield url, token, root

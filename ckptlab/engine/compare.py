@@ -37,7 +37,7 @@ def _as_array(x: Any) -> np.ndarray | None:
     return None
 
 
-def _walk(a: Any, b: Any, path: str, out: ComponentComparison) -> None:
+def compare_values(a: Any, b: Any, path: str, out: ComponentComparison) -> None:
     arr_a, arr_b = _as_array(a), _as_array(b)
     if arr_a is not None or arr_b is not None:
         out.leaves += 1
@@ -56,7 +56,7 @@ def _walk(a: Any, b: Any, path: str, out: ComponentComparison) -> None:
                 out.leaves += 1
                 out.differing.append(f"{path}/{key}")
             else:
-                _walk(a[key], b[key], f"{path}/{key}", out)
+                compare_values(a[key], b[key], f"{path}/{key}", out)
         return
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and type(a) is type(b):
         if len(a) != len(b):
@@ -64,7 +64,7 @@ def _walk(a: Any, b: Any, path: str, out: ComponentComparison) -> None:
             out.differing.append(f"{path} (length {len(a)} vs {len(b)})")
             return
         for i, (x, y) in enumerate(zip(a, b)):
-            _walk(x, y, f"{path}/{i}", out)
+            compare_values(x, y, f"{path}/{i}", out)
         return
     out.leaves += 1
     same = type(a) is type(b) and (a == b or (a != a and b != b))  # NaN equals NaN here
@@ -85,6 +85,6 @@ def compare_checkpoints(a: str | os.PathLike[str],
         if name not in states_a or name not in states_b:
             comparison.differing.append("(component missing in one checkpoint)")
         else:
-            _walk(states_a[name], states_b[name], name, comparison)
+            compare_values(states_a[name], states_b[name], name, comparison)
         result.append(comparison)
     return result

@@ -66,7 +66,7 @@ from .crash_states import (
     record,
 )
 from .errors import CheckpointCorruptError, CheckpointNotFoundError
-from .format import _REPLACED_PREFIX, _TEMP_PREFIX, _TRASH_PREFIX, BEST, DECISIONS, LATEST
+from .format import BEST, DECISIONS, LATEST, REPLACED_PREFIX, TEMP_PREFIX, TRASH_PREFIX
 from .manager import CheckpointManager
 from .partial import export_checkpoint
 from .policies import BestBy
@@ -81,7 +81,7 @@ from .reader import (
 CHECKPOINTS = "run/checkpoints"
 """Where the workloads keep their checkpoints, relative to the workspace."""
 
-_LEFTOVER_PREFIXES = (_TEMP_PREFIX, _TRASH_PREFIX, _REPLACED_PREFIX)
+_LEFTOVER_PREFIXES = (TEMP_PREFIX, TRASH_PREFIX, REPLACED_PREFIX)
 
 
 class Counter:
@@ -412,10 +412,10 @@ def _crashed_directory(workspace: Path) -> None:
     directory = workspace / CHECKPOINTS
     (directory / LATEST).write_text('{"checkpoint": "step_00000001", "step": 1}\n')
     (directory / BEST).unlink()
-    leftover = directory / f"{_TEMP_PREFIX}step_00000004-0badcafe"
+    leftover = directory / f"{TEMP_PREFIX}step_00000004-0badcafe"
     leftover.mkdir()
     (leftover / "tensors.safetensors").write_bytes(b"half a file")
-    trash = directory / f"{_TRASH_PREFIX}step_00000000-0badcafe"
+    trash = directory / f"{TRASH_PREFIX}step_00000000-0badcafe"
     trash.mkdir()
     (trash / "manifest.json").write_bytes(b"{}")
 

@@ -67,8 +67,8 @@ from .format import (
     DCP_DIR,
     DCP_INDEX,
     MAX_STATE_DEPTH,
-    _canonical_json,
-    _load_json_bounded,
+    canonical_json,
+    load_json_bounded,
     state_json,
     tensor_bytes,
 )
@@ -222,7 +222,7 @@ class HashingDCPWriter(StorageWriter):
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         locations = {r.index: r.storage_data for rank_results in results for r in rank_results}
-        index = _canonical_json(encode_index(metadata, locations))
+        index = canonical_json(encode_index(metadata, locations))
         self.written[f"{DCP_DIR}/{DCP_INDEX}"] = _write_hashed(
             self.path / DCP_INDEX, [memoryview(index)], self.sync_files)
 
@@ -317,7 +317,7 @@ def decode_index(data: bytes, source: Path, files: Mapping[str, int]) -> Metadat
         return CheckpointCorruptError(f"{source}: {what}; the DCP index is damaged or was not "
                                       "written by ckptlab")
 
-    index = _load_json_bounded(data, str(source))
+    index = load_json_bounded(data, str(source))
     if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
         raise bad(f"it is not a {INDEX_FORMAT}")
     if index.get("version") != INDEX_VERSION:

@@ -55,21 +55,21 @@ import torch.distributed.checkpoint as dcp
 from .dcp_storage import HashingDCPWriter, JsonLoadPlanner, JsonSavePlanner, VerifiedDCPReader
 from .errors import CheckpointCorruptError, CheckpointNotFoundError, CkptlabError
 from .format import (
-    _TEMP_PREFIX,
     DCP_DIR,
     FORMAT_NAME,
     MANIFEST,
     SHARD_INFO,
     SHARDED_FORMAT_VERSION,
     SHARDED_KEY,
-    _canonical_json,
-    _digest,
-    _json_copy,
-    _manifest_self_hash,
-    _sha256,
+    TEMP_PREFIX,
+    canonical_json,
     checkpoint_dir_name,
+    file_entry,
+    json_copy,
     library_versions,
+    manifest_self_hash,
     read_manifest,
+    sha256_of,
 )
 from .manager import CheckpointManager
 from .policies import BestBy, RetentionPolicy
@@ -85,9 +85,9 @@ from .verified import read_verified
 from .writer import (
     CheckpointWriteError,
     ReplacedButUnsyncedError,
-    _describe_os_error,
-    _fsync_dir,
-    _write_durable,
+    describe_os_error,
+    fsync_dir,
+    write_durable,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -353,8 +353,8 @@ class ShardedCheckpointer:
             save_id=save_id)
         pending = _Pending(
             step, dcp_state if blocking else _stage(dcp_state), part_files, part_components,
-            _json_copy(metrics or {}), _json_copy(config) if config is not None else None,
-            _json_copy(extra or {}), {k: k for k in dcp_state})
+            json_copy(metrics or {}), json_copy(config) if config is not None else None,
+            json_copy(extra or {}), {k: k for k in dcp_state})
         if blocking:
             info = self._write(pending, save_id)
             self.last_blocking_seconds = time.perf_counter() - t0
@@ -391,7 +391,7 @@ class ShardedCheckpointer:
     def _write(self, p: _Pending, save_id: str) -> CheckpointInfo | None:
         step, rank = p.step, self.rank
         final = self.directory / checkpoint_dir_name(step)
-        temp = self.directory / f"{_TEMP_PREFIX}{final.name}-{save_id}"
+        temp = self.directory / f"{TEMP_PREFIX}{final.name}-{save_id}"
         part = temp / rank_dir_name(rank)
         # 1. this rank's own part
         problem = None
@@ -399,10 +399,10 @@ class ShardedCheckpointer:
             rank_fault_point("save:before-shard", step, rank)
             part.mkdir(parents=True)
             for name, data in p.part_files.items():
-                _write_durable(part / name, data)
-            _fsync_dir(part)
+                write_durable(part / name, data)
+            fsync_dir(part)
         except OSError as exc:
-            problem = f"rank {rank}: {_describe_os_error(exc)}"
+            problem = f"rank {rank}: {describe_os_error(exc)}"
         problems = [x for x in _all_gather_json(problem, self.group) if x]
         if problems:  # every rank has stopped writing: rank 0 may remove the directory
             raise CheckpointWriteError(
@@ -424,7 +424,7 @@ class ShardedCheckpointer:
                 f"Earlier checkpoints are unchanged{self._abandon(temp)}") from exc
         rank_fault_point("save:shard-written", step, rank)
         # 3. hashes of what this rank wrote; gathering them is the barrier before the commit
-        mine = {f"{part.name}/{name}": _digest([data]) for name, data in p.part_files.items()}
+        mine = {f"{part.name}/{name}": file_entry([data]) for name, data in p.part_files.items()}
         mine.update(writer.written)  # this rank's data file; rank 0's also holds the index
         tables = _all_gather_json({"files": mine, "components": p.part_components},
                                   self.group)
@@ -439,9 +439,9 @@ class ShardedCheckpointer:
                 parts = {name: entry for table in tables
                          for name, entry in table["components"].items()}
                 manifest = self._manifest(p, files, parts, save_id)
-                _fsync_dir(temp / DCP_DIR)
-                _write_durable(temp / MANIFEST, _canonical_json(manifest, readable=True))
-                _fsync_dir(temp)
+                fsync_dir(temp / DCP_DIR)
+                write_durable(temp / MANIFEST, canonical_json(manifest, readable=True))
+                fsync_dir(temp)
                 assert self.manager is not None
                 self.manager._commit(temp, final)
                 rank_fault_point("save:committed", step, rank)
@@ -459,7 +459,7 @@ class ShardedCheckpointer:
                 if isinstance(error, OSError):  # noqa: F821 (set above on rank 0)
                     raise CheckpointWriteError(
                         f"could not commit checkpoint {final.name}: "
-                        f"{_describe_os_error(error)}; earlier checkpoints are unchanged; "
+                        f"{describe_os_error(error)}; earlier checkpoints are unchanged; "
                         f"free disk space or fix permissions{note}") from error
                 raise error  # noqa: F821
             raise CheckpointWriteError(f"rank 0 could not commit checkpoint {final.name}: "
@@ -474,7 +474,7 @@ class ShardedCheckpointer:
         try:
             shutil.rmtree(temp)
         except OSError as exc:
-            return (f" ({temp.name} could not be removed: {_describe_os_error(exc)}; readers "
+            return (f" ({temp.name} could not be removed: {describe_os_error(exc)}; readers "
                     "ignore it and the next save removes it)")
         return ""
 
@@ -494,7 +494,7 @@ class ShardedCheckpointer:
             "created_unix": now,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
             "metrics": p.metrics, "config": p.config,
-            "config_sha256": _sha256(_canonical_json(p.config)) if p.config is not None
+            "config_sha256": sha256_of(canonical_json(p.config)) if p.config is not None
             else None,
             "versions": library_versions(self.manager.extra_versions if self.manager else {}),
             "components": components,
@@ -504,7 +504,7 @@ class ShardedCheckpointer:
                           "ranks": [rank_dir_name(r) for r in range(self.world_size)],
                           "backend": dist.get_backend()},
         }
-        manifest["manifest_sha256"] = _manifest_self_hash(manifest)
+        manifest["manifest_sha256"] = manifest_self_hash(manifest)
         return manifest
 
 
@@ -517,7 +517,7 @@ def _describe_dcp_failure(exc: BaseException) -> str:
     for rank, failure in sorted(failures.items(), key=lambda item: -1 if item[0] is None
                                 else item[0]):
         error = failure[0] if isinstance(failure, tuple) else failure
-        what = (f"{_describe_os_error(error)}; free disk space or fix permissions"
+        what = (f"{describe_os_error(error)}; free disk space or fix permissions"
                 if isinstance(error, OSError) else f"{type(error).__name__}: {error}")
         described.append(what if rank is None else f"rank {rank}: {what}")
     return "; ".join(described)
@@ -725,7 +725,7 @@ def read_sharded_state(checkpoint: str | os.PathLike[str]) -> tuple[CheckpointIn
 def compare_sharded_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> list[Any]:
     """Compare two sharded checkpoints bit for bit: each DCP key, and each rank's part
     component by component (a list of :class:`~.compare.ComponentComparison`)."""
-    from .compare import ComponentComparison, _walk
+    from .compare import ComponentComparison, compare_values
 
     _, states_a = read_sharded_state(a)
     _, states_b = read_sharded_state(b)
@@ -738,12 +738,12 @@ def compare_sharded_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[
             continue
         if top.startswith(DCP_DIR + "/"):
             comparison = ComponentComparison(top)
-            _walk(states_a[top], states_b[top], top, comparison)
+            compare_values(states_a[top], states_b[top], top, comparison)
             result.append(comparison)
         else:
             for name in sorted(set(states_a[top]) | set(states_b[top])):
                 comparison = ComponentComparison(f"{top}/{name}")
-                _walk(states_a[top].get(name), states_b[top].get(name), comparison.name,
+                compare_values(states_a[top].get(name), states_b[top].get(name), comparison.name,
                       comparison)
                 result.append(comparison)
     return result

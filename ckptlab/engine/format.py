@@ -79,11 +79,11 @@ DECISIONS = "decisions.jsonl"
 CHECKPOINTS_SUBDIR = "checkpoints"
 ABANDONED_SUBDIR = "abandoned"  # checkpoints moved aside by a rollback (never deleted)
 
-_STEP_DIR = re.compile(r"^step_(\d{8,})$")
-_TEMP_PREFIX = ".tmp-"
-_TRASH_PREFIX = ".trash-"
-_REPLACED_PREFIX = ".replaced-"
-_MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+STEP_DIR_PATTERN = re.compile(r"^step_(\d{8,})$")
+TEMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+REPLACED_PREFIX = ".replaced-"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 # The member files a format-1 manifest may list: plain names, never paths.
 MEMBER_FILES = frozenset({TENSORS, STATE})
 # A sharded checkpoint (one written by several ranks, see .sharded) lists instead, one level
@@ -109,7 +109,7 @@ def is_member_name(name: str, sharded: bool) -> bool:
     return name in MEMBER_FILES if not sharded else bool(_SHARDED_MEMBER.match(name))
 
 
-def _member_bound(name: str) -> int:
+def member_bound(name: str) -> int:
     leaf = name.rsplit("/", 1)[-1]
     return _MAX_MEMBER_BYTES.get(leaf, _MAX_MEMBER_BYTES[TENSORS])
 
@@ -126,7 +126,7 @@ def legacy_sharded_error(checkpoint: Path) -> UnsupportedFormatError:
 # without limit: state.json is parsed whole, the tensor file is read whole.
 _MAX_MEMBER_BYTES = {STATE: 4 * 1024**3, TENSORS: 1024**4, SHARD_INFO: 64 * 1024,
                      DCP_INDEX: 256 * 1024**2}
-_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 # State trees of real components are a few levels deep. The reader refuses deeper ones (its
 # rebuild recurses), and the writer (serialization.split_state) refuses to write them.
 MAX_STATE_DEPTH = 200
@@ -140,7 +140,7 @@ def checkpoint_dir_name(step: int) -> str:
 def checkpoint_step(path: str | os.PathLike[str]) -> int:
     """The step a checkpoint directory's name encodes (``step_00003000`` -> 3000)."""
     # (a store location is no os.PathLike: its .name is the last part of its key)
-    match = _STEP_DIR.match(path.name if not isinstance(path, (str, os.PathLike))
+    match = STEP_DIR_PATTERN.match(path.name if not isinstance(path, (str, os.PathLike))
                             else Path(path).name)
     if match is None:
         raise CkptlabError(f"{path} is not named like a checkpoint (step_NNNNNNNN)")
@@ -262,15 +262,15 @@ def describe_digest(entry: Mapping[str, Any], digits: int = 16) -> str:
             f"first {pieces['digests'][0][:digits] if pieces['digests'] else '-'}")
 
 
-def _nbytes(tensor: torch.Tensor) -> int:
+def tensor_nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def _sha256(data: bytes) -> str:
+def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _digest(chunks: Sequence[bytes | memoryview]) -> dict[str, Any]:
+def file_entry(chunks: Sequence[bytes | memoryview]) -> dict[str, Any]:
     """A manifest file entry (size and SHA-256) for bytes held in memory."""
     digest = hashlib.sha256()
     for chunk in chunks:
@@ -278,7 +278,7 @@ def _digest(chunks: Sequence[bytes | memoryview]) -> dict[str, Any]:
     return {"bytes": sum(memoryview(c).nbytes for c in chunks), "sha256": digest.hexdigest()}
 
 
-def _canonical_json(obj: Any, readable: bool = False) -> bytes:
+def canonical_json(obj: Any, readable: bool = False) -> bytes:
     # indent= switches json to its pure-Python encoder (~10x slower), so only small files
     # meant for people (manifest, pointer) are indented; state.json is compact.
     return json.dumps(obj, sort_keys=True, allow_nan=False, indent=1 if readable else None,
@@ -294,9 +294,9 @@ def state_json(obj: Any) -> bytes:
     return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
-def _manifest_self_hash(manifest: Mapping[str, Any]) -> str:
+def manifest_self_hash(manifest: Mapping[str, Any]) -> str:
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return _sha256(_canonical_json(body))
+    return sha256_of(canonical_json(body))
 
 
 
@@ -319,7 +319,7 @@ def describe_foreign_file(path: Path) -> str | None:
     return None
 
 
-def _foreign_error(path: Path, what: str) -> ForeignFileError:
+def foreign_error(path: Path, what: str) -> ForeignFileError:
     return ForeignFileError(
         f"{path} is {what}, not a ckptlab checkpoint. ckptlab never unpickles files, because "
         "loading a pickle can run arbitrary code; nothing in it was executed. Point at a "
@@ -327,7 +327,7 @@ def _foreign_error(path: Path, what: str) -> ForeignFileError:
     )
 
 
-def _open_regular(path: Path, max_bytes: int) -> tuple[BinaryIO, int]:
+def open_regular(path: Path, max_bytes: int) -> tuple[BinaryIO, int]:
     """Open ``path`` for reading only if it is a regular file of at most ``max_bytes``.
 
     The last component is never followed if it is a symlink (``O_NOFOLLOW``), and a FIFO or
@@ -383,7 +383,7 @@ def open_member(checkpoint: Path, name: str, expected_bytes: int) -> BinaryIO:
         raise CheckpointCorruptError(f"{checkpoint}: the manifest names {name!r}, which is not "
                                      f"a checkpoint file ({', '.join(sorted(MEMBER_FILES))}, "
                                      "or a rank's part or DCP file of a sharded checkpoint)")
-    bound = _member_bound(name)
+    bound = member_bound(name)
     if "/" in name:  # a sharded member: its folder must be a real folder, not a symlink
         folder = checkpoint / name.split("/", 1)[0]
         try:
@@ -400,7 +400,7 @@ def open_member(checkpoint: Path, name: str, expected_bytes: int) -> BinaryIO:
                                      f"for {name} ({expected_bytes!r})")
     path = checkpoint / name
     try:
-        handle, size = _open_regular(path, bound)
+        handle, size = open_regular(path, bound)
     except FileNotFoundError:
         if not os.path.lexists(checkpoint):
             raise CheckpointNotFoundError(f"{checkpoint} does not exist") from None
@@ -415,7 +415,7 @@ def open_member(checkpoint: Path, name: str, expected_bytes: int) -> BinaryIO:
     return handle
 
 
-def _load_json_bounded(data: bytes, what: str) -> Any:
+def load_json_bounded(data: bytes, what: str) -> Any:
     """``json.loads`` that turns every parse failure into :class:`CheckpointCorruptError`.
 
     Covers what ``json`` itself reports with other exceptions: nesting deep enough to
@@ -465,7 +465,7 @@ def validate_manifest(manifest: Any, path: Path) -> None:
                   f"(got {sorted(files) if isinstance(files, dict) else type(files).__name__})")
     for name, entry in files.items():
         if not isinstance(entry, dict) or not _is_int(entry.get("bytes")) \
-                or not 0 <= entry["bytes"] <= _member_bound(name):
+                or not 0 <= entry["bytes"] <= member_bound(name):
             raise bad(f"the entry for {name} needs a size in bytes and a SHA-256")
         if "sha256_pieces" in entry and manifest["format_version"] >= 3:
             if "sha256" in entry or not _valid_pieces(entry["sha256_pieces"], entry["bytes"]):
@@ -569,9 +569,9 @@ def read_manifest(checkpoint: Path) -> dict[str, Any]:
     checkpoint = Path(checkpoint)
     path = checkpoint / MANIFEST
     try:
-        handle, _ = _open_regular(path, _MAX_MANIFEST_BYTES)
+        handle, _ = open_regular(path, MAX_MANIFEST_BYTES)
         with handle:
-            data = handle.read(_MAX_MANIFEST_BYTES + 1)
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         if not os.path.lexists(checkpoint):
             raise CheckpointNotFoundError(f"{checkpoint} does not exist; check the path") \
@@ -594,9 +594,9 @@ def manifest_from_bytes(data: bytes, path: Any, checkpoint: Any) -> dict[str, An
         ForeignFileError, CheckpointCorruptError, UnsupportedFormatError: as
             :func:`read_manifest`.
     """
-    if len(data) > _MAX_MANIFEST_BYTES:
+    if len(data) > MAX_MANIFEST_BYTES:
         raise CheckpointCorruptError(f"{path}: manifest is implausibly large")
-    manifest = _load_json_bounded(data, f"{path}: manifest")
+    manifest = load_json_bounded(data, f"{path}: manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise ForeignFileError(f"{path} is not a ckptlab manifest (no format '{FORMAT_NAME}')")
     version = manifest.get("format_version")
@@ -608,7 +608,7 @@ def manifest_from_bytes(data: bytes, path: Any, checkpoint: Any) -> dict[str, An
             f"({__version__}) reads formats up to {NEWEST_FORMAT_VERSION}; upgrade ckptlab to "
             "load it")
     try:
-        self_hash = _manifest_self_hash(manifest)
+        self_hash = manifest_self_hash(manifest)
     except (ValueError, RecursionError) as exc:  # 1e999 parses as infinity; deep nesting
         raise CheckpointCorruptError(f"{path}: manifest holds a value outside JSON ({exc})") \
             from None
@@ -619,7 +619,7 @@ def manifest_from_bytes(data: bytes, path: Any, checkpoint: Any) -> dict[str, An
     return manifest
 
 
-def _json_copy(value: Any) -> Any:
+def json_copy(value: Any) -> Any:
     """A deep copy through JSON types, with non-finite floats replaced by None."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dim() == 0:
         value = value.item()  # a 0-d tensor metric (a loss straight from torch)
@@ -629,9 +629,9 @@ def _json_copy(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {str(k): _json_copy(v) for k, v in value.items()}
+        return {str(k): json_copy(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_copy(v) for v in value]
+        return [json_copy(v) for v in value]
     if value is None or isinstance(value, (str, int, bool)):
         return value
     raise CkptlabError(f"manifest values must be numbers (Python, numpy scalars or 0-d "
@@ -810,16 +810,16 @@ def read_tensor_table(path: Path) -> dict[str, dict[str, Any]]:
 
         return read_remote_tensor_table(remote)
     try:
-        handle, size = _open_regular(path, _MAX_MEMBER_BYTES[TENSORS])
+        handle, size = open_regular(path, _MAX_MEMBER_BYTES[TENSORS])
         with handle:
             prefix = handle.read(8)
             if len(prefix) < 8:
                 raise CheckpointCorruptError(f"{path}: too short for a safetensors header")
             (length,) = struct.unpack("<Q", prefix)
-            if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
+            if length > min(size - 8, MAX_SAFETENSORS_HEADER):
                 raise CheckpointCorruptError(f"{path}: header length {length} does not fit "
                                              f"the file ({size} bytes)")
-            header = _load_json_bounded(handle.read(length), f"{path}: header")
+            header = load_json_bounded(handle.read(length), f"{path}: header")
     except FileNotFoundError:
         raise CheckpointCorruptError(f"{path} is missing") from None
     except OSError as exc:

@@ -36,7 +36,6 @@ from .errors import (
 )
 from .faults import fault_point
 from .format import (
-    _TEMP_PREFIX,
     ABANDONED_SUBDIR,
     BEST,
     FORMAT_NAME,
@@ -44,18 +43,19 @@ from .format import (
     LATEST,
     MANIFEST,
     STATE,
+    TEMP_PREFIX,
     TENSORS,
-    _canonical_json,
-    _json_copy,
-    _manifest_self_hash,
-    _nbytes,
-    _sha256,
+    canonical_json,
     checkpoint_dir_name,
     checkpoint_step,
+    json_copy,
     library_versions,
+    manifest_self_hash,
     read_manifest,
     safetensors_chunks,
+    sha256_of,
     state_json,
+    tensor_nbytes,
 )
 from .location import store_location
 from .lock import RunLock
@@ -93,14 +93,14 @@ from .retention import (
 from .serialization import split_state
 from .writer import (
     CheckpointWriteError,
+    ParallelFlush,
     PointerSetAsideWarning,
     ReplacedButUnsyncedError,
     StagingBuffer,
-    _describe_os_error,
-    _fsync_dir,
-    _ParallelFlush,
     commit_directory,
     delete_checkpoints,
+    describe_os_error,
+    fsync_dir,
     remove_leftovers,
     set_aside_non_pointer,
     write_pointer,
@@ -154,7 +154,7 @@ class SaveTimings:
 
 
 @dataclass
-class _Snapshot:
+class Snapshot:
     """Everything a save writes, captured on the training thread."""
 
     step: int
@@ -260,7 +260,7 @@ class CheckpointManager:
             except OSError as exc:
                 self._lock.release()
                 raise CheckpointWriteError(
-                    f"cannot tidy {self.directory}: {_describe_os_error(exc)}") from exc
+                    f"cannot tidy {self.directory}: {describe_os_error(exc)}") from exc
             except BaseException:
                 self._lock.release()
                 raise
@@ -505,7 +505,7 @@ class CheckpointManager:
 
     def _snapshot(self, step: int, metrics: Mapping[str, Any] | None,
                   config: Mapping[str, Any] | None, extra: Mapping[str, Any] | None,
-                  staging: StagingBuffer | None, encode: bool = True) -> _Snapshot:
+                  staging: StagingBuffer | None, encode: bool = True) -> Snapshot:
         """The state of every component at ``step``. ``encode=False`` (a synchronous save,
         whose caller waits) leaves the JSON encoding to the writer, which does it while the
         tensors are hashed and flushed; an async save must encode before returning."""
@@ -528,11 +528,11 @@ class CheckpointManager:
         kept: Mapping[str, torch.Tensor] = tensors if staging is None else staging.stage(tensors)
         # Private copies of the caller's dicts; NaN and infinity (a diverged loss) become None,
         # because the manifest is strict JSON.
-        return _Snapshot(step, json_parts, kept, tensor_keys, _json_copy(metrics or {}),
-                         _json_copy(config) if config is not None else None,
-                         _json_copy(extra or {}), time.perf_counter() - t0, encoded=encode)
+        return Snapshot(step, json_parts, kept, tensor_keys, json_copy(metrics or {}),
+                         json_copy(config) if config is not None else None,
+                         json_copy(extra or {}), time.perf_counter() - t0, encoded=encode)
 
-    def _write_in_background(self, snap: _Snapshot) -> CheckpointInfo:
+    def _write_in_background(self, snap: Snapshot) -> CheckpointInfo:
         # Hand the GIL straight back: otherwise the caller of save_async() can wait a whole
         # switch interval (5 ms) for it while this thread runs the Python parts of the save.
         time.sleep(0)
@@ -543,13 +543,13 @@ class CheckpointManager:
                 snap.staged.set()
         return self._write(snap)
 
-    def _write(self, snap: _Snapshot) -> CheckpointInfo:
+    def _write(self, snap: Snapshot) -> CheckpointInfo:
         step = snap.step
         t1 = time.perf_counter()
         final = self.directory / checkpoint_dir_name(step)
         tag = uuid.uuid4().hex[:8]
-        temp = self.directory / f"{_TEMP_PREFIX}{final.name}-{tag}"
-        pointer_temp = self.directory / f"{_TEMP_PREFIX}{LATEST}-{tag}"
+        temp = self.directory / f"{TEMP_PREFIX}{final.name}-{tag}"
+        pointer_temp = self.directory / f"{TEMP_PREFIX}{LATEST}-{tag}"
         best_temp: Path | None = None  # a moved `best`, written beside `latest`
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -557,7 +557,7 @@ class CheckpointManager:
             self._set_aside_non_pointers()  # (made after this manager opened the directory)
             temp.mkdir()
             tensor_chunks = safetensors_chunks(snap.tensors, {"format": FORMAT_NAME})
-            pointer = _canonical_json({"checkpoint": final.name, "step": step}, readable=True)
+            pointer = canonical_json({"checkpoint": final.name, "step": step}, readable=True)
             # Durability (docs/crash-consistency.md). Persistence model: file data is durable
             # once the file's fsync returns, a name once its directory's fsync returns, and a
             # rename is atomic. So: every file, the next `best` and the temporary folder's
@@ -566,7 +566,7 @@ class CheckpointManager:
             # (readers take a damaged one as absent, resume scans the folders, the next writer
             # repairs it). Checked, crash state by crash state under an ordered and an
             # adversarial model, by engine/crash_recovery.py (workloads `save*`).
-            with _ParallelFlush() as flush:
+            with ParallelFlush() as flush:
                 try:
                     pending = {TENSORS: flush.start(temp / TENSORS, tensor_chunks)}
                     # The rest is prepared while other threads hash and flush the tensors.
@@ -578,7 +578,7 @@ class CheckpointManager:
                     flush.write(pointer_temp, [pointer], durable=False)  # see above
                     components = {
                         name: {"tensors": len(keys),
-                               "tensor_bytes": sum(_nbytes(snap.tensors[k]) for k in keys),
+                               "tensor_bytes": sum(tensor_nbytes(snap.tensors[k]) for k in keys),
                                "json_bytes": len(snap.json_parts[name])}
                         for name, keys in snap.tensor_keys.items()}
                     # What retention and `best` will do once the save is committed, decided
@@ -592,15 +592,15 @@ class CheckpointManager:
                             sum(entry.total for entry in pending.values()), created)],
                         latest=final.name, saved=(step, dict(snap.metrics)))
                     if plan.best_record is not None:
-                        best_temp = self.directory / f"{_TEMP_PREFIX}{BEST}-{tag}"
+                        best_temp = self.directory / f"{TEMP_PREFIX}{BEST}-{tag}"
                         flush.write(best_temp,
-                                    [_canonical_json(plan.best_record, readable=True)])
+                                    [canonical_json(plan.best_record, readable=True)])
                     files = {name: entry.result() for name, entry in pending.items()}
                 finally:  # every tensor byte written and hashed (or the save failed)
                     snap.staged.set()
                 manifest = self._manifest(step, components, files, snap.metrics, snap.config,
                                           snap.extra, created)
-                flush.write(temp / MANIFEST, [_canonical_json(manifest, readable=True)])
+                flush.write(temp / MANIFEST, [canonical_json(manifest, readable=True)])
                 flush.sync_directory(temp)
             t2 = time.perf_counter()
             fault_point("save:files-written", step)
@@ -615,7 +615,7 @@ class CheckpointManager:
             _unlink_temporaries(pointer_temp, best_temp)
             raise CheckpointWriteError(
                 f"could not save checkpoint {final.name} in {self.directory}: "
-                f"{_describe_os_error(exc)}. Earlier checkpoints and pointers are unchanged; "
+                f"{describe_os_error(exc)}. Earlier checkpoints and pointers are unchanged; "
                 "free disk space or fix permissions, then save again") from exc
         except BaseException:
             snap.staged.set()
@@ -635,22 +635,22 @@ class CheckpointManager:
             # One fsync of the parent makes the commit and the pointers durable. Before it, a
             # disk may keep any of the renames (a pointer naming a folder that is not there):
             # no reader trusts a pointer for that, and the next writer repairs it.
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             fault_point("save:pointer-updated", step)
             self._log_save(final.name, step, snap.metrics)
             self._carry_out(plan, latest=final.name, best_written=best_temp is not None)
         except OSError as exc:
             _unlink_temporaries(pointer_temp, best_temp)
             try:  # the commit's rename must still become durable
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
                 found = "The checkpoint itself is complete and will be found on resume"
             except OSError as sync_exc:
                 found = (f"The checkpoint is in place, but syncing {self.directory} failed "
-                         f"too ({_describe_os_error(sync_exc)}): a power loss now could lose "
+                         f"too ({describe_os_error(sync_exc)}): a power loss now could lose "
                          "it; fix the disk, then save again")
             raise CheckpointWriteError(
                 f"checkpoint {final.name} was committed, but updating pointers or retention "
-                f"failed: {_describe_os_error(exc)}. {found}") from exc
+                f"failed: {describe_os_error(exc)}. {found}") from exc
         t3 = time.perf_counter()
         self.last_save_timings = SaveTimings(snap.snapshot_seconds, t2 - t1, t3 - t2,
                                              snap.snapshot_seconds + (t3 - t1))
@@ -668,12 +668,12 @@ class CheckpointManager:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
             "metrics": dict(metrics or {}),
             "config": dict(config) if config is not None else None,
-            "config_sha256": _sha256(_canonical_json(config)) if config is not None else None,
+            "config_sha256": sha256_of(canonical_json(config)) if config is not None else None,
             "versions": library_versions(self.extra_versions),
             "components": components,
             "files": files,
         }
-        manifest["manifest_sha256"] = _manifest_self_hash(manifest)
+        manifest["manifest_sha256"] = manifest_self_hash(manifest)
         return manifest
 
     def _commit(self, temp: Path, final: Path, sync: bool = True) -> None:
@@ -712,7 +712,7 @@ class CheckpointManager:
             self._lock.acquire()
         except OSError as exc:
             raise CheckpointWriteError(
-                f"cannot write to {self.directory}: {_describe_os_error(exc)}") from exc
+                f"cannot write to {self.directory}: {describe_os_error(exc)}") from exc
 
     def _refuse_branch(self, step: int) -> None:
         """Refuse to save ``step`` below a newer valid checkpoint of this directory.
@@ -973,13 +973,13 @@ class CheckpointManager:
         # a power cut could orphan what moved), and each move before the next, oldest first,
         # so a power cut leaves a prefix of the moves: the newest checkpoint in place stays the
         # old newest until the last one has moved.
-        _fsync_dir(aside.parent)
-        _fsync_dir(self.directory)
+        fsync_dir(aside.parent)
+        fsync_dir(self.directory)
         moved = []
         for path in newer:
             os.replace(path, aside / path.name)
-            _fsync_dir(aside)
-            _fsync_dir(self.directory)
+            fsync_dir(aside)
+            fsync_dir(self.directory)
             self._manifests.pop(path.name, None)
             self._unusable.discard(path.name)
             moved.append(aside / path.name)

@@ -26,21 +26,21 @@ from typing import Any
 
 from .errors import CheckpointCorruptError, CkptlabError
 from .format import (
-    _TEMP_PREFIX,
     CHECKPOINTS_SUBDIR,
     DCP_DIR,
     LATEST,
     MANIFEST,
     SHARDED_FORMAT_VERSION,
     SHARDED_KEY,
-    _canonical_json,
-    _load_json_bounded,
-    _manifest_self_hash,
-    _open_regular,
+    TEMP_PREFIX,
+    canonical_json,
     checkpoint_dir_name,
+    load_json_bounded,
+    manifest_self_hash,
+    open_regular,
 )
 from .reader import CheckpointInfo, verify_checkpoint
-from .writer import _fsync_dir, _write_durable, write_pointer
+from .writer import fsync_dir, write_durable, write_pointer
 
 _LEGACY_FILE = re.compile(r"^(?:dcp/(?:\.metadata|__\d+_\d+\.distcp)"
                           r"|rank_\d{5}/(?:shard\.json|state\.json|tensors\.safetensors))$")
@@ -51,16 +51,16 @@ _MAX_FILE = 1024**4
 def _legacy_manifest(checkpoint: Path) -> dict[str, Any]:
     """The manifest of an old-layout sharded checkpoint: its self-hash and file table checked."""
     try:
-        handle, _ = _open_regular(checkpoint / MANIFEST, _MAX_MANIFEST)
+        handle, _ = open_regular(checkpoint / MANIFEST, _MAX_MANIFEST)
         with handle:
-            manifest = _load_json_bounded(handle.read(_MAX_MANIFEST), str(checkpoint / MANIFEST))
+            manifest = load_json_bounded(handle.read(_MAX_MANIFEST), str(checkpoint / MANIFEST))
     except FileNotFoundError:
         raise CkptlabError(f"{checkpoint} has no manifest.json; give a checkpoint directory "
                            "(step_NNNNNNNN)") from None
     except OSError as exc:
         raise CkptlabError(f"{checkpoint / MANIFEST} cannot be read ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("manifest_sha256") != \
-            _manifest_self_hash(manifest):
+            manifest_self_hash(manifest):
         raise CheckpointCorruptError(f"{checkpoint}: manifest damaged (its self-hash differs)")
     files, sharded = manifest.get("files"), manifest.get(SHARDED_KEY)
     if not isinstance(sharded, dict) or not isinstance(files, dict) \
@@ -81,7 +81,7 @@ def _verified_bytes(checkpoint: Path, name: str, entry: dict[str, Any]) -> bytes
     folder = checkpoint / name.split("/", 1)[0]
     if not stat.S_ISDIR(os.lstat(folder).st_mode):
         raise CheckpointCorruptError(f"{folder} is not a folder; it is not followed")
-    handle, size = _open_regular(checkpoint / name, _MAX_FILE)
+    handle, size = open_regular(checkpoint / name, _MAX_FILE)
     with handle:
         data = handle.read(entry["bytes"] + 1)
     if size != entry["bytes"] or len(data) != entry["bytes"] \
@@ -130,7 +130,7 @@ def migrate_legacy_sharded(checkpoint: str | os.PathLike[str], out: str | os.Pat
 
     step = manifest["step"]
     checkpoints = target_run / CHECKPOINTS_SUBDIR
-    temp = checkpoints / f"{_TEMP_PREFIX}{checkpoint_dir_name(step)}-migrate"
+    temp = checkpoints / f"{TEMP_PREFIX}{checkpoint_dir_name(step)}-migrate"
     final = checkpoints / checkpoint_dir_name(step)
     checkpoints.mkdir(parents=True, exist_ok=True)
     try:
@@ -139,7 +139,7 @@ def migrate_legacy_sharded(checkpoint: str | os.PathLike[str], out: str | os.Pat
             path = temp / name if not name.startswith(DCP_DIR + "/") else \
                 old_dcp / name.split("/", 1)[1]
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_durable(path, data)  # the verified bytes: nothing can change in between
+            write_durable(path, data)  # the verified bytes: nothing can change in between
         reader = FileSystemReader(str(old_dcp))
         metadata = reader.read_metadata()  # the unpickling the user trusted
         state: dict[str, Any] = {
@@ -161,13 +161,13 @@ def migrate_legacy_sharded(checkpoint: str | os.PathLike[str], out: str | os.Pat
                                        "manifest_sha256": manifest["manifest_sha256"],
                                        "format_version": manifest.get("format_version")}}
         converted.pop("manifest_sha256")
-        converted["manifest_sha256"] = _manifest_self_hash(converted)
-        _write_durable(temp / MANIFEST, _canonical_json(converted, readable=True))
+        converted["manifest_sha256"] = manifest_self_hash(converted)
+        write_durable(temp / MANIFEST, canonical_json(converted, readable=True))
         for folder in {path.parent for path in temp.rglob("*") if path.is_file()} | {temp}:
-            _fsync_dir(folder)
+            fsync_dir(folder)
         os.replace(temp, final)
         write_pointer(checkpoints, LATEST, final.name, step)
-        _fsync_dir(checkpoints)
+        fsync_dir(checkpoints)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

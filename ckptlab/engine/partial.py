@@ -35,7 +35,7 @@ from .reader import (
     restore_components,
 )
 from .sharded import is_sharded
-from .writer import CheckpointWriteError, _describe_os_error, _fsync_dir
+from .writer import CheckpointWriteError, describe_os_error, fsync_dir
 
 
 @dataclass
@@ -163,7 +163,7 @@ def _publish(out: Path, name: str, data: bytes) -> Path:
             if final.exists():
                 raise CkptlabError(f"{final} already exists; nothing was overwritten") from None
             os.replace(temp, final)
-        _fsync_dir(out)
+        fsync_dir(out)
     finally:
         temp.unlink(missing_ok=True)
     return final
@@ -232,12 +232,12 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
         # or a power cut after the export returned could lose it whole (found by the crash
         # explorer, workload `export`).
         for directory in reversed(created):
-            _fsync_dir(directory.parent)
+            fsync_dir(directory.parent)
         for leftover in out.glob(".tmp-export-*"):  # of a killed export: ours to remove
             leftover.unlink(missing_ok=True)
         written = [_publish(out, name, data) for name, data in files.items()]
     except OSError as exc:
         raise CheckpointWriteError(f"cannot write the export to {out}: "
-                                   f"{_describe_os_error(exc)}; nothing was overwritten") \
+                                   f"{describe_os_error(exc)}; nothing was overwritten") \
             from None
     return written

@@ -31,17 +31,17 @@ from .errors import (
     IncompatibleCheckpointError,
 )
 from .format import (
-    _STEP_DIR,
     CHECKPOINTS_SUBDIR,
     DECISIONS,
     LATEST,
     MANIFEST,
     SHARDED_KEY,
     STATE,
+    STEP_DIR_PATTERN,
     TENSORS,
-    _foreign_error,
-    _open_regular,
     describe_foreign_file,
+    foreign_error,
+    open_regular,
     read_manifest,
     read_safetensors,
 )
@@ -317,16 +317,16 @@ def _resolve(path: Path) -> tuple[Path, Path | None]:
         if path.name == LATEST:
             return path.parent, None
         what = describe_foreign_file(path) or "a file of unknown format"
-        raise _foreign_error(path, what)
+        raise foreign_error(path, what)
     if (path / MANIFEST).exists():
         return path.parent, path
     if (path / CHECKPOINTS_SUBDIR).is_dir():
         return path / CHECKPOINTS_SUBDIR, None
-    if any(_STEP_DIR.match(p.name) for p in path.iterdir()) or (path / LATEST).exists():
+    if any(STEP_DIR_PATTERN.match(p.name) for p in path.iterdir()) or (path / LATEST).exists():
         return path, None
     foreign = [p for p in sorted(path.iterdir()) if p.is_file() and describe_foreign_file(p)]
     if foreign:
-        raise _foreign_error(foreign[0], describe_foreign_file(foreign[0]) or "foreign")
+        raise foreign_error(foreign[0], describe_foreign_file(foreign[0]) or "foreign")
     raise CheckpointNotFoundError(f"{path} contains no ckptlab checkpoints")
 
 
@@ -399,7 +399,7 @@ def committed_steps(directory: Path) -> list[tuple[int, str]]:
         if not directory.is_dir():
             return []
         found = [(int(match.group(1)), entry.name) for entry in os.scandir(directory)
-                 if (match := _STEP_DIR.match(entry.name))
+                 if (match := STEP_DIR_PATTERN.match(entry.name))
                  and entry.is_dir(follow_symlinks=False)]
     except OSError as exc:
         raise CheckpointNotFoundError(f"{directory} cannot be listed ({exc}); check its "
@@ -466,12 +466,12 @@ def read_pointer_record(directory: str | os.PathLike[str], name: str) -> dict[st
 
         return read_remote_pointer(remote, name)[0]
     try:
-        handle, _ = _open_regular(Path(directory) / name, 65536)
+        handle, _ = open_regular(Path(directory) / name, 65536)
         with handle:
             data = json.loads(handle.read(65536).decode("utf-8"))
     except (OSError, ValueError, RecursionError, CheckpointCorruptError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("checkpoint"), str) \
-            or not _STEP_DIR.match(data["checkpoint"]):
+            or not STEP_DIR_PATTERN.match(data["checkpoint"]):
         return None
     return data

@@ -58,31 +58,31 @@ from typing import Any
 from .errors import CheckpointCorruptError, CheckpointNotFoundError, CkptlabError
 from .faults import fault_point
 from .format import (
-    _MAX_MANIFEST_BYTES,
-    _MAX_SAFETENSORS_HEADER,
-    _STEP_DIR,
     ABANDONED_SUBDIR,
     CHECKPOINTS_SUBDIR,
     FORMAT_NAME,
     LATEST,
     MANIFEST,
+    MAX_MANIFEST_BYTES,
+    MAX_SAFETENSORS_HEADER,
     SHARDED_KEY,
     STATE,
+    STEP_DIR_PATTERN,
     TENSORS,
-    _canonical_json,
-    _load_json_bounded,
-    _member_bound,
-    _nbytes,
+    canonical_json,
     checkpoint_dir_name,
     is_member_name,
+    load_json_bounded,
     manifest_from_bytes,
+    member_bound,
     safetensors_chunks,
+    tensor_nbytes,
     tensor_table_from_header,
 )
 from .hashing import HASH_POOL, PIECE_BYTES, PIECEWISE_MIN, PieceDigests, sha256_hex
 from .location import StorePath
 from .lock import RunLockedError
-from .manager import CheckpointManager, SaveTimings, _Snapshot
+from .manager import CheckpointManager, SaveTimings, Snapshot
 from .objectstore import (
     ObjectNotFound,
     ObjectRead,
@@ -92,8 +92,8 @@ from .objectstore import (
 )
 from .policies import CheckpointRecord
 from .reader import CheckpointInfo, verify_checkpoint
-from .verified import _READ_AHEAD, VerifiedFile
-from .writer import CheckpointWriteError, _flat_views
+from .verified import READ_AHEAD, VerifiedFile
+from .writer import CheckpointWriteError, flat_views
 
 DATA_DIR = ".data"
 LEASE = ".writer-lease"
@@ -187,7 +187,7 @@ def read_remote_manifest(checkpoint: StorePath) -> dict[str, Any]:
     """
     where = f"{checkpoint}/{MANIFEST}"
     try:
-        read = checkpoint.store.get(_key(checkpoint, MANIFEST), _MAX_MANIFEST_BYTES)
+        read = checkpoint.store.get(_key(checkpoint, MANIFEST), MAX_MANIFEST_BYTES)
     except ObjectNotFound:
         raise CheckpointNotFoundError(f"{checkpoint} does not exist (no commit object "
                                       f"{MANIFEST}); check the location") from None
@@ -221,7 +221,7 @@ class VerifiedObject(VerifiedFile):
         self.expected_sha256 = entry.get("sha256")
         self.expected_pieces = entry.get("sha256_pieces")
         self.size = entry.get("bytes")
-        if type(self.size) is not int or not 0 <= self.size <= _member_bound(name):
+        if type(self.size) is not int or not 0 <= self.size <= member_bound(name):
             raise CheckpointCorruptError(f"{checkpoint}: the manifest records an impossible "
                                          f"size for {name} ({self.size!r})")
         key = _member_key(checkpoint, manifest, name)
@@ -240,10 +240,10 @@ class VerifiedObject(VerifiedFile):
         try:
             from .hashing import PieceHasher
 
-            self._hash = (PieceHasher.for_size(self.size, max_pending=_READ_AHEAD)
+            self._hash = (PieceHasher.for_size(self.size, max_pending=READ_AHEAD)
                           if self.expected_pieces is None
                           else PieceDigests(self.expected_pieces["piece_bytes"],
-                                            max_pending=_READ_AHEAD))
+                                            max_pending=READ_AHEAD))
         except BaseException:
             stream.close()
             raise
@@ -261,10 +261,10 @@ def read_remote_tensor_table(path: StorePath) -> dict[str, dict[str, Any]]:
         if len(prefix) < 8:
             raise CheckpointCorruptError(f"{path}: too short for a safetensors header")
         length = int.from_bytes(prefix, "little")
-        if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
+        if length > min(size - 8, MAX_SAFETENSORS_HEADER):
             raise CheckpointCorruptError(f"{path}: header length {length} does not fit the "
                                          f"file ({size} bytes)")
-        header = _load_json_bounded(checkpoint.store.get_range(key, 8, length),
+        header = load_json_bounded(checkpoint.store.get_range(key, 8, length),
                                     f"{path}: header")
     except ObjectNotFound:
         raise CheckpointCorruptError(f"{path} is missing") from None
@@ -289,7 +289,7 @@ def _pointer_from(data: bytes) -> dict[str, Any] | None:
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(record, dict) or not isinstance(record.get("checkpoint"), str) \
-            or not _STEP_DIR.match(record["checkpoint"]):
+            or not STEP_DIR_PATTERN.match(record["checkpoint"]):
         return None
     return record
 
@@ -342,7 +342,7 @@ def resolve_remote_location(location: StorePath) -> tuple[StorePath, StorePath |
         return location.parent.parent, location.parent
     if location.name == LATEST:
         return location.parent, None
-    if _STEP_DIR.match(location.name):
+    if STEP_DIR_PATTERN.match(location.name):
         if location.store.head(_key(location, MANIFEST)) is None:
             raise CheckpointNotFoundError(f"{location} does not exist (no commit object "
                                           f"{MANIFEST})")
@@ -440,7 +440,7 @@ class StoreLease:
         return self._etag is not None
 
     def _record(self, released: bool = False) -> bytes:
-        return _canonical_json({
+        return canonical_json({
             "owner": self.owner, "pid": os.getpid(), "host": socket.gethostname(),
             "command": " ".join(sys.argv)[:500] or sys.executable,
             "since": time.strftime("%Y-%m-%d %H:%M:%S"), "ttl_seconds": self.seconds,
@@ -568,7 +568,7 @@ class _Upload:
 
     def __init__(self, pool: ThreadPoolExecutor, store: Any, key: str,
                  chunks: Sequence[Any], on_part: Any = None) -> None:
-        self.views = _flat_views(chunks)
+        self.views = flat_views(chunks)
         self.total = sum(len(v) for v in self.views)
         self._pieces: PieceDigests | None = None
         self._digest: Future[str] | None = None
@@ -646,7 +646,7 @@ class RemoteCheckpointManager(CheckpointManager):
             meta = store.head(key)
             self._pointer_etags[pointer] = meta.etag if meta is not None else None
         expected = self._pointer_etags[pointer]
-        data = _canonical_json({"checkpoint": name, "step": step, **fields}, readable=True)
+        data = canonical_json({"checkpoint": name, "step": step, **fields}, readable=True)
         try:
             if expected is None:
                 etag = store.put(key, data, if_absent=True)
@@ -817,7 +817,7 @@ class RemoteCheckpointManager(CheckpointManager):
                 self._uploads.shutdown(wait=True)
                 self._uploads = None
 
-    def _write(self, snap: _Snapshot) -> CheckpointInfo:
+    def _write(self, snap: Snapshot) -> CheckpointInfo:
         step = snap.step
         t1 = time.perf_counter()
         name = checkpoint_dir_name(step)
@@ -842,7 +842,7 @@ class RemoteCheckpointManager(CheckpointManager):
                                        _key(self.directory, data, STATE), [state]))
                 components = {
                     n: {"tensors": len(keys),
-                        "tensor_bytes": sum(_nbytes(snap.tensors[k]) for k in keys),
+                        "tensor_bytes": sum(tensor_nbytes(snap.tensors[k]) for k in keys),
                         "json_bytes": len(snap.json_parts[n])}
                     for n, keys in snap.tensor_keys.items()}
                 created = time.time()
@@ -868,7 +868,7 @@ class RemoteCheckpointManager(CheckpointManager):
                 store.delete([commit])
                 self._manifests.pop(name, None)
             try:
-                store.put(commit, _canonical_json(manifest, readable=True), if_absent=True)
+                store.put(commit, canonical_json(manifest, readable=True), if_absent=True)
             except PreconditionFailed:
                 raise CommitConflictError(
                     f"checkpoint {name} in {self.directory} was committed by another writer at "

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointCorruptError, UnsupportedValueError
-from .format import MAX_STATE_DEPTH, _load_json_bounded, storable_dtype
+from .format import MAX_STATE_DEPTH, load_json_bounded, storable_dtype
 
 # Markers used inside the JSON tree. A user dict whose keys start with "__" is stored in the
 # key/value-pair form, so a marker can never be confused with user data.
@@ -190,7 +190,7 @@ def referenced_tensor_keys(tree: Any, torch_only: bool = False) -> list[str]:
 
 def parse_state_json(data: bytes, source: Path) -> dict[str, Any]:
     """Parse a (hash-verified) ``state.json`` and validate it (:func:`validate_state_tree`)."""
-    tree = _load_json_bounded(data, f"{source}")
+    tree = load_json_bounded(data, f"{source}")
     validate_state_tree(tree, source)
     return tree
 

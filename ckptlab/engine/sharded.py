@@ -47,10 +47,10 @@ from .format import (
     SHARDED_KEY,
     STATE,
     TENSORS,
-    _canonical_json,
-    _load_json_bounded,
-    _member_bound,
-    _open_regular,
+    canonical_json,
+    load_json_bounded,
+    member_bound,
+    open_regular,
     read_safetensors_bytes,
     read_tensor_table,
     safetensors_chunks,
@@ -107,11 +107,11 @@ def encode_rank_part(states: Mapping[str, Any], *, rank: int, world_size: int, s
         tree[name], part = split_state(state, name)
         tensors.update(part)
         components[f"{rank_dir_name(rank)}/{name}"] = {
-            "tensors": len(part), "json_bytes": len(_canonical_json(tree[name])),
+            "tensors": len(part), "json_bytes": len(canonical_json(tree[name])),
             "tensor_bytes": sum(t.numel() * t.element_size() for t in part.values())}
     info = {"rank": rank, "world_size": world_size, "step": step, "save_id": save_id}
     return {
-        SHARD_INFO: _canonical_json(info, readable=True),
+        SHARD_INFO: canonical_json(info, readable=True),
         STATE: state_json(tree),
         TENSORS: b"".join(bytes(c) for c in safetensors_chunks(
             tensors, {"format": FORMAT_NAME, "rank": str(rank), "step": str(step)})),
@@ -195,13 +195,13 @@ def _refuse_part_of_another_save(checkpoint: Path, name: str, rank: int, step: i
     """Raise if ``name`` (a rank's ``shard.json``) says it belongs to another save."""
     if data is None:
         try:
-            handle, _ = _open_regular(checkpoint / name, _member_bound(name))
+            handle, _ = open_regular(checkpoint / name, member_bound(name))
             with handle:
-                data = handle.read(_member_bound(name))
+                data = handle.read(member_bound(name))
         except (OSError, CheckpointCorruptError):
             return
     try:
-        info = _load_json_bounded(data, str(checkpoint / name))
+        info = load_json_bounded(data, str(checkpoint / name))
     except CheckpointCorruptError:
         if data is None:
             return

@@ -23,7 +23,7 @@ from .hashing import PieceDigests, PieceHasher
 _CHUNK = 4 * 1024 * 1024
 # Pieces read ahead of the hashing thread before a read waits for it: keeps the pieces hot in
 # the cache and bounds the scratch memory of skip(), which hands the thread fresh buffers.
-_READ_AHEAD = 4
+READ_AHEAD = 4
 
 
 def open_listed_file(checkpoint: Path, name: str, entry: Mapping[str, Any]) -> BinaryIO:
@@ -77,9 +77,9 @@ class VerifiedFile:
         # Started last: nothing above can leave its thread running.
         try:
             self._hash: PieceHasher | PieceDigests = (
-                PieceHasher.for_size(self.size, max_pending=_READ_AHEAD)
+                PieceHasher.for_size(self.size, max_pending=READ_AHEAD)
                 if self.expected_pieces is None
-                else PieceDigests(self.expected_pieces["piece_bytes"], max_pending=_READ_AHEAD))
+                else PieceDigests(self.expected_pieces["piece_bytes"], max_pending=READ_AHEAD))
         except BaseException:  # no thread could be started: the file must not stay open
             self._file.close()
             raise

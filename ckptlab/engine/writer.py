@@ -37,10 +37,10 @@ import torch
 
 from .errors import CkptlabError
 from .format import (
-    _REPLACED_PREFIX,
-    _TEMP_PREFIX,
-    _TRASH_PREFIX,
-    _canonical_json,
+    REPLACED_PREFIX,
+    TEMP_PREFIX,
+    TRASH_PREFIX,
+    canonical_json,
     safetensors_order,
     tensor_bytes,
 )
@@ -54,7 +54,7 @@ from .hashing import (
 )
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     # Directory fsync makes a rename durable on POSIX; Windows cannot open directories.
     if os.name != "posix":
         return
@@ -65,7 +65,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_durable(path: Path, data: bytes) -> None:
+def write_durable(path: Path, data: bytes) -> None:
     with open(path, "xb") as f:
         f.write(data)
         f.flush()
@@ -85,7 +85,7 @@ _HASH_THREAD_MIN = 1024 * 1024
 
 class PendingEntry:
     """The manifest entry of a file being written: ``{bytes, sha256}`` or
-    ``{bytes, sha256_pieces}``, ready once its hash is (see :meth:`_ParallelFlush.start`)."""
+    ``{bytes, sha256_pieces}``, ready once its hash is (see :meth:`ParallelFlush.start`)."""
 
     def __init__(self, total: int, hasher: PieceDigests | None = None,
                  digest: Future[str] | None = None, hexdigest: str | None = None) -> None:
@@ -112,7 +112,7 @@ class PendingEntry:
             futures.wait([self._digest])
 
 
-class _ParallelFlush:
+class ParallelFlush:
     """Write files, hashing each from the same buffers while it is written, and fsync them in
     background threads (a pool kept for the process), so that several files (and directories)
     share one disk flush instead of queueing for one each. fsync, write() and SHA-256 all
@@ -132,7 +132,7 @@ class _ParallelFlush:
         self._syncs: list[Future[None]] = []
         self._pending: list[PendingEntry] = []
 
-    def __enter__(self) -> _ParallelFlush:
+    def __enter__(self) -> ParallelFlush:
         return self
 
     def __exit__(self, kind: object, *exc: object) -> None:
@@ -150,7 +150,7 @@ class _ParallelFlush:
         until the entry's :meth:`PendingEntry.result` returns."""
         handle = open(path, "xb", buffering=0)
         self._handles.append(handle)
-        views = _flat_views(chunks)
+        views = flat_views(chunks)
         total = sum(len(v) for v in views)
         if total >= PIECEWISE_MIN:
             # Large: per-piece digests on every hashing thread (format 3), each piece handed
@@ -185,13 +185,13 @@ class _ParallelFlush:
         start its fsync."""
         handle = open(path, "xb", buffering=0)
         self._handles.append(handle)
-        _write_views(handle, _flat_views(chunks))
+        _write_views(handle, flat_views(chunks))
         if durable:
             self._start(os.fsync, handle.fileno())
 
     def sync_directory(self, path: Path) -> None:
         """Start an fsync of directory ``path`` (its entries created so far become durable)."""
-        self._start(_fsync_dir, path)
+        self._start(fsync_dir, path)
 
     def _start(self, function: Callable[[Any], None], argument: Any) -> None:
         self._syncs.append(SYNC_POOL.get().submit(function, argument))
@@ -221,7 +221,7 @@ if _IOV_MAX <= 0:
     _IOV_MAX = 1024
 
 
-def _flat_views(chunks: Sequence[bytes | memoryview | numpy.ndarray]) -> list[Any]:
+def flat_views(chunks: Sequence[bytes | memoryview | numpy.ndarray]) -> list[Any]:
     """Each chunk as a flat byte sequence that ``len()`` measures in bytes and slices cut by
     bytes. A flat ``uint8`` array (a tensor's bytes) is one already: wrapping each of a
     state's many tensors in a memoryview costs more than writing the small ones."""
@@ -460,7 +460,7 @@ class CheckpointWriteError(CkptlabError):
 
 
 
-def _describe_os_error(exc: OSError) -> str:
+def describe_os_error(exc: OSError) -> str:
     name = errno_module.errorcode.get(exc.errno or 0, "")
     text = exc.strerror or str(exc)
     return f"{text} ({name})" if name else text
@@ -474,7 +474,7 @@ class ReplacedButUnsyncedError(OSError):
 
     def describe(self, final: Path) -> str:
         return (f"could not finish replacing checkpoint {final.name} in {final.parent}: "
-                f"{_describe_os_error(self)}. The new copy of this step is already in its "
+                f"{describe_os_error(self)}. The new copy of this step is already in its "
                 "place (the old copy, if still beside it, is removed by the next writer), "
                 "but a power loss now could undo the swap, and `latest` was not updated; "
                 "fix the disk or its permissions, then save again")
@@ -492,20 +492,20 @@ def commit_directory(directory: Path, temp: Path, final: Path, sync: bool = True
             the deletion of the old copy failed afterwards.
     """
     if final.exists():
-        aside = directory / f"{_REPLACED_PREFIX}{final.name}"
+        aside = directory / f"{REPLACED_PREFIX}{final.name}"
         if aside.exists():
             shutil.rmtree(aside)
         os.replace(final, aside)
         os.replace(temp, final)
         try:
-            _fsync_dir(directory)  # before the old copy is deleted, always
+            fsync_dir(directory)  # before the old copy is deleted, always
             shutil.rmtree(aside)
         except OSError as exc:
             raise ReplacedButUnsyncedError(exc.errno, exc.strerror or str(exc)) from exc
     else:
         os.replace(temp, final)
         if sync:
-            _fsync_dir(directory)
+            fsync_dir(directory)
 
 
 def write_pointer(directory: Path, pointer: str, name: str, step: int,
@@ -515,11 +515,11 @@ def write_pointer(directory: Path, pointer: str, name: str, step: int,
     ``fields`` are recorded too (``best`` records its ``metric`` and ``mode``, so whoever
     reopens the directory ranks by the run's own metric).
     """
-    temp = directory / f"{_TEMP_PREFIX}{pointer}-{uuid.uuid4().hex[:8]}"
-    _write_durable(temp, _canonical_json({"checkpoint": name, "step": step, **fields},
+    temp = directory / f"{TEMP_PREFIX}{pointer}-{uuid.uuid4().hex[:8]}"
+    write_durable(temp, canonical_json({"checkpoint": name, "step": step, **fields},
                                          readable=True))
     os.replace(temp, directory / pointer)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 class PointerSetAsideWarning(UserWarning):
@@ -561,7 +561,7 @@ def set_aside_non_pointer(directory: Path, pointer: str) -> tuple[Path, str] | N
     while os.path.lexists(aside):  # never rename over an earlier one (POSIX would)
         aside = directory / f"{pointer}.moved-aside-{stamp}-{uuid.uuid4().hex[:6]}"
     os.rename(path, aside)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return aside, _kind_of_entry(mode)
 
 
@@ -576,11 +576,11 @@ def delete_checkpoints(directory: Path, names: Sequence[str]) -> None:
     """
     trashed = []
     for name in names:
-        trash = directory / f"{_TRASH_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+        trash = directory / f"{TRASH_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
         os.replace(directory / name, trash)
         trashed.append(trash)
     if trashed:
-        _fsync_dir(directory)
+        fsync_dir(directory)
     for trash in trashed:
         _remove_entry(trash)
 
@@ -600,12 +600,12 @@ def remove_leftovers(directory: Path) -> list[Path]:
     """
     removed = []
     for path in directory.iterdir():
-        if path.name.startswith(_REPLACED_PREFIX):
-            original = directory / path.name[len(_REPLACED_PREFIX):]
+        if path.name.startswith(REPLACED_PREFIX):
+            original = directory / path.name[len(REPLACED_PREFIX):]
             if not original.exists():
                 os.replace(path, original)
                 continue
-        if path.name.startswith((_TEMP_PREFIX, _TRASH_PREFIX, _REPLACED_PREFIX)):
+        if path.name.startswith((TEMP_PREFIX, TRASH_PREFIX, REPLACED_PREFIX)):
             _remove_entry(path)
             removed.append(path)
     return removed

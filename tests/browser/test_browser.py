@@ -14,9 +14,14 @@ where there is none.
 
 from __future__ import annotations
 
-
-from browser_support import ARTIFACTS, REPO, assert_no_errors, launch, open_and_run_all, \
-    requires_chromium
+from browser_support import (
+    ARTIFACTS,
+    REPO,
+    assert_no_errors,
+    launch,
+    open_and_run_all,
+    requires_chromium,
+)
 
 LESSON = "01_pipeline_trace.ipynb"
 

@@ -160,13 +160,13 @@ def test_trainer_restore_reads_each_file_once(tmp_path, fast_config, monkeypatch
     trainer.train(until_step=800)
     trainer.close()
     opened: list[str] = []
-    real_open = format_module._open_regular
+    real_open = format_module.open_regular
 
     def counting_open(path, max_bytes):
         opened.append(Path(path).name)
         return real_open(path, max_bytes)
 
-    monkeypatch.setattr(format_module, "_open_regular", counting_open)
+    monkeypatch.setattr(format_module, "open_regular", counting_open)
     resumed = Trainer(fast_config, tmp_path / "run")
     info = resumed.restore()
     monkeypatch.undo()

@@ -194,14 +194,14 @@ def test_newer_format_version_is_refused_clearly(tmp_path):
 
 def test_version_1_checkpoints_are_still_read(tmp_path):
     """Format 2 only added markers and layouts; a checkpoint written as version 1 loads."""
-    from ckptlab.engine.format import _canonical_json, _manifest_self_hash
+    from ckptlab.engine.format import canonical_json, manifest_self_hash
 
     manager, *objs = make_manager(tmp_path / "ck")
     info = save_n(manager, *objs, 1)[0]
     manifest = json.loads((info.path / MANIFEST).read_text())
     manifest["format_version"] = 1
-    manifest["manifest_sha256"] = _manifest_self_hash(manifest)
-    (info.path / MANIFEST).write_bytes(_canonical_json(manifest, readable=True))
+    manifest["manifest_sha256"] = manifest_self_hash(manifest)
+    (info.path / MANIFEST).write_bytes(canonical_json(manifest, readable=True))
     assert verify_checkpoint(info.path).manifest["format_version"] == 1
     assert load_checkpoint_state(info.path)[1]
 

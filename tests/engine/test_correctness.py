@@ -56,7 +56,7 @@ from ckptlab.engine import (
 )
 from ckptlab.engine.catalog import Catalog
 from ckptlab.engine.compare import compare_checkpoints
-from ckptlab.engine.format import _manifest_self_hash, open_member, read_tensor_table
+from ckptlab.engine.format import manifest_self_hash, open_member, read_tensor_table
 from ckptlab.engine.partial import export_checkpoint
 from ckptlab.engine.policies import CheckpointRecord
 from conftest import FAST, tree_digest
@@ -93,7 +93,7 @@ def rewrite_manifest(checkpoint: Path, change) -> None:
     """Edit a manifest and recompute its self-hash (a hash-consistent mutation)."""
     manifest = json.loads((checkpoint / MANIFEST).read_text())
     change(manifest)
-    manifest["manifest_sha256"] = _manifest_self_hash(manifest)
+    manifest["manifest_sha256"] = manifest_self_hash(manifest)
     (checkpoint / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
@@ -731,7 +731,7 @@ def _fuzz_case(rng: random.Random, pristine: Path, work: Path) -> None:
         manifest = json.loads((work / MANIFEST).read_text())
         manifest = _mutate_tree(rng, manifest)
         if isinstance(manifest, dict):
-            manifest["manifest_sha256"] = _manifest_self_hash(manifest) \
+            manifest["manifest_sha256"] = manifest_self_hash(manifest) \
                 if rng.random() < 0.9 else "0" * 64
         (work / MANIFEST).write_text(json.dumps(manifest))
     elif target == "state":

@@ -36,7 +36,7 @@ from ckptlab.engine import (
     load_latest_valid,
     read_pointer_record,
 )
-from ckptlab.engine.format import _canonical_json, _manifest_self_hash
+from ckptlab.engine.format import canonical_json, manifest_self_hash
 
 
 class Holder:
@@ -73,8 +73,8 @@ def rewrite_with_recomputed_hashes(checkpoint: Path, name: str, data: bytes) -> 
     (checkpoint / name).write_bytes(data)
     manifest = json.loads((checkpoint / MANIFEST).read_text())
     manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    manifest["manifest_sha256"] = _manifest_self_hash(manifest)
-    (checkpoint / MANIFEST).write_bytes(_canonical_json(manifest, readable=True))
+    manifest["manifest_sha256"] = manifest_self_hash(manifest)
+    (checkpoint / MANIFEST).write_bytes(canonical_json(manifest, readable=True))
 
 
 # --- restore: one pass, same guarantees -----------------------------------------------------
@@ -340,8 +340,8 @@ def test_a_large_file_records_one_digest_per_piece_and_round_trips(tmp_path, pie
 def _edit_manifest(checkpoint: Path, change) -> None:
     manifest = json.loads((checkpoint / MANIFEST).read_text())
     change(manifest)
-    manifest["manifest_sha256"] = _manifest_self_hash(manifest)
-    (checkpoint / MANIFEST).write_bytes(_canonical_json(manifest, readable=True))
+    manifest["manifest_sha256"] = manifest_self_hash(manifest)
+    (checkpoint / MANIFEST).write_bytes(canonical_json(manifest, readable=True))
 
 
 @pytest.mark.parametrize("damage", [
@@ -740,14 +740,14 @@ def test_async_copy_in_background_is_staged_before_the_write_ends(tmp_path, monk
     manager = CheckpointManager(tmp_path / "ck")
     manager.register("holder", Holder({"w": weights}))
     writing, release = threading.Event(), threading.Event()
-    real_write = writer_module._ParallelFlush.write
+    real_write = writer_module.ParallelFlush.write
 
     def held_write(self, *args, **kwargs):
         writing.set()
         assert release.wait(10), "the test never released the write"
         return real_write(self, *args, **kwargs)
 
-    monkeypatch.setattr(writer_module._ParallelFlush, "write", held_write)
+    monkeypatch.setattr(writer_module.ParallelFlush, "write", held_write)
     future = manager.save_async(1, copy_in_background=True)
     assert writing.wait(10)
     waiter = threading.Thread(target=manager.wait_staged)
@@ -796,7 +796,7 @@ def test_wait_staged_returns_when_a_save_fails(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(writer_module._ParallelFlush, "write", broken)
+    monkeypatch.setattr(writer_module.ParallelFlush, "write", broken)
     manager.save_async(1, copy=False)
     manager.wait_staged()  # must not hang
     with pytest.raises(Exception, match="No space left"):

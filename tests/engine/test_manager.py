@@ -80,14 +80,14 @@ def test_write_errors_are_clear_and_leave_everything_intact(tmp_path, monkeypatc
     before = tree_digest(tmp_path / "ck")
     import ckptlab.engine.manager as ck
 
-    real = ck._ParallelFlush.write
+    real = ck.ParallelFlush.write
 
     def failing(self, path, chunks, **kwargs):
         if path.name == "manifest.json":  # mid-save: the data files are already written
             raise OSError(error, os.strerror(error), str(path))
         return real(self, path, chunks, **kwargs)
 
-    monkeypatch.setattr(ck._ParallelFlush, "write", failing)
+    monkeypatch.setattr(ck.ParallelFlush, "write", failing)
     counter.value = 2
     with pytest.raises(CheckpointWriteError, match=name) as excinfo:
         manager.save(2)
@@ -95,7 +95,7 @@ def test_write_errors_are_clear_and_leave_everything_intact(tmp_path, monkeypatc
     assert tree_digest(tmp_path / "ck") == before
     assert [p.name for p in manager.committed()] == ["step_00000001"]
     assert manager.latest_pointer() == "step_00000001"
-    monkeypatch.setattr(ck._ParallelFlush, "write", real)
+    monkeypatch.setattr(ck.ParallelFlush, "write", real)
     manager.save(2)  # and it recovers once the disk is fine again
     manager.close()
 
@@ -142,7 +142,7 @@ def test_async_error_surfaces_on_next_save_and_close(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ck, "_ParallelFlush", broken)
+    monkeypatch.setattr(ck, "ParallelFlush", broken)
     manager.save_async(1)
     with pytest.raises(CheckpointWriteError, match="No space left"):
         manager.save_async(2)

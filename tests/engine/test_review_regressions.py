@@ -194,14 +194,14 @@ def test_a_failure_after_replacing_a_step_says_the_new_copy_is_in_place(tmp_path
     the swap, the error must not say the earlier checkpoints are unchanged."""
     manager = manager_over_a_damaged_step_2000(tmp_path / "ck")  # re-saving 2000 replaces it
     parent = (tmp_path / "ck").resolve()
-    real_fsync_dir = writer_module._fsync_dir
+    real_fsync_dir = writer_module.fsync_dir
 
     def failing_fsync_dir(path):
         if Path(path).resolve() == parent:
             raise OSError(5, "Input/output error")
         real_fsync_dir(path)
 
-    monkeypatch.setattr(writer_module, "_fsync_dir", failing_fsync_dir)
+    monkeypatch.setattr(writer_module, "fsync_dir", failing_fsync_dir)
     with pytest.raises(CheckpointWriteError) as error:
         manager.save(2000)
     message = str(error.value)

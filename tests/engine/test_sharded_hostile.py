@@ -33,7 +33,7 @@ from ckptlab.engine.distributed import (
     read_sharded_state,
 )
 from ckptlab.engine.errors import CheckpointCorruptError
-from ckptlab.engine.format import _canonical_json, _manifest_self_hash, read_manifest
+from ckptlab.engine.format import canonical_json, manifest_self_hash, read_manifest
 from ckptlab.engine.reader import latest_valid_checkpoint
 
 
@@ -91,8 +91,8 @@ def _reseal(checkpoint: Path, files: dict[str, bytes | None] | None = None,
                                    "sha256": hashlib.sha256(data).hexdigest()}
     if edit is not None:
         edit(manifest)
-    manifest["manifest_sha256"] = _manifest_self_hash(manifest)
-    (checkpoint / "manifest.json").write_bytes(_canonical_json(manifest, readable=True))
+    manifest["manifest_sha256"] = manifest_self_hash(manifest)
+    (checkpoint / "manifest.json").write_bytes(canonical_json(manifest, readable=True))
 
 
 def _index(checkpoint: Path) -> dict:

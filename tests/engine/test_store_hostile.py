@@ -19,7 +19,7 @@ from ckptlab import (
     verify_checkpoint,
 )
 from ckptlab.engine import read_pointer_record, read_tensor_table
-from ckptlab.engine.format import _manifest_self_hash
+from ckptlab.engine.format import manifest_self_hash
 
 s3_support = pytest.importorskip("s3_support")
 pytest.importorskip("moto", reason="moto (the test S3 server) is not installed")
@@ -64,7 +64,7 @@ def reseal(s3, bucket: str, step: int, change) -> None:
     key = f"run/step_{step:08d}/manifest.json"
     manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     change(manifest)
-    manifest["manifest_sha256"] = _manifest_self_hash(manifest)
+    manifest["manifest_sha256"] = manifest_self_hash(manifest)
     s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest).encode())
 
 

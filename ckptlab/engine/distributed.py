@@ -443,7 +443,7 @@ class ShardedCheckpointer:
                 write_durable(temp / MANIFEST, canonical_json(manifest, readable=True))
                 fsync_dir(temp)
                 assert self.manager is not None
-                self.manager._commit(temp, final)
+                self.manager.commit_save(temp, final)
                 rank_fault_point("save:committed", step, rank)
                 self.manager.adopt_committed(final, manifest)
                 rank_fault_point("save:pointer-updated", step, rank)

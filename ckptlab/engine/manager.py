@@ -604,7 +604,7 @@ class CheckpointManager:
                 flush.sync_directory(temp)
             t2 = time.perf_counter()
             fault_point("save:files-written", step)
-            self._commit(temp, final, sync=False)
+            self.commit_save(temp, final, sync=False)
         except ReplacedButUnsyncedError as exc:
             snap.staged.set()
             _unlink_temporaries(pointer_temp, best_temp)
@@ -676,8 +676,9 @@ class CheckpointManager:
         manifest["manifest_sha256"] = manifest_self_hash(manifest)
         return manifest
 
-    def _commit(self, temp: Path, final: Path, sync: bool = True) -> None:
-        """[sharded] hook too: rank 0 of a sharded save commits through it."""
+    def commit_save(self, temp: Path, final: Path, sync: bool = True) -> None:
+        """Make the finished save in ``temp`` visible as ``final`` (one rename; see
+        :func:`~.writer.commit_directory`). Rank 0 of a sharded save commits through it too."""
         try:
             commit_directory(self.directory, temp, final, sync)
         finally:  # even a half-finished replace leaves a cached manifest of this name stale

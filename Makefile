@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 export JUPYTER_PLATFORM_DIRS = 1
 
-.PHONY: setup lab demo test test-no-browser bench notebooks site clean
+.PHONY: setup lab demo lint test test-no-browser bench notebooks site clean
 
 # PIP_ARGS: extra pip options for the first setup, e.g. on a machine without an NVIDIA GPU
 #   make lab PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
@@ -55,11 +55,14 @@ demo: setup  ## kill a training run with SIGKILL, resume it, compare with an uni
 # disk flush - overlaps another's work, which halves the suite's time on 2 cores.
 PYTEST_WORKERS = -n 2 --dist loadfile
 
-test: setup  ## every test: unit, fault, exact-resume, notebooks, real browser
+lint: setup  ## ruff: import order, unused names, lines within 100 (pyproject.toml)
+	$(PY) -m ruff check .
+
+test: setup lint  ## lint, then every test: unit, fault, exact-resume, notebooks, real browser
 	bash tools/ensure_chromium.sh
 	CKPTLAB_REQUIRE_BROWSER=1 $(PY) -m pytest -q $(PYTEST_WORKERS)
 
-test-no-browser: setup  ## every test except the real-browser ones (they skip, saying so)
+test-no-browser: setup lint  ## lint, then every test except the real-browser ones (they skip, saying so)
 	$(PY) -m pytest -q $(PYTEST_WORKERS)
 
 notebooks: setup  ## re-execute the lessons in place (refreshes their committed outputs)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..dqn.job import TrainJob, run_job
+from ..dqn.job import TrainJob
+from ..dqn.runner import run_job
 
 
 def job_from_args(args: argparse.Namespace) -> TrainJob:

@@ -6,6 +6,6 @@ that ``ckptlab demo`` and the lessons kill and resume - run this, with the job a
 """
 
 from ..engine.console import exit_process
-from .job import main
+from .runner import main
 
 exit_process(main())

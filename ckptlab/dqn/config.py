@@ -160,3 +160,20 @@ def diff_configs(old: DQNConfig, new: DQNConfig) -> list[ConfigChange]:
     """List the fields that differ, in declaration order, each with its role."""
     return [ConfigChange(name, getattr(old, name), getattr(new, name), DQNConfig.role(name))
             for name in _FIELDS if getattr(old, name) != getattr(new, name)]
+
+
+def check_world_size(config: DQNConfig, world_size: int) -> None:
+    """Refuse a rank count the run's state cannot be split into (before anything starts).
+
+    Raises:
+        CkptlabError: ``buffer_capacity`` or ``batch_size`` is not divisible by the rank count.
+    """
+    bad = [f"{name} {getattr(config, name)}" for name in ("buffer_capacity", "batch_size")
+           if getattr(config, name) % world_size]
+    if bad:
+        fits = [n for n in range(1, 9) if not config.buffer_capacity % n
+                and not config.batch_size % n]
+        raise CkptlabError(
+            f"cannot split {' and '.join(bad)} evenly across {world_size} ranks (each rank "
+            f"holds an equal share); use a rank count that divides both, e.g. "
+            f"{', '.join(map(str, fits))} (nothing was started or changed)")

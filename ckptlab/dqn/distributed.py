@@ -69,10 +69,12 @@ from ..engine.distributed import (
     launch,
     rank_fault_point,
 )
-from ..engine.location import StorePath
 from ..engine.sharded import is_sharded, world_size_of
 from .agent import DQNAgent
-from .config import DQNConfig
+from .config import (
+    DQNConfig,
+    check_world_size,  # noqa: F401 (also imported from here)
+)
 from .envs import EnvRunner, Evaluation
 from .job import TrainJob, job_command, prepare_resume
 from .resume import ResumePlan
@@ -81,23 +83,6 @@ from .train import Trainer, TrainResult
 
 # DCP keys of the agent's sharded state, and the names `ckptlab export --tensors` knows them by.
 DCP_ALIASES = {"agent/q_net": "model", "agent/target_net": "target", "agent/optimizer": "optim"}
-
-
-def check_world_size(config: DQNConfig, world_size: int) -> None:
-    """Refuse a rank count the run's state cannot be split into (before anything starts).
-
-    Raises:
-        CkptlabError: ``buffer_capacity`` or ``batch_size`` is not divisible by the rank count.
-    """
-    bad = [f"{name} {getattr(config, name)}" for name in ("buffer_capacity", "batch_size")
-           if getattr(config, name) % world_size]
-    if bad:
-        fits = [n for n in range(1, 9) if not config.buffer_capacity % n
-                and not config.batch_size % n]
-        raise CkptlabError(
-            f"cannot split {' and '.join(bad)} evenly across {world_size} ranks (each rank "
-            f"holds an equal share); use a rank count that divides both, e.g. "
-            f"{', '.join(map(str, fits))} (nothing was started or changed)")
 
 
 def rank_seed(seed: int, rank: int, step: int = 0) -> int:
@@ -500,11 +485,6 @@ def run_distributed_job(job: TrainJob) -> int:
     """Run ``job`` on several ranks: inside a launched worker (torchrun, or
     :func:`launch_job`'s ranks) train this rank, else launch the ranks. Returns the exit
     status."""
-    if isinstance(job.run_dir, StorePath):  # [object store] not yet for several ranks
-        raise CkptlabError(
-            f"--run-dir {job.run_dir}: sharded checkpoints (--nproc, several ranks) on "
-            "object storage are not supported yet; train with one process, or put a "
-            "sharded run on a local or network file system (nothing was written)")
     if in_launched_worker():
         if job.nproc is not None:
             raise CkptlabError("--nproc launches workers; inside torchrun give the rank count "

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,11 @@ from ..engine import (
     RetentionPolicy,
     SavePolicy,
 )
-from ..engine.console import EXIT_OK, run_reporting_errors
+from ..engine.console import EXIT_OK
 from ..engine.location import StorePath, as_location
 from ..engine.policies import retention_rules
 from ..engine.sharded import is_sharded, sharded_load_error
-from .config import DQNConfig
+from .config import DQNConfig, check_world_size
 from .policies import EveryNEpisodes
 from .resume import ResumePlan, checkpoint_config, find_resume_checkpoint, plan_resume
 from .train import Trainer
@@ -261,8 +260,6 @@ def prepare_resume(job: TrainJob, *, world_size: int | None = None,
         raise sharded_load_error(info.path, info.manifest)
     config = job.config(info)
     if world_size is not None:
-        from .distributed import check_world_size
-
         check_world_size(config, world_size)
     if info is None:
         return PreparedRun(None, config, None)
@@ -286,21 +283,6 @@ def prepare_resume(job: TrainJob, *, world_size: int | None = None,
 # --------------------------------------------------------------------------------------------
 # Running a job
 # --------------------------------------------------------------------------------------------
-
-def run_job(job: TrainJob) -> int:
-    """Run ``job`` in this process and return its exit status: one process; with ``nproc``
-    or several nodes, the launcher of its ranks; inside a launched worker (torchrun, or this
-    layer's own launcher), one rank.
-
-    Raises:
-        CkptlabError: the job was refused or failed (one line says why).
-    """
-    if job.launches or "TORCHELASTIC_RUN_ID" in os.environ:  # [distributed]
-        from .distributed import run_distributed_job
-
-        return run_distributed_job(job)
-    return train_single(job)
-
 
 def train_single(job: TrainJob) -> int:
     """Train (or resume) ``job`` in this one process, saying where it starts and ends;
@@ -359,18 +341,3 @@ def _print_line(line: str) -> None:
 def job_command(job: TrainJob, *, unbuffered: bool = False) -> list[str]:
     """The command that runs ``job`` in a new process: ``python -m ckptlab.dqn JOB_JSON``."""
     return [sys.executable, *(["-u"] if unbuffered else []), "-m", ENTRY_MODULE, job.to_json()]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ckptlab.dqn JOB_JSON``: run the job; returns the exit status. A refused or
-    failed job is one ``error:`` line (status 2), a warning one ``warning:`` line, as on the
-    command line."""
-    args = list(sys.argv[1:] if argv is None else argv)
-
-    def run() -> int:
-        if len(args) != 1:
-            raise CkptlabError(f"python -m {ENTRY_MODULE} takes one argument, the training "
-                               f"job as JSON (TrainJob.to_json()); got {len(args)}")
-        return run_job(TrainJob.from_json(args[0]))
-
-    return run_reporting_errors(run)

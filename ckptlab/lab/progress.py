@@ -471,7 +471,7 @@ class LessonProgress:
 
 
 def _quiz_lessons() -> list[str]:
-    from .quiz import QUIZ_DIR
+    from .quiz_bank import QUIZ_DIR
 
     return sorted(p.stem for p in QUIZ_DIR.glob("[0-9][0-9]_*.json"))
 
@@ -480,7 +480,7 @@ def summarise(data: Mapping[str, Any], lessons: Sequence[str] | None = None) -> 
         list[LessonProgress]:
     """The progress map of a record: one :class:`LessonProgress` per lesson (default: every
     lesson that has a quiz bank), in order."""
-    from .quiz import QuizError, load_quiz
+    from .quiz_bank import QuizError, load_quiz
 
     rows = []
     for lesson in (_quiz_lessons() if lessons is None else lessons):

@@ -9,7 +9,8 @@ checkpoint wrote. Here the planner stays DCP's and the storage is ckptlab's:
 * every rank writes one data file, ``dcp/__R_0.bin``: each tensor chunk as its raw bytes (C
   order, little-endian) and each non-tensor value (an optimizer's learning rate, its betas) as
   ckptlab's state JSON. The file is hashed from the same buffers while they are written, so
-  nothing is read back to hash it;
+  nothing is read back to hash it. On an object store each file is one object, uploaded (in
+  parallel parts when large) under the save's own data prefix and hashed the same way;
 * the coordinator writes the index, ``dcp/index.json``: for every key its kind (a tensor with
   dtype, global shape and chunks, or a JSON value), DCP's flattening paths, and where each
   item's bytes lie (file, offset, length).
@@ -31,7 +32,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,9 @@ from .format import (
     tensor_bytes,
 )
 from .hashing import HASH_POOL, sha256_hex
+from .location import StorePath, as_location
 from .serialization import join_state, parse_state_json, split_state
-from .verified import VerifiedFile, read_verified
+from .verified import open_verified, read_verified
 
 INDEX_FORMAT = "ckptlab-dcp-index"
 INDEX_VERSION = 1
@@ -172,14 +174,19 @@ class HashingDCPWriter(StorageWriter):
     of every file this rank wrote, keyed ``dcp/<name>``: the coordinator's includes the index.
 
     Args:
-        path: the ``dcp/`` directory of the save's temporary checkpoint directory.
-        sync_files: fsync every file before ``dcp.save`` returns.
+        path: the ``dcp/`` directory of the save's temporary checkpoint directory, or (an
+            object store) the ``dcp/`` prefix under the save's data prefix: each file is then
+            one object, uploaded (in parallel parts when large) while it is hashed.
+        sync_files: fsync every file before ``dcp.save`` returns (local files).
+        on_part: called as each part of an uploaded object is stored (crash tests kill there).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, sync_files: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str] | StorePath, *, sync_files: bool = True,
+                 on_part: Callable[[int], None] | None = None) -> None:
         super().__init__()
-        self.path = Path(path)
+        self.path: Path | StorePath = path if isinstance(path, StorePath) else Path(path)
         self.sync_files = sync_files
+        self.on_part = on_part
         self.written: dict[str, dict[str, Any]] = {}
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
@@ -189,7 +196,8 @@ class HashingDCPWriter(StorageWriter):
         pass
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
-        self.path.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.path, Path):  # an object store has no directories to make
+            self.path.mkdir(parents=True, exist_ok=True)
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
@@ -214,8 +222,7 @@ class HashingDCPWriter(StorageWriter):
             results.append(WriteResult(index=item.index, size_in_bytes=view.nbytes,
                                        storage_data=ItemLocation(name, offset, view.nbytes)))
             offset += view.nbytes
-        self.written[f"{DCP_DIR}/{name}"] = _write_hashed(self.path / name, buffers,
-                                                          self.sync_files)
+        self.written[f"{DCP_DIR}/{name}"] = self._write_hashed(name, buffers)
         future: Future[list[WriteResult]] = Future()
         future.set_result(results)
         return future
@@ -223,8 +230,13 @@ class HashingDCPWriter(StorageWriter):
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         locations = {r.index: r.storage_data for rank_results in results for r in rank_results}
         index = canonical_json(encode_index(metadata, locations))
-        self.written[f"{DCP_DIR}/{DCP_INDEX}"] = _write_hashed(
-            self.path / DCP_INDEX, [memoryview(index)], self.sync_files)
+        self.written[f"{DCP_DIR}/{DCP_INDEX}"] = self._write_hashed(DCP_INDEX,
+                                                                    [memoryview(index)])
+
+    def _write_hashed(self, name: str, buffers: list[memoryview]) -> dict[str, Any]:
+        if isinstance(self.path, StorePath):  # [object store]
+            return _upload_hashed(self.path / name, buffers, self.on_part)
+        return _write_hashed(self.path / name, buffers, self.sync_files)
 
     def storage_meta(self) -> StorageMeta | None:
         return None
@@ -250,6 +262,18 @@ def _write_hashed(path: Path, buffers: list[memoryview], sync: bool) -> dict[str
                 os.fsync(fd)
         finally:
             os.close(fd)
+    finally:
+        digest = hashed.result()  # the buffers stay untouched until the hash is done
+    return {"bytes": sum(b.nbytes for b in buffers), "sha256": digest}
+
+
+def _upload_hashed(target: StorePath, buffers: list[memoryview],
+                   on_part: Callable[[int], None] | None) -> dict[str, Any]:
+    """Upload ``buffers`` as one object while a hashing thread hashes the same buffers (the
+    object is new: its prefix is the save's own)."""
+    hashed = HASH_POOL.get().submit(sha256_hex, buffers)
+    try:
+        target.store.upload(target.key, buffers, on_part)
     finally:
         digest = hashed.result()  # the buffers stay untouched until the hash is done
     return {"bytes": sum(b.nbytes for b in buffers), "sha256": digest}
@@ -418,7 +442,7 @@ class VerifiedDCPReader(StorageReader):
     each data file hashed in full against the manifest before DCP receives any of its bytes.
 
     Args:
-        checkpoint: the checkpoint directory.
+        checkpoint: the checkpoint directory (or its store location).
         manifest: its manifest (read with :func:`~.format.read_manifest`), whose file table
             says which data files exist, their sizes and SHA-256s.
 
@@ -427,9 +451,9 @@ class VerifiedDCPReader(StorageReader):
             construction); a data file fails its hash (when DCP reads it).
     """
 
-    def __init__(self, checkpoint: Path, manifest: Mapping[str, Any]) -> None:
+    def __init__(self, checkpoint: Path | StorePath, manifest: Mapping[str, Any]) -> None:
         super().__init__()
-        self.checkpoint, self.manifest = Path(checkpoint), manifest
+        self.checkpoint, self.manifest = as_location(checkpoint), manifest
         listed = manifest.get("files", {})
         files = {name.split("/", 1)[1]: entry["bytes"] for name, entry in listed.items()
                  if name.startswith(DCP_DIR + "/") and _DATA_FILE.match(name.split("/", 1)[1])}
@@ -490,7 +514,7 @@ class VerifiedDCPReader(StorageReader):
         once the file's SHA-256 matched the manifest."""
         storage = self.metadata.storage_data
         out: dict[MetadataIndex, Any] = {}
-        with VerifiedFile(self.checkpoint, self.manifest, f"{DCP_DIR}/{name}") as file:
+        with open_verified(self.checkpoint, self.manifest, f"{DCP_DIR}/{name}") as file:
             position = 0
             for key in sorted(wanted, key=lambda k: storage[k].offset):
                 where = storage[key]

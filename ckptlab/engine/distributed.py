@@ -18,6 +18,11 @@ A rank killed at any point before step 4's rename leaves only a ``.tmp-`` direct
 readers ignore and the next writer removes; a checkpoint missing a rank's part, or holding a
 part of another save, fails verification by name and is skipped (see :mod:`.sharded`).
 
+On an object store (``s3://``) the same steps upload instead of write: each rank's part and
+DCP data object go under the save's own data prefix, and step 4's commit is rank 0 creating
+the manifest object (put-if-absent, under the run's lease: :mod:`.remote`); no rename, DCP's
+included, is ever relied on. A rank killed before that create leaves data no reader sees.
+
 Saving asynchronously runs steps 1-5 in a background thread, on a process group of its own (so
 its collectives never interleave with training's), after copying the state on the training
 thread. Loading: rank 0 chooses the checkpoint and broadcasts its name; DCP loads (and
@@ -71,6 +76,7 @@ from .format import (
     read_manifest,
     sha256_of,
 )
+from .location import StorePath, as_location
 from .manager import CheckpointManager
 from .policies import BestBy, RetentionPolicy
 from .reader import CheckpointInfo
@@ -97,6 +103,9 @@ from .writer import (
 RANK_FAULT_ENV = "CKPTLAB_RANK_FAULT"
 RANK_FAULT_PHASES = ("step", "save:before-shard", "save:shard-written", "save:before-commit",
                      "save:committed", "save:pointer-updated")
+# Reached on object stores only: a part of this rank's DCP data object stored (a small object
+# is one part), the rest of the save perhaps not, nothing committed.
+STORE_RANK_FAULT_PHASES = ("save:uploading",)
 
 
 def _restart_count() -> int:
@@ -118,10 +127,11 @@ def parse_rank_faults(text: str) -> set[tuple[int, str, int, int]]:
             parsed = (int(rank_text), phase, int(step), int(attempt or 0))
         except ValueError:
             parsed = None
-        if parsed is None or parsed[1] not in RANK_FAULT_PHASES:
+        phases = RANK_FAULT_PHASES + STORE_RANK_FAULT_PHASES
+        if parsed is None or parsed[1] not in phases:
             raise ValueError(f"{RANK_FAULT_ENV}: cannot parse {item!r}; expected "
                              f"RANK:PHASE@STEP[#ATTEMPT] with PHASE one of "
-                             f"{', '.join(RANK_FAULT_PHASES)}")
+                             f"{', '.join(phases)}")
         faults.add(parsed)
     return faults
 
@@ -144,7 +154,7 @@ def dcp_tensor_table(checkpoint: str | os.PathLike[str]) -> dict[str, dict[str, 
     """Names, dtypes and shapes of the tensors in a sharded checkpoint's DCP part."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    path = Path(checkpoint)
+    path = as_location(checkpoint)
     metadata = VerifiedDCPReader(path, read_manifest(path)).metadata
     return {fqn: {"dtype": str(m.properties.dtype).replace("torch.", ""),
                   "shape": list(m.size)}
@@ -155,7 +165,7 @@ def dcp_tensor_table(checkpoint: str | os.PathLike[str]) -> dict[str, dict[str, 
 def load_dcp_tensors(checkpoint: str | os.PathLike[str], prefix: str) -> dict[str, torch.Tensor]:
     """Consolidate the DCP tensors under ``prefix.`` of a sharded checkpoint into full CPU
     tensors, in this one process (no process group needed). Every file read is verified."""
-    path = Path(checkpoint)
+    path = as_location(checkpoint)
     reader = VerifiedDCPReader(path, read_manifest(path))
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
@@ -213,6 +223,38 @@ def broadcast_json(value: Any, group: Any = None, src: int = 0) -> Any:
 # The checkpointer
 # --------------------------------------------------------------------------------------------
 
+def _data_prefix(name: str, save_id: str) -> str:
+    """The data prefix of one sharded save on an object store, the same on every rank:
+    ``.data/<name>-<16 hex>``, the hex digits derived from the save's id (unique per save:
+    the id holds a random session token)."""
+    import hashlib
+
+    return f".data/{name}-{hashlib.sha256(save_id.encode()).hexdigest()[:16]}"
+
+
+def _open_manager(directory: Path | StorePath, **kwargs: Any) -> CheckpointManager:
+    """Rank 0's manager of ``directory``.
+
+    On an object store the run's lease of a job's previous attempt outlives its dead rank 0
+    until the lease lapses (the OS releases a local lock at once): a restarted attempt
+    (``TORCHELASTIC_RESTART_COUNT`` > 0) waits for it, at most the lease's duration and two
+    seconds; the elastic agent has stopped every rank of that attempt before it restarts.
+    """
+    if not isinstance(directory, StorePath) or _restart_count() == 0:
+        return CheckpointManager(directory, **kwargs)
+    from .lock import RunLockedError
+    from .remote import lease_seconds
+
+    deadline = time.monotonic() + lease_seconds() + 2
+    while True:
+        try:
+            return CheckpointManager(directory, **kwargs)
+        except RunLockedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.25)
+
+
 @dataclass
 class _Pending:
     step: int
@@ -246,20 +288,28 @@ class ShardedCheckpointer:
     ``latest``, ``best``, the decision log and retention, through a
     :class:`~.manager.CheckpointManager`.
 
+    On an object store (``s3://bucket/run/checkpoints``) every rank uploads its part and its
+    DCP data object under the save's own fresh data prefix (``.data/step_N-<16 hex>/``, named
+    after the save), and after the barrier rank 0 alone creates the manifest object, the
+    commit (:meth:`.remote.RemoteCheckpointManager.commit_manifest`), holding the run's lease;
+    DCP's own rename-based commit is never used. A rank killed at any point before that create
+    leaves data without a commit: no reader sees it, and the next writer removes it.
+
     Args:
-        directory: the checkpoints directory, on a filesystem every rank sees.
+        directory: the checkpoints directory, on a filesystem every rank sees, or an
+            ``s3://`` location every rank can reach.
         retention, keep_last, best, disk_budget_bytes: as for ``CheckpointManager``.
         extra_versions: library versions the caller's state depends on (recorded).
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *,
+    def __init__(self, directory: str | os.PathLike[str] | StorePath, *,
                  retention: Sequence[RetentionPolicy] = (), keep_last: int | None = None,
                  best: BestBy | None = None, disk_budget_bytes: int | None = None,
                  extra_versions: Mapping[str, str] | None = None) -> None:
         if not dist.is_initialized():
             raise CkptlabError("ShardedCheckpointer needs torch.distributed initialised "
                                "(launch with torchrun or 'ckptlab train --nproc N')")
-        self.directory = Path(directory)
+        self.directory: Path | StorePath = as_location(directory)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         # Checkpoint collectives get their own gloo group: an async save's background thread
         # must never interleave its collectives with training's on the default group.
@@ -268,9 +318,9 @@ class ShardedCheckpointer:
         error = None
         if self.rank == 0:
             try:
-                self.manager = CheckpointManager(
-                    self.directory, keep_last=keep_last, retention=retention, best=best,
-                    disk_budget_bytes=disk_budget_bytes)
+                self.manager = _open_manager(self.directory, keep_last=keep_last,
+                                             retention=retention, best=best,
+                                             disk_budget_bytes=disk_budget_bytes)
                 self.manager.extra_versions.update(extra_versions or {})
             except CkptlabError as exc:
                 error = str(exc)
@@ -309,7 +359,7 @@ class ShardedCheckpointer:
             raise CkptlabError(f"rank 0 could not choose a checkpoint: {answer['error']}")
         if answer["path"] is None:
             return None
-        path = Path(answer["path"])
+        path = as_location(answer["path"])
         return CheckpointInfo(path, read_manifest(path))
 
     # -- loading --------------------------------------------------------------------------
@@ -391,18 +441,28 @@ class ShardedCheckpointer:
     def _write(self, p: _Pending, save_id: str) -> CheckpointInfo | None:
         step, rank = p.step, self.rank
         final = self.directory / checkpoint_dir_name(step)
-        temp = self.directory / f"{TEMP_PREFIX}{final.name}-{save_id}"
+        store = isinstance(self.directory, StorePath)
+        # Where the save is written before its commit: a temporary directory, or (an object
+        # store) the save's own data prefix, which every rank derives from the save's id.
+        data = _data_prefix(final.name, save_id) if store else None
+        temp = self.directory / (data or f"{TEMP_PREFIX}{final.name}-{save_id}")
         part = temp / rank_dir_name(rank)
         # 1. this rank's own part
         problem = None
         try:
             rank_fault_point("save:before-shard", step, rank)
-            part.mkdir(parents=True)
-            for name, data in p.part_files.items():
-                write_durable(part / name, data)
-            fsync_dir(part)
+            if isinstance(part, StorePath):  # [object store] one object per file
+                for name, content in p.part_files.items():
+                    part.store.upload((part / name).key, [memoryview(content)])
+            else:
+                part.mkdir(parents=True)
+                for name, content in p.part_files.items():
+                    write_durable(part / name, content)
+                fsync_dir(part)
         except OSError as exc:
             problem = f"rank {rank}: {describe_os_error(exc)}"
+        except CkptlabError as exc:  # the store refused or could not be reached
+            problem = f"rank {rank}: {exc}"
         problems = [x for x in _all_gather_json(problem, self.group) if x]
         if problems:  # every rank has stopped writing: rank 0 may remove the directory
             raise CheckpointWriteError(
@@ -411,7 +471,8 @@ class ShardedCheckpointer:
                 f"{self._abandon(temp)}")
         # 2. model and optimizer through DCP's planner and ckptlab's storage (collective;
         # raises on every rank if one fails); each file is hashed while it is written
-        writer = HashingDCPWriter(temp / DCP_DIR, sync_files=True)
+        writer = HashingDCPWriter(temp / DCP_DIR, sync_files=True, on_part=lambda number:
+                                  rank_fault_point("save:uploading", step, rank))
         try:
             dcp.save(p.dcp_state, storage_writer=writer, planner=JsonSavePlanner(),
                      process_group=self.group)
@@ -424,7 +485,8 @@ class ShardedCheckpointer:
                 f"Earlier checkpoints are unchanged{self._abandon(temp)}") from exc
         rank_fault_point("save:shard-written", step, rank)
         # 3. hashes of what this rank wrote; gathering them is the barrier before the commit
-        mine = {f"{part.name}/{name}": file_entry([data]) for name, data in p.part_files.items()}
+        mine = {f"{part.name}/{name}": file_entry([content])
+                for name, content in p.part_files.items()}
         mine.update(writer.written)  # this rank's data file; rank 0's also holds the index
         tables = _all_gather_json({"files": mine, "components": p.part_components},
                                   self.group)
@@ -438,12 +500,15 @@ class ShardedCheckpointer:
                          for name, entry in sorted(table["files"].items())}
                 parts = {name: entry for table in tables
                          for name, entry in table["components"].items()}
-                manifest = self._manifest(p, files, parts, save_id)
-                fsync_dir(temp / DCP_DIR)
-                write_durable(temp / MANIFEST, canonical_json(manifest, readable=True))
-                fsync_dir(temp)
+                manifest = self._manifest(p, files, parts, save_id, data)
                 assert self.manager is not None
-                self.manager.commit_save(temp, final)
+                if store:  # [object store] one create-only object, after the barrier
+                    self.manager.commit_manifest(final.name, manifest)  # type: ignore[attr-defined]
+                else:
+                    fsync_dir(temp / DCP_DIR)
+                    write_durable(temp / MANIFEST, canonical_json(manifest, readable=True))
+                    fsync_dir(temp)
+                    self.manager.commit_save(temp, final)
                 rank_fault_point("save:committed", step, rank)
                 self.manager.adopt_committed(final, manifest)
                 rank_fault_point("save:pointer-updated", step, rank)
@@ -466,10 +531,16 @@ class ShardedCheckpointer:
                                        f"{outcome['error']}")
         return CheckpointInfo(final, manifest if rank == 0 else read_manifest(final))
 
-    def _abandon(self, temp: Path) -> str:
+    def _abandon(self, temp: Path | StorePath) -> str:
         """Remove a failed save's temporary directory (rank 0; call once no rank writes into
         it any more). Returns ``""``, or a sentence for the error message if it stayed."""
-        if self.rank != 0 or not temp.exists():  # (gone if the commit's rename happened)
+        if self.rank != 0:
+            return ""
+        if isinstance(temp, StorePath):  # [object store] the save's data prefix
+            self.manager.discard_uncommitted(  # type: ignore[union-attr]
+                temp.relative_to(self.directory))  # type: ignore[arg-type]
+            return ""
+        if not temp.exists():  # (gone if the commit's rename happened)
             return ""
         try:
             shutil.rmtree(temp)
@@ -479,8 +550,13 @@ class ShardedCheckpointer:
         return ""
 
     def _manifest(self, p: _Pending, files: dict[str, Any], parts: dict[str, Any],
-                  save_id: str) -> dict[str, Any]:
+                  save_id: str, data: str | None = None) -> dict[str, Any]:
         now = time.time()
+        located = {}
+        if data is not None:  # [object store] the data prefix the commit object names
+            from .remote import DATA_FIELD
+
+            located = {DATA_FIELD: data}
         components: dict[str, Any] = {}
         for key, value in p.dcp_state.items():
             leaves = _tensor_leaves(value)
@@ -490,7 +566,7 @@ class ShardedCheckpointer:
         components.update(sorted(parts.items()))
         manifest: dict[str, Any] = {
             "format": FORMAT_NAME, "format_version": SHARDED_FORMAT_VERSION, "step": p.step,
-            **p.extra,
+            **p.extra, **located,
             "created_unix": now,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
             "metrics": p.metrics, "config": p.config,

@@ -52,7 +52,6 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointCorruptError, CheckpointNotFoundError, CkptlabError
@@ -609,7 +608,8 @@ class RemoteCheckpointManager(CheckpointManager):
     bucket/run/checkpoints")`` builds one): the same API, registration, policies, async saves
     and guarantees, with the protocol of this module instead of rename and fsync.
 
-    Not (yet) on object stores: sharded saves of several ranks.
+    Sharded saves of several ranks commit through it (:meth:`commit_manifest`,
+    :meth:`adopt_committed`; see :mod:`.distributed`).
     """
 
     directory: StorePath  # type: ignore[assignment]
@@ -805,9 +805,64 @@ class RemoteCheckpointManager(CheckpointManager):
         self._repair_pointers()
         return moved
 
-    def adopt_committed(self, path: Path, manifest: Mapping[str, Any]) -> list[Any]:
-        raise CkptlabError("sharded checkpoints (--nproc) on object storage are not supported "
-                           "yet; use a local or network file system for sharded runs")
+    # -- the commit, shared with the sharded checkpointer (engine/distributed.py) ------------
+    def new_data_prefix(self, name: str, tag: str | None = None) -> str:
+        """A fresh data prefix for a save of checkpoint ``name``, ``.data/<name>-<16 hex>``
+        (relative to the checkpoints; ``tag``: the 16 hex digits, else random)."""
+        tag = uuid.uuid4().hex[:16] if tag is None else tag
+        prefix = f"{DATA_DIR}/{name}-{tag}"
+        if _DATA_PREFIX.match(prefix) is None:
+            raise CkptlabError(f"{tag!r} is not 16 lower-case hex digits")
+        return prefix
+
+    def commit_manifest(self, name: str, manifest: Mapping[str, Any]) -> None:
+        """The commit of a save whose data objects are all stored under the prefix its
+        manifest names: renew the lease (the fence: a writer whose lease was taken over stops
+        here), uncommit an older copy of the same step, create the manifest object only if
+        absent. Rank 0 of a sharded save commits through it too.
+
+        Raises:
+            LeaseLostError: another writer took the run over; nothing was committed.
+            CommitConflictError: another writer committed ``name`` at the same moment.
+        """
+        store = self.directory.store
+        self._lock.check()
+        commit = _key(self.directory, name, MANIFEST)
+        if store.head(commit) is not None:
+            # A new copy of a step already committed (a run re-reaching a step after a
+            # fallback): uncommit the old copy first; its data goes after the commit.
+            store.delete([commit])
+            self._manifests.pop(name, None)
+        try:
+            store.put(commit, canonical_json(manifest, readable=True), if_absent=True)
+        except PreconditionFailed:
+            raise CommitConflictError(
+                f"checkpoint {name} in {self.directory} was committed by another writer at "
+                "the same moment; this save lost the race and overwrote nothing. Two "
+                "writers are at work here: stop one") from None
+
+    def _remove_older_copies(self, name: str, data: str) -> None:
+        """Delete the data of older copies of checkpoint ``name`` (not ``data``'s)."""
+        store = self.directory.store
+        store.delete([meta.key for meta in store.list(_key(self.directory, DATA_DIR, name) + "-")
+                      if not meta.key.startswith(_key(self.directory, data) + "/")])
+
+    def discard_uncommitted(self, data: str) -> None:
+        """Best effort: remove the data objects of a save that did not commit (else the next
+        writer does)."""
+        try:
+            store = self.directory.store
+            store.delete([m.key for m in store.list(_key(self.directory, data) + "/")])
+        except CkptlabError:
+            pass  # garbage left for the next writer's remove_leftovers()
+
+    def adopt_committed(self, path: Any, manifest: Mapping[str, Any]) -> list[Any]:
+        """:meth:`.manager.CheckpointManager.adopt_committed` (pointers by CAS, the log,
+        retention), then the data of any older copy of the step is deleted."""
+        decisions = super().adopt_committed(path, manifest)
+        self._unusable.discard(path.name)
+        self._remove_older_copies(path.name, str(manifest[DATA_FIELD]))
+        return decisions
 
     def close(self) -> None:
         try:
@@ -859,34 +914,20 @@ class RemoteCheckpointManager(CheckpointManager):
                                       {**snap.extra, DATA_FIELD: data}, created)
             t2 = time.perf_counter()
             fault_point("save:files-written", step)
-            # The fence: a writer whose lease lapsed and was taken over stops here.
-            self._lock.check()
-            commit = _key(self.directory, name, MANIFEST)
-            if store.head(commit) is not None:
-                # A new copy of a step already committed (a run re-reaching a step after a
-                # fallback): uncommit the old copy first; its data is removed below.
-                store.delete([commit])
-                self._manifests.pop(name, None)
-            try:
-                store.put(commit, canonical_json(manifest, readable=True), if_absent=True)
-            except PreconditionFailed:
-                raise CommitConflictError(
-                    f"checkpoint {name} in {self.directory} was committed by another writer at "
-                    "the same moment; this save lost the race and overwrote nothing. Two "
-                    "writers are at work here: stop one") from None
+            self.commit_manifest(name, manifest)
             committed = True
         except (CommitConflictError, RunLockedError):
-            self._discard(data)
+            self.discard_uncommitted(data)
             raise
         except StoreError as exc:
-            self._discard(data)
+            self.discard_uncommitted(data)
             raise CheckpointWriteError(
                 f"could not save checkpoint {name} in {self.directory}: {exc}. Earlier "
                 "checkpoints and pointers are unchanged; save again once the store is "
                 "reachable") from None
         except BaseException:
             if not committed:
-                self._discard(data)
+                self.discard_uncommitted(data)
             raise
         self._manifests[name] = manifest
         self._unusable.discard(name)
@@ -902,9 +943,7 @@ class RemoteCheckpointManager(CheckpointManager):
             fault_point("save:pointer-updated", step)
             self._log_save(name, step, snap.metrics)
             self._carry_out(plan, latest=name, best_written=plan.best_record is not None)
-            stale = [meta.key for meta in store.list(_key(self.directory, DATA_DIR, name) + "-")
-                     if not meta.key.startswith(_key(self.directory, data) + "/")]
-            store.delete(stale)  # the data of an older copy of this step, if any
+            self._remove_older_copies(name, data)
         except StoreError as exc:
             raise CheckpointWriteError(
                 f"checkpoint {name} was committed, but updating pointers or retention failed: "
@@ -914,13 +953,3 @@ class RemoteCheckpointManager(CheckpointManager):
         self.last_save_timings = SaveTimings(snap.snapshot_seconds, t2 - t1, t3 - t2,
                                              snap.snapshot_seconds + (t3 - t1))
         return CheckpointInfo(final, manifest)  # type: ignore[arg-type]
-
-    def _discard(self, data: str) -> None:
-        """Best effort: remove a failed save's data objects (else the next writer does)."""
-        try:
-            store = self.directory.store
-            store.delete([m.key for m in store.list(_key(self.directory, data) + "/")])
-        except CkptlabError:
-            pass  # garbage left for the next writer's remove_leftovers()
-
-

@@ -29,6 +29,8 @@ ENV_VAR = "CKPTLAB_FAULT"
 
 PHASES = ("step", "save:uploading", "save:files-written", "save:committed", "save:pointer-temp",
           "save:pointer-updated")
+# The phases a save to a local directory meets (save:uploading fires only on an object store).
+LOCAL_PHASES = tuple(phase for phase in PHASES if phase != "save:uploading")
 
 _parsed: tuple[str, frozenset[tuple[str, int]]] | None = None
 

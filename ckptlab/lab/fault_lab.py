@@ -28,11 +28,11 @@ from ..engine import (
     read_pointer,
     verify_checkpoint,
 )
-from ..engine.faults import PHASES
+from ..engine.faults import LOCAL_PHASES
 from .failures import flip_byte
 
 #: Label -> what is done. ``kill:PHASE`` kills the training process at that phase (see
-#: :data:`ckptlab.engine.faults.PHASES`); ``corrupt:FILE`` flips one bit of that file of the
+#: :data:`ckptlab.engine.faults.LOCAL_PHASES`); ``corrupt:FILE`` flips one bit of that file of the
 #: newest checkpoint after a clean run.
 FAULTS: dict[str, str] = {
     "kill:step": "SIGKILL between two saves (mid-training)",
@@ -51,9 +51,8 @@ FAULTS: dict[str, str] = {
 }
 _CORRUPT_FILES = {"tensors": "tensors.safetensors", "state": "state.json",
                   "manifest": "manifest.json"}
-# Every phase a local save passes through has an entry (save:uploading is reached only by
-# saves to an object store, which the picker does not stage).
-assert all(f"kill:{p}" in FAULTS for p in PHASES if p != "save:uploading"), \
+# Every phase a local save passes through has an entry (the picker stages no object-store save).
+assert all(f"kill:{p}" in FAULTS for p in LOCAL_PHASES), \
     "a fault phase has no entry in FAULTS"
 
 

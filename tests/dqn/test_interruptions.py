@@ -15,11 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ckptlab.engine.faults import PHASES
+from ckptlab.engine.faults import LOCAL_PHASES
 from conftest import FAST, REPO, assert_same_state, run_cli
 
-# save:uploading fires only on an object store: a local run never reaches it
-LOCAL_PHASES = tuple(p for p in PHASES if p != "save:uploading")
 LONGER = {**FAST, "total_steps": 4_000, "save_every_steps": 200}
 
 

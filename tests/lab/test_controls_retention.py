@@ -236,9 +236,9 @@ def test_fault_picker_refuses_unknown_faults_and_steps():
 
 
 def test_every_save_phase_has_a_fault():
-    from ckptlab.engine.faults import PHASES
+    from ckptlab.engine.faults import LOCAL_PHASES
 
-    assert {f"kill:{p}" for p in PHASES} <= set(fault_lab.FAULTS)
+    assert {f"kill:{p}" for p in LOCAL_PHASES} <= set(fault_lab.FAULTS)
     assert {"corrupt:tensors", "corrupt:state", "corrupt:manifest"} <= set(fault_lab.FAULTS)
 
 

@@ -8,6 +8,8 @@ Its modules, one line each, are in the module map of docs/architecture.md (the o
 ``tests/test_module_map.py`` keeps it true).
 """
 
+# Plugs the object-store protocol into the generic entry points (see location.store_protocol).
+from . import remote  # noqa: F401
 from .catalog import Catalog, CatalogRow
 from .compare import ComponentComparison, compare_checkpoints
 from .errors import (

@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import CheckpointNotFoundError, CkptlabError
 from .format import MANIFEST, read_manifest
-from .location import store_location
+from .location import store_location, store_protocol
 from .reader import verify_checkpoint
 
 DEFAULT_DB_NAME = ".ckptlab-catalog.sqlite"
@@ -91,9 +91,7 @@ class Catalog:
         every file has the recorded size; with ``verify`` every file's SHA-256 is checked too.
         """
         if self._remote is not None:  # [object store]
-            from .remote import remote_catalog_rows
-
-            rows = remote_catalog_rows(self._remote, verify)
+            rows = store_protocol().remote_catalog_rows(self._remote, verify)
             if rows:
                 self._memory = sqlite3.connect(":memory:")
                 self._fill(self._memory, rows)

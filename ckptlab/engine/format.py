@@ -60,7 +60,7 @@ from .errors import (
     ForeignFileError,
     UnsupportedFormatError,
 )
-from .location import store_location
+from .location import store_location, store_protocol
 from .version import __version__
 
 FORMAT_NAME = "ckptlab-checkpoint"
@@ -563,9 +563,7 @@ def read_manifest(checkpoint: Path) -> dict[str, Any]:
     """
     remote = store_location(checkpoint)
     if remote is not None:  # [object store] an s3:// location
-        from .remote import read_remote_manifest
-
-        return read_remote_manifest(remote)
+        return store_protocol().read_remote_manifest(remote)
     checkpoint = Path(checkpoint)
     path = checkpoint / MANIFEST
     try:
@@ -806,9 +804,7 @@ def read_tensor_table(path: Path) -> dict[str, dict[str, Any]]:
     """
     remote = store_location(path)
     if remote is not None:  # [object store] an s3:// location
-        from .remote import read_remote_tensor_table
-
-        return read_remote_tensor_table(remote)
+        return store_protocol().read_remote_tensor_table(remote)
     try:
         handle, size = open_regular(path, _MAX_MEMBER_BYTES[TENSORS])
         with handle:

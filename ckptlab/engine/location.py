@@ -181,3 +181,27 @@ def location_name(location: Any) -> str:
     if isinstance(location, StorePath):
         return location.name
     return Path(location).name
+
+
+# --------------------------------------------------------------------------------------------
+# The object-store protocol, plugged in from above
+# --------------------------------------------------------------------------------------------
+# The generic entry points (format.read_manifest, the reader's functions, CheckpointManager)
+# live below the object-store protocol (remote.py), which builds on them. Instead of importing
+# it upward, they ask for it here; remote.py registers itself when the engine package is
+# imported (ckptlab/engine/__init__.py imports it), so no module imports one above it.
+_store_protocol: Any = None
+
+
+def register_store_protocol(protocol: Any) -> None:
+    """Plug in the object-store protocol (:mod:`ckptlab.engine.remote` does, on import)."""
+    global _store_protocol
+    _store_protocol = protocol
+
+
+def store_protocol() -> Any:
+    """The object-store protocol (the :mod:`ckptlab.engine.remote` module) for a store
+    location; it is registered whenever ``ckptlab.engine`` has been imported."""
+    if _store_protocol is None:
+        raise CkptlabError("the object-store protocol is not loaded (import ckptlab.engine)")
+    return _store_protocol

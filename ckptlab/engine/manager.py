@@ -57,7 +57,7 @@ from .format import (
     state_json,
     tensor_nbytes,
 )
-from .location import store_location
+from .location import store_location, store_protocol
 from .lock import RunLock
 from .policies import (
     BestBy,
@@ -219,9 +219,7 @@ class CheckpointManager:
         # [object store] an s3:// location gets the object-store manager (engine/remote.py);
         # a URL of another scheme, or one mangled by Path(), is refused here
         if cls is CheckpointManager and store_location(directory) is not None:
-            from .remote import RemoteCheckpointManager
-
-            return super().__new__(RemoteCheckpointManager)
+            return super().__new__(store_protocol().RemoteCheckpointManager)
         return super().__new__(cls)
 
     def __init__(self, directory: str | os.PathLike[str], *, keep_last: int | None = None,

@@ -45,7 +45,7 @@ from .format import (
     read_manifest,
     read_safetensors,
 )
-from .location import StorePath, as_location, store_location
+from .location import StorePath, as_location, store_location, store_protocol
 from .serialization import join_state, parse_state_json, referenced_tensor_keys
 from .sharded import check_shard_layout, is_sharded, sharded_load_error
 from .verified import open_verified, read_verified, verify_file
@@ -128,9 +128,7 @@ def verify_checkpoint(checkpoint: str | os.PathLike[str]) -> CheckpointInfo:
     _require_exists(path)
     manifest = read_manifest(path)
     if is_sharded(manifest) and isinstance(path, StorePath):  # [object store, sharded]
-        from .remote import check_remote_shard_layout
-
-        check_remote_shard_layout(path, manifest)
+        store_protocol().check_remote_shard_layout(path, manifest)
     elif is_sharded(manifest):  # [sharded] name a missing rank or a mixed-in part precisely
         check_shard_layout(path, manifest)
     for name in manifest.get("files", {}):
@@ -296,9 +294,7 @@ def resolve_location(location: str | os.PathLike[str]) -> tuple[Path, Path | Non
     """
     remote = store_location(location)
     if remote is not None:  # [object store]
-        from .remote import resolve_remote_location
-
-        return resolve_remote_location(remote)
+        return store_protocol().resolve_remote_location(remote)
     path = Path(location)
     try:
         return _resolve(path)
@@ -352,9 +348,7 @@ def read_decision_log(directory: str | os.PathLike[str]) -> list[dict[str, Any]]
     """
     remote = store_location(directory)
     if remote is not None:  # [object store] one object per append, under decisions/
-        from .remote import read_remote_decision_log
-
-        return read_remote_decision_log(remote)
+        return store_protocol().read_remote_decision_log(remote)
     path = Path(directory) / DECISIONS
     events = []
     try:
@@ -392,9 +386,7 @@ def committed_steps(directory: Path) -> list[tuple[int, str]]:
     :func:`committed_checkpoints` lists, without building a path per checkpoint (every save
     scans the directory, and a run may keep hundreds)."""
     if isinstance(directory, StorePath):  # [object store] the commit objects, listed
-        from .remote import remote_committed_steps
-
-        return remote_committed_steps(directory)
+        return store_protocol().remote_committed_steps(directory)
     try:
         if not directory.is_dir():
             return []
@@ -462,9 +454,7 @@ def read_pointer_record(directory: str | os.PathLike[str], name: str) -> dict[st
     regular file (a FIFO would block the reader, a symlink could point anywhere)."""
     remote = store_location(directory)
     if remote is not None:  # [object store]
-        from .remote import read_remote_pointer
-
-        return read_remote_pointer(remote, name)[0]
+        return store_protocol().read_remote_pointer(remote, name)[0]
     try:
         handle, _ = open_regular(Path(directory) / name, 65536)
         with handle:

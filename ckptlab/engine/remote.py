@@ -79,7 +79,7 @@ from .format import (
     tensor_table_from_header,
 )
 from .hashing import HASH_POOL, PIECE_BYTES, PIECEWISE_MIN, PieceDigests, sha256_hex
-from .location import StorePath
+from .location import StorePath, register_store_protocol
 from .lock import RunLockedError
 from .manager import CheckpointManager, SaveTimings, Snapshot
 from .objectstore import (
@@ -953,3 +953,6 @@ class RemoteCheckpointManager(CheckpointManager):
         self.last_save_timings = SaveTimings(snap.snapshot_seconds, t2 - t1, t3 - t2,
                                              snap.snapshot_seconds + (t3 - t1))
         return CheckpointInfo(final, manifest)  # type: ignore[arg-type]
+
+
+register_store_protocol(sys.modules[__name__])

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 from .errors import CheckpointCorruptError
 from .format import open_member
 from .hashing import PieceDigests, PieceHasher
+from .location import store_protocol
 
 # Bytes read and hashed per system call: large enough that the per-call cost vanishes, small
 # enough that the hash reads them back from the CPU cache soon after the read wrote them.
@@ -164,9 +165,7 @@ def open_verified(checkpoint: Any, manifest: Mapping[str, Any], name: str) -> Ve
     (``checkpoint`` a store location) an object downloaded and hashed as it arrives."""
     if isinstance(checkpoint, Path):
         return VerifiedFile(checkpoint, manifest, name)
-    from .remote import VerifiedObject  # [object store]
-
-    return VerifiedObject(checkpoint, manifest, name)
+    return store_protocol().VerifiedObject(checkpoint, manifest, name)  # [object store]
 
 
 def read_verified(checkpoint: Path, manifest: Mapping[str, Any], name: str) -> bytes:

@@ -54,8 +54,9 @@ _LESSON_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "ckptlab-lesson",
                        "AWS_SECRET_ACCESS_KEY": "ckptlab-lesson",
                        "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
-# The killed writer's lease: the shortest ckptlab allows, so the next writer waits little.
-KILLED_LEASE_SECONDS = 2
+# The killed writer's lease: short, so the next writer waits little, yet long enough that the
+# refusal of a second writer is seen on a busy machine (it is probed right after the kill).
+KILLED_LEASE_SECONDS = 5
 
 
 @dataclass
@@ -267,6 +268,16 @@ def _child_environment(store: LocalS3, kill_step: int) -> dict[str, str]:
     return env
 
 
+def _refused_holder(checkpoints: str, holder_pid: int) -> int | None:
+    """Try once to open a writer: the pid a refusal names (``-1``: another), or ``None`` when
+    none came (the lease had lapsed already; the writer opened is closed at once)."""
+    try:
+        CheckpointManager(checkpoints).close()
+    except RunLockedError as exc:
+        return holder_pid if f"pid {holder_pid} " in str(exc) else -1
+    return None
+
+
 def _wait_for_lease(checkpoints: str, holder_pid: int, deadline: float) -> int | None:
     """Open a writer on ``checkpoints`` until the dead writer's lease has lapsed (it lapses
     :data:`KILLED_LEASE_SECONDS` after its last renewal, plus a second for the whole-second
@@ -325,12 +336,14 @@ def kill_mid_upload_and_resume(config: DQNConfig, store: LocalS3,
     if child.returncode != -signal.SIGKILL:
         raise CkptlabError(f"the training process was expected to die by SIGKILL but exited "
                            f"with {child.returncode}: {stderr.strip()[-400:]}")
+    first_refusal = _refused_holder(checkpoints, child.pid)  # at once: the lease still holds
     after_kill = bucket_rows(checkpoints)
     committed = [p.name for p in committed_checkpoints(checkpoints)]
     newest = latest_valid_checkpoint(checkpoints).name
     latest = read_pointer(checkpoints, "latest")
     refused = _wait_for_lease(checkpoints, child.pid,
-                              deadline=killed_at + KILLED_LEASE_SECONDS + 3)
+                              deadline=killed_at + KILLED_LEASE_SECONDS + 15)
+    refused = first_refusal if first_refusal is not None else refused
     waited = time.monotonic() - killed_at
     # The writer that took the lease over removed what never committed.
     data_after_open = {r["object"] for r in bucket_rows(checkpoints)}

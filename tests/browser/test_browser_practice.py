@@ -48,9 +48,12 @@ def test_lesson_10_controls_redraw_in_a_real_browser(jupyter_lab):
             picker = page.locator(".widget-dropdown select").first
             picker.scroll_into_view_if_needed()
             picker.select_option(label="step_00000000")
+            # The live area starts with the default's figure: wait for the new one's text
+            # (the kernel may still be running the cells below) before reading its image.
+            expect(page.locator(".widget-output").nth(0)).to_contain_text(
+                "step_00000000", timeout=120_000)
             played = _live_image(page, 0)
             assert played not in shown, "the picker did not redraw its view"
-            expect(page.locator(".widget-output").nth(0)).to_contain_text("step_00000000")
 
             # 2. How often to save: a new save cost redraws the curve and the advice.
             readout = page.locator(".widget-readout").nth(1)  # 0: episodes, 1: save cost

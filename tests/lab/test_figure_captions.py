@@ -61,7 +61,8 @@ def test_a_figure_is_one_output_with_its_caption_as_alt_and_metadata():
     assert 'alt="A line: max |difference| = 0 over 2 points."' in data["text/html"]
     assert "<figcaption" in data["text/html"]
     assert metadata == {"ckptlab": {"caption": "A line: max |difference| = 0 over 2 points."}}
-    assert not plt.get_fignums(), "the figure was not closed (the inline backend would redraw it)"
+    assert fig.number not in plt.get_fignums(), \
+        "the figure was not closed (the inline backend would redraw it)"
 
 
 def test_a_figure_without_a_caption_is_refused():

@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
 from ckptlab.lab.sharded_lab import (  # noqa: E402
@@ -19,6 +20,12 @@ def _metrics(losses, returns):
     return {"loss_steps": list(range(10, 10 + 10 * len(losses), 10)), "losses": losses,
             "episode_end_steps": list(range(50, 50 + 50 * len(returns), 50)),
             "episode_returns": returns}
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
 
 
 def test_restart_figure_measures_the_differences_it_draws():

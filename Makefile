@@ -50,10 +50,11 @@ present: setup  ## serve the lessons as live pages, code hidden, for projecting 
 demo: setup  ## kill a training run with SIGKILL, resume it, compare with an uninterrupted run
 	$(PY) -m ckptlab demo
 
-# Two workers, each taking whole files (a lesson's cells, and the items conftest.py adds after
+# Three workers, each taking whole files (a lesson's cells, and the items conftest.py adds after
 # them, run in order in one kernel): one file's waiting - a browser, a killed subprocess, a
-# disk flush - overlaps another's work, which halves the suite's time on 2 cores.
-PYTEST_WORKERS = -n 2 --dist loadfile
+# disk flush, a lease that must lapse - overlaps another's work. Most files wait as much as
+# they compute, so on 2 cores a third worker still shortens the run.
+PYTEST_WORKERS = -n 3 --dist loadfile --durations=25
 
 lint: setup  ## ruff: import order, unused names, lines within 100 (pyproject.toml)
 	$(PY) -m ruff check .

@@ -10,7 +10,11 @@ it, so each of 2 ranks writes about half) plus 1 MB of per-rank state - is saved
 * the same with ``blocking=False``: how long the training thread is held, and the total,
 * ``load_dcp`` + ``read_rank_part`` against plain ``dcp.load``.
 
-Ratios to the baseline are printed from the same run. Best of ``--repeats``.
+Ratios to the baseline are printed from the same run. Best of ``--repeats``, and the median
+of paired ratios (each ckptlab save beside a plain one, the order alternating) - twice: with
+``keep_last=2``, so every save also deletes the checkpoint that falls out of retention (rank 0
+unlinks its ~100 MB of files), and without retention, like for like with ``dcp.save`` (which
+deletes nothing): that one is what the <= 1.2x target is checked against.
 
     python benchmarks/distributed_checkpoint.py [--mb 100] [--repeats 3]
 """
@@ -68,11 +72,15 @@ def _worker(rank: int, world: int, port: int, root: str, mb: int, repeats: int,
         dcp.save({"model": model}, checkpoint_id=str(base / f"plain{next(counter)}"))
 
     checkpointer = ShardedCheckpointer(base / "checkpoints", keep_last=2)
+    keep_all = ShardedCheckpointer(base / "keep-all")  # no retention: nothing deleted
     step = iter(range(1, 10_000))
     held: list[float] = []
 
     def sharded_save() -> None:
         checkpointer.save(next(step), dcp_state={"model": model}, rank_states=own)
+
+    def sharded_save_keep_all() -> None:
+        keep_all.save(next(step), dcp_state={"model": model}, rank_states=own)
 
     def async_save() -> None:
         checkpointer.save(next(step), dcp_state={"model": model}, rank_states=own,
@@ -87,14 +95,16 @@ def _worker(rank: int, world: int, port: int, root: str, mb: int, repeats: int,
     # Paired: each ckptlab save right after a plain one, so both meet the same machine load;
     # the median of the ratios is what the README's target (<= 1.2x) is checked against.
     # The order alternates: whichever save runs second meets the first one's writeback.
-    ratios = []
-    for i in range(2 * max(3, repeats)):
-        if i % 2:
-            ours, plain = _best(sharded_save, 1), _best(plain_save, 1)
-        else:
-            plain, ours = _best(plain_save, 1), _best(sharded_save, 1)
-        ratios.append(ours / plain)
-    timings["paired save ratio"] = float(np.median(ratios))
+    for name, save in (("paired save ratio", sharded_save),
+                       ("paired save ratio, no retention", sharded_save_keep_all)):
+        ratios = []
+        for i in range(2 * max(3, repeats)):
+            if i % 2:
+                ours, plain = _best(save, 1), _best(plain_save, 1)
+            else:
+                plain, ours = _best(plain_save, 1), _best(save, 1)
+            ratios.append(ours / plain)
+        timings[name] = float(np.median(ratios))
     target = {"model": {k: torch.empty_like(v) for k, v in model.items()}}
     info = checkpointer.agree_on_checkpoint(lambda: checkpointer.manager.latest_valid())
 
@@ -109,6 +119,7 @@ def _worker(rank: int, world: int, port: int, root: str, mb: int, repeats: int,
     timings["ckptlab load"] = _best(sharded_load, repeats)
     assert all(torch.equal(target["model"][k], v) for k, v in model.items())
     checkpointer.close()
+    keep_all.close()
     dist.destroy_process_group()
     if rank == 0:
         results[world] = timings
@@ -148,7 +159,9 @@ def main() -> None:
               f"{r['ckptlab load'] / r['plain load']:.2f}x")
     for w in (1, 2):
         print(f"{w} rank(s): paired ckptlab save / plain dcp.save, median of "
-              f"{2 * max(3, args.repeats)} pairs = {results[w]['paired save ratio']:.2f}x")
+              f"{2 * max(3, args.repeats)} pairs: without retention "
+              f"{results[w]['paired save ratio, no retention']:.2f}x (the target, <= 1.2x); "
+              f"with keep_last=2 {results[w]['paired save ratio']:.2f}x")
     print("2 ranks / 1 rank: ckptlab save "
           f"{results[2]['ckptlab save'] / results[1]['ckptlab save']:.2f}x, "
           f"plain save {results[2]['plain save'] / results[1]['plain save']:.2f}x")

@@ -27,7 +27,9 @@ class RunLockedError(CkptlabError):
     """Another process (or another manager in this one) is writing to the directory."""
 
 
-def _try_lock(fd: int) -> bool:
+def try_lock(fd: int) -> bool:
+    """Take the OS's exclusive lock on the open file ``fd`` without waiting; ``False`` if another
+    holder has it. The OS drops it when the holder exits, however it exits."""
     if os.name == "nt":  # pragma: no cover - exercised on Windows only
         import msvcrt
 
@@ -45,7 +47,8 @@ def _try_lock(fd: int) -> bool:
         return False
 
 
-def _unlock(fd: int) -> None:
+def unlock(fd: int) -> None:
+    """Release the lock :func:`try_lock` took on ``fd``."""
     if os.name == "nt":  # pragma: no cover
         import msvcrt
 
@@ -84,7 +87,7 @@ class RunLock:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_lock(fd):
+        if not try_lock(fd):
             os.close(fd)
             raise RunLockedError(
                 f"{self.directory} is already being written by {self.holder()}. Two writers "
@@ -102,7 +105,7 @@ class RunLock:
             return
         fd, self._fd = self._fd, None
         try:
-            _unlock(fd)
+            unlock(fd)
         finally:
             os.close(fd)
 

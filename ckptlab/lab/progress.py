@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import CkptlabError
+from ..engine.lock import try_lock, unlock
 
 FORMAT = "ckptlab-progress"
 VERSION = 1
@@ -212,7 +213,7 @@ def _locked(path: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + timeout_s
-        while not _try_lock(fd):
+        while not try_lock(fd):
             if time.monotonic() > deadline:
                 raise ProgressFileError(f"the progress file {path} stayed locked for "
                                         f"{timeout_s:.0f} s by another program; try again")
@@ -220,39 +221,9 @@ def _locked(path: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         try:
             yield
         finally:
-            _unlock(fd)
+            unlock(fd)
     finally:
         os.close(fd)
-
-
-def _try_lock(fd: int) -> bool:
-    if os.name == "nt":  # pragma: no cover - exercised on Windows only
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            return True
-        except OSError:
-            return False
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-
-
-def _unlock(fd: int) -> None:
-    if os.name == "nt":  # pragma: no cover
-        import msvcrt
-
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-    else:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _write_atomically(path: Path, data: Mapping[str, Any]) -> None:

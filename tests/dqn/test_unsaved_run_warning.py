@@ -91,15 +91,15 @@ def test_first_scheduled_save():
 
 
 def test_the_command_line_warns_in_one_line_and_still_trains(tmp_path):
-    done = run_cli("train", "--run-dir", str(tmp_path / "run"), "--steps", "3000",
+    done = run_cli("train", "--run-dir", str(tmp_path / "run"), "--steps", "1000",
                    "--save-every", "5000", "--quiet")
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [
-        "warning: this run saves no checkpoint before its last step (3000): a crash or kill "
-        "before then loses all 3000 steps, and the next run starts from step 0. To save along "
-        "the way, pass --save-every 500 on the command line (save_every_steps=500 in "
+        "warning: this run saves no checkpoint before its last step (1000): a crash or kill "
+        "before then loses all 1000 steps, and the next run starts from step 0. To save along "
+        "the way, pass --save-every 200 on the command line (save_every_steps=200 in "
         "DQNConfig)."]
-    assert "Finished at step 3000" in done.stdout
-    again = run_cli("train", "--run-dir", str(tmp_path / "saves"), "--steps", "3000",
-                    "--save-every", "1000", "--quiet")
+    assert "Finished at step 1000" in done.stdout
+    again = run_cli("train", "--run-dir", str(tmp_path / "saves"), "--steps", "1000",
+                    "--save-every", "500", "--quiet")
     assert again.returncode == 0 and again.stderr == "", again.stderr

@@ -332,10 +332,10 @@ def latest_valid_checkpoint(location: str | os.PathLike[str]) -> CheckpointInfo:
     A newer checkpoint that fails verification is skipped with a
     :class:`CheckpointFallbackWarning`.
     """
-    directory, specific = resolve_location(location)
+    directory, specific, listed = _locate(location)
     if specific is not None:
         return verify_checkpoint(specific)
-    return _newest_that_passes(directory, verify_checkpoint)
+    return _newest_that_passes(directory, verify_checkpoint, listed)
 
 
 
@@ -402,13 +402,28 @@ def committed_steps(directory: Path) -> list[tuple[int, str]]:
 _T = TypeVar("_T")
 
 
-def _newest_that_passes(directory: str | os.PathLike[str],
-                        attempt: Callable[[Path], _T]) -> _T:
+def _locate(location: str | os.PathLike[str]) -> tuple[Path, Path | None,
+                                                       list[tuple[int, str]] | None]:
+    """:func:`resolve_location`, plus the committed ``(step, name)`` pairs where resolving
+    already listed them (an object store: one listing is a round trip saved)."""
+    remote = store_location(location)
+    if remote is not None:  # [object store]
+        return store_protocol().locate_remote_checkpoints(remote)
+    directory, specific = resolve_location(location)
+    return directory, specific, None
+
+
+def _newest_that_passes(directory: str | os.PathLike[str], attempt: Callable[[Path], _T],
+                        listed: list[tuple[int, str]] | None = None) -> _T:
     """``attempt`` on the committed checkpoints newest first; the first success is returned.
 
-    Each newer one that fails is reported with a :class:`CheckpointFallbackWarning`.
+    ``listed``: the committed ``(step, name)`` pairs of ``directory`` when the caller has just
+    listed them. Each newer one that fails is reported with a
+    :class:`CheckpointFallbackWarning`.
     """
-    candidates = committed_checkpoints(directory)
+    directory = as_location(directory)
+    candidates = (committed_checkpoints(directory) if listed is None
+                  else [directory / name for _, name in listed])
     if not candidates:
         raise CheckpointNotFoundError(f"{directory} contains no ckptlab checkpoints")
     problems = []
@@ -434,11 +449,11 @@ def load_latest_valid(location: str | os.PathLike[str], *,
     {component: state})`` of the checkpoint at ``location``, or of the newest valid one there
     (see :func:`resolve_location`; newer damaged ones are skipped with a
     :class:`CheckpointFallbackWarning`)."""
-    directory, specific = resolve_location(location)
+    directory, specific, listed = _locate(location)
     if specific is not None:
         return load_checkpoint_state(specific, device=device)
     return _newest_that_passes(directory,
-                               lambda path: load_checkpoint_state(path, device=device))
+                               lambda path: load_checkpoint_state(path, device=device), listed)
 
 
 def read_pointer(directory: str | os.PathLike[str], name: str) -> str | None:

@@ -337,20 +337,29 @@ def resolve_remote_location(location: StorePath) -> tuple[StorePath, StorePath |
     """:func:`.reader.resolve_location` for a store location: a run prefix (with
     ``checkpoints/``), a checkpoints prefix, one checkpoint, its ``manifest.json``, or a
     ``latest`` pointer."""
+    directory, specific, _ = locate_remote_checkpoints(location)
+    return directory, specific
+
+
+def locate_remote_checkpoints(location: StorePath) -> tuple[
+        StorePath, StorePath | None, list[tuple[int, str]] | None]:
+    """:func:`resolve_remote_location`, plus the committed ``(step, name)`` pairs when finding
+    the directory listed them (``None`` otherwise): a reader about to pick the newest valid
+    checkpoint need not list the prefix again (each listing is a round trip)."""
     if location.name == MANIFEST:
-        return location.parent.parent, location.parent
+        return location.parent.parent, location.parent, None
     if location.name == LATEST:
-        return location.parent, None
+        return location.parent, None, None
     if STEP_DIR_PATTERN.match(location.name):
         if location.store.head(_key(location, MANIFEST)) is None:
             raise CheckpointNotFoundError(f"{location} does not exist (no commit object "
                                           f"{MANIFEST})")
-        return location.parent, location
+        return location.parent, location, None
     own = location / CHECKPOINTS_SUBDIR
-    if remote_committed_steps(own):
-        return own, None
-    if remote_committed_steps(location):
-        return location, None
+    for directory in (own, location):
+        steps = remote_committed_steps(directory)
+        if steps:
+            return directory, None, steps
     raise CheckpointNotFoundError(f"{location} contains no ckptlab checkpoints")
 
 

@@ -90,6 +90,27 @@ def test_save_and_restore_are_bit_exact_including_a_multipart_object(bucket):
     assert latest_valid_checkpoint(f"s3://{bucket}/run").step == 100
 
 
+def test_finding_the_newest_checkpoint_lists_the_commits_once(bucket, monkeypatch):
+    """Each listing is a round trip: resolving a run folder and picking its newest valid
+    checkpoint share one listing of the commit objects (a small restore is mostly requests)."""
+    with CheckpointManager(f"s3://{bucket}/run/checkpoints") as manager:
+        manager.register("model", Model())
+        manager.save(1)
+        manager.save(2)
+    from ckptlab.engine.s3store import S3Store
+
+    listed: list[str] = []
+    real_list = S3Store.list
+
+    def counted(self, prefix):
+        listed.append(prefix)
+        return real_list(self, prefix)
+
+    monkeypatch.setattr(S3Store, "list", counted)
+    assert latest_valid_checkpoint(f"s3://{bucket}/run").step == 2
+    assert listed == ["run/checkpoints/step_"]
+
+
 class _Holder:
     def __init__(self, value: torch.Tensor) -> None:
         self.value = value

@@ -339,7 +339,13 @@ def plot_training_curves(history: MetricHistory, axes: Sequence[Any], *,
 
 
 def show_table(rows: Sequence[Mapping[str, Any]], floatfmt: str = ".4g") -> Any:
-    """Render rows as an HTML table (plain text in a terminal). Used by every lesson."""
+    """Render rows as an HTML table (plain text in a terminal). Used by every lesson.
+
+    Cells and headers are text, escaped: a value such as ``abandoned/<time>-after-step_2``
+    shows as written instead of being read as markup.
+    """
+    import html as _html
+
     from IPython.display import HTML
 
     if not rows:
@@ -349,9 +355,9 @@ def show_table(rows: Sequence[Mapping[str, Any]], floatfmt: str = ".4g") -> Any:
     def cell(v: Any) -> str:
         if isinstance(v, float):
             return "-" if np.isnan(v) else format(v, floatfmt)
-        return "-" if v is None else str(v)
+        return "-" if v is None else _html.escape(str(v))
 
-    head = "".join(f"<th style='text-align:left'>{c}</th>" for c in cols)
+    head = "".join(f"<th style='text-align:left'>{_html.escape(str(c))}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{cell(r[c])}</td>"
                                     for c in cols) + "</tr>" for r in rows)
     return HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")

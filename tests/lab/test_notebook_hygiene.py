@@ -211,3 +211,14 @@ def test_navigation_links_neighbours_only():
     last = tool.navigation_markdown("02_prediction_trace", present)
     assert "Next" not in last and "(01_pipeline_trace.ipynb)" in last
     assert "Previous" not in tool.navigation_markdown("00_start_here", present)
+
+
+def test_a_table_shows_its_cells_as_text_not_markup():
+    """Lesson 10's rollback table names ``abandoned/<time>-after-step_...``: unescaped, the
+    browser took ``<time>`` for a tag and the learner read ``abandoned/-after-step_...``."""
+    from ckptlab.lab.lessons import show_table
+
+    html = show_table([{"<kind>": "abandoned/<time>-after-step_00002000", "n": 1.5}]).data
+    assert "<td style='text-align:left'>abandoned/&lt;time&gt;-after-step_00002000</td>" in html
+    assert "<th style='text-align:left'>&lt;kind&gt;</th>" in html
+    assert "<time>" not in html

@@ -7,6 +7,7 @@ Introduced in notebook ``01_pipeline_trace`` (initial state, one training iterat
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,28 @@ def resolve_device(name: str) -> torch.device:
         raise IncompatibleCheckpointError(
             "device 'cuda' was requested but PyTorch sees no CUDA GPU; use --device cpu or auto")
     return device
+
+
+CUBLAS_WORKSPACE = ":4096:8"
+"""cuBLAS's fixed workspace setting that makes its reductions deterministic (PyTorch's
+reproducibility notes); read when cuBLAS starts, so it must be set before the first GPU matmul."""
+
+
+def make_gpu_deterministic() -> bool:
+    """If PyTorch sees a CUDA GPU: set ``CUBLAS_WORKSPACE_CONFIG`` (unless already set), switch
+    on ``torch.use_deterministic_algorithms`` (warning, not failing, for an operation that has
+    no deterministic implementation) and turn off cuDNN's benchmark-driven algorithm choice.
+
+    Returns whether a GPU was found (on a CPU nothing is changed: its kernels are already
+    deterministic for a fixed thread count).
+    """
+    if not torch.cuda.is_available():
+        return False
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    return True
 
 
 def _global_module_hooks() -> bool:

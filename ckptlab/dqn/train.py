@@ -60,7 +60,7 @@ from ..engine import (
 from ..engine.faults import fault_point
 from ..engine.location import as_location
 from ..engine.policies import first_scheduled_save
-from .agent import DQNAgent, LinearSchedule, resolve_device
+from .agent import DQNAgent, LinearSchedule, make_gpu_deterministic, resolve_device
 from .config import DQNConfig
 from .envs import EnvRunner, Evaluation, GreedyEvaluator
 from .metrics import EpochSummary, MetricHistory
@@ -128,7 +128,10 @@ class Trainer:
         log: called with one line per finished epoch (and per save); ``None`` is silent.
 
     Creating a Trainer seeds the global Python, numpy and torch generators with
-    ``config.seed`` and sets torch's CPU thread count to ``config.num_threads``.
+    ``config.seed`` and sets torch's CPU thread count to ``config.num_threads``; on a GPU it
+    also switches on deterministic algorithms for the process
+    (:func:`.agent.make_gpu_deterministic`), without which a resumed run can differ from the
+    uninterrupted one in the last bits.
     """
 
     def __init__(self, config: DQNConfig, run_dir: str | Path | None = None, *,
@@ -140,6 +143,8 @@ class Trainer:
                  log: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda":  # exact resume on a GPU needs deterministic kernels,
+            make_gpu_deterministic()    # switched on before the first cuBLAS call
         torch.set_num_threads(config.num_threads)
         seed_everything(config.seed)
         # a local path, or an s3:// location (engine/location.py: never a URL taken for a path)

@@ -4,8 +4,10 @@ Bit-for-bit equality needs the resumed run to perform the same floating-point op
 same order as the uninterrupted one: the same library versions, the same number of threads, the
 same hardware and device. On a GPU that is not enough: some kernels add in an order that varies
 from run to run (atomic additions, split reductions in cuBLAS), unless deterministic algorithms
-are switched on. :func:`make_gpu_deterministic` does that, and importing :mod:`ckptlab.lab`
-calls it, so the lessons' exact-resume asserts hold on a GPU as on a CPU.
+are switched on. :func:`make_gpu_deterministic` does that; every ``Trainer`` whose device is a
+GPU calls it (so the lessons' training subprocesses and ranks do), and importing
+:mod:`ckptlab.lab` calls it for the notebook's own process, so the lessons' exact-resume asserts
+hold on a GPU as on a CPU.
 :func:`reproducibility_rows` puts what a checkpoint recorded next to what this process runs.
 
 Introduced in notebook ``04_interrupt_and_resume``.
@@ -16,28 +18,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-CUBLAS_WORKSPACE = ":4096:8"
-"""cuBLAS's fixed workspace setting that makes its reductions deterministic (PyTorch's
-reproducibility notes); read when cuBLAS starts, so it must be set before the first GPU matmul."""
-
-
-def make_gpu_deterministic() -> bool:
-    """If PyTorch sees a CUDA GPU: set ``CUBLAS_WORKSPACE_CONFIG`` (unless already set), switch
-    on ``torch.use_deterministic_algorithms`` (warning, not failing, for an operation that has
-    no deterministic implementation) and turn off cuDNN's benchmark-driven algorithm choice.
-
-    Returns whether a GPU was found (on a CPU nothing is changed: its kernels are already
-    deterministic for a fixed thread count).
-    """
-    import torch
-
-    if not torch.cuda.is_available():
-        return False
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-    return True
+# The switch lives beside the DQN run's device choice: every Trainer on a GPU calls it (the
+# lessons' subprocess and multi-rank runs included); importing ckptlab.lab calls it too.
+from ..dqn.agent import CUBLAS_WORKSPACE, make_gpu_deterministic
 
 
 def reproducibility_rows(checkpoint: Any) -> list[dict[str, Any]]:

@@ -105,3 +105,27 @@ def test_a_rollback_moves_newer_checkpoints_aside_and_a_branch_records_its_chang
     rows = practice.lineage_rows(tmp_path / "lower-lr" / "checkpoints" / "step_00001600")
     assert rows[1]["checkpoint"] == "original/step_00000800"
     assert "learning_rate" in rows[1]["config changes"]
+
+
+def test_every_trainer_on_a_gpu_switches_on_deterministic_kernels(monkeypatch):
+    """Not only the notebook's process: lesson 4's `ckptlab train` subprocesses, lesson 9's ranks
+    and lesson 10's store job each build a Trainer, and on a GPU each must run deterministic
+    kernels before its first matmul, or their exact-resume asserts fail in the last bits."""
+    import torch
+
+    from ckptlab.dqn import train as train_module
+
+    class Switched(Exception):
+        pass
+
+    def switched() -> bool:
+        raise Switched  # stop here: this machine has no GPU to build the agent on
+
+    monkeypatch.setattr(train_module, "make_gpu_deterministic", switched)
+    monkeypatch.setattr(train_module, "resolve_device", lambda name: torch.device("cuda"))
+    with pytest.raises(Switched):
+        Trainer(DQNConfig(**FAST))
+    monkeypatch.setattr(train_module, "resolve_device", lambda name: torch.device("cpu"))
+    monkeypatch.setattr(train_module, "make_gpu_deterministic",
+                        lambda: pytest.fail("a CPU trainer changed torch's global settings"))
+    Trainer(DQNConfig(**FAST)).close()

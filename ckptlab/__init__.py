@@ -4,7 +4,8 @@ Three layers, each a subpackage:
 
 * :mod:`ckptlab.engine` - atomic, verified, pickle-free checkpoints of any ``state_dict()``
   objects: :class:`CheckpointManager`, save and retention policies, partial loads, export, the
-  catalog. Needs only torch, numpy and safetensors (``pip install ckptlab``).
+  catalog. Needs only torch, numpy and safetensors (in a clone of ckptlab's repository,
+  ``pip install -c requirements.txt .``).
 * :mod:`ckptlab.dqn` - a complete DQN run (config, agent, envs, replay, RNG, metrics, the
   Trainer, resume) that resumes bit for bit. Needs the ``rl`` extra.
 * :mod:`ckptlab.lab` - what the lesson notebooks use (tables, plots, quizzes, exercise checks).
@@ -96,10 +97,16 @@ _EXTRAS = {"ckptlab.dqn": ("rl", "gymnasium, tqdm"),
 
 
 def install_command(extra: str) -> str:
-    """The command that installs ``extra`` with the tested versions (the README's, run in
-    ckptlab's repository: ckptlab is not on a public index, and requirements.txt holds the
-    pins, torch's included)."""
-    return f'pip install -c requirements.txt "ckptlab[{extra}]"'
+    """The command that installs ``extra`` with the tested versions: the README's, run in the
+    top folder of a clone of ckptlab's repository (ckptlab is not on a public index, and
+    requirements.txt holds the pins, torch's included)."""
+    return f'pip install -c requirements.txt ".[{extra}]"'
+
+
+def install_advice(extra: str, libraries: str) -> str:
+    """How a missing-extra message ends: which extra, what it installs, where to run what."""
+    return (f"install the '{extra}' extra ({libraries}) by running, in the top folder of a "
+            f"clone of ckptlab's repository (see the README): {install_command(extra)}")
 
 
 def missing_extra_error(exc: ModuleNotFoundError, layer: str,
@@ -115,9 +122,8 @@ def missing_extra_error(exc: ModuleNotFoundError, layer: str,
         return None
     extra, libraries = _EXTRAS[layer]
     return MissingExtraError(
-        f"{needed_by} needs {missing}, which is not installed: install the '{extra}' extra "
-        f"({libraries}) with: {install_command(extra)}  (in ckptlab's repository; see the "
-        "README's Install)", name=missing)
+        f"{needed_by} needs {missing}, which is not installed: "
+        f"{install_advice(extra, libraries)}", name=missing)
 
 
 def import_layer(module: str, needed_by: str | None = None) -> Any:

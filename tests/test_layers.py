@@ -257,7 +257,7 @@ def test_engine_works_from_a_wheel_with_only_its_own_dependencies(engine_only_ve
         try:
             from ckptlab import Trainer
         except ImportError as exc:
-            assert "ckptlab[rl]" in str(exc), exc
+            assert 'pip install -c requirements.txt ".[rl]"' in str(exc), exc
         else:
             raise AssertionError("Trainer imported without gymnasium")
         import ckptlab.lab.quiz as quiz  # package data travels in the wheel
@@ -329,8 +329,14 @@ def _link_distributions(target: Path, requirements: Iterable[str],
 # Without an extra: one `error:` line naming the extra and the install command
 # --------------------------------------------------------------------------------------------
 
-MISSING_RL = 'install the \'rl\' extra (gymnasium, tqdm) with: pip install -c requirements.txt ' \
-             '"ckptlab[rl]"'
+def missing(extra: str, libraries: str) -> str:
+    """How every missing-extra line ends: where to run which install command (the README's)."""
+    return (f"install the '{extra}' extra ({libraries}) by running, in the top folder of a "
+            "clone of ckptlab's repository (see the README): pip install -c requirements.txt "
+            f'".[{extra}]"')
+
+
+MISSING_RL = missing("rl", "gymnasium, tqdm")
 
 
 @pytest.mark.skipif(os.environ.get("CKPTLAB_SKIP_WHEEL_TEST") == "1",
@@ -351,6 +357,73 @@ def test_a_command_without_its_extra_prints_one_error_line(engine_only_venv, tmp
                                "installed: "), lines[0]
     assert MISSING_RL in lines[0]
     assert not (tmp_path / "run").exists(), "a refused command created its run directory"
+
+
+# Every command that takes a location, given an s3:// one without boto3 (not in the engine-only
+# venv): refused while its arguments are read, before anything runs.
+S3_COMMANDS = {"inspect": ["inspect", "s3://bucket/run"],
+               "verify": ["verify", "s3://bucket/run"],
+               "ls": ["ls", "s3://bucket/runs", "--sort", "eval_return"],
+               "export": ["export", "s3://bucket/run", "--out", "weights"],
+               "prune": ["prune", "s3://bucket/run", "--keep-last", "1"],
+               "train": ["train", "--run-dir", "s3://bucket/run", "--steps", "3000"],
+               "train-nproc": ["train", "--nproc", "2", "--run-dir", "s3://bucket/run"]}
+
+
+@pytest.mark.skipif(os.environ.get("CKPTLAB_SKIP_WHEEL_TEST") == "1",
+                    reason="CKPTLAB_SKIP_WHEEL_TEST=1")
+@pytest.mark.parametrize("command", list(S3_COMMANDS.values()), ids=list(S3_COMMANDS))
+def test_an_s3_location_without_the_s3_extra_prints_one_error_line(engine_only_venv, tmp_path,
+                                                                    command):
+    """No traceback, no usage text, and nothing written here (no folder named ``s3:``)."""
+    script = engine_only_venv.parent / "ckptlab"
+    done = subprocess.run([str(script), *command], cwd=tmp_path, env=_clean_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "error: s3:// locations need boto3, which is not installed: " + missing("s3", "boto3")]
+    assert list(tmp_path.iterdir()) == [], "a refused command wrote into the working directory"
+
+
+@pytest.mark.skipif(os.environ.get("CKPTLAB_SKIP_WHEEL_TEST") == "1",
+                    reason="CKPTLAB_SKIP_WHEEL_TEST=1")
+def test_progress_works_without_the_lab_extra(engine_only_venv, tmp_path):
+    """``ckptlab progress`` is the lab layer's, but needs none of the lab extra's libraries
+    (the progress record and the quiz banks are the standard library and package data)."""
+    script = engine_only_venv.parent / "ckptlab"
+    record = tmp_path / "data" / "progress.json"
+    work = tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run([str(script), "progress"], cwd=work, capture_output=True, text=True,
+                          env={**_clean_env(), "CKPTLAB_PROGRESS_FILE": str(record)},
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "lessons done" in done.stdout and done.stderr == "", done.stdout + done.stderr
+    assert list(work.iterdir()) == []
+
+
+def test_progress_without_a_library_of_the_lab_extra_prints_one_error_line(monkeypatch,
+                                                                           capsys):
+    """Should the command ever need one (ipywidgets here), the line names the lab extra."""
+    import importlib
+
+    cli = importlib.import_module("ckptlab.cli.main")
+    command, layer = cli.COMMANDS["progress"]
+    assert layer == "ckptlab.lab"
+
+    def needs_ipywidgets(args):
+        import ipywidgets  # noqa: F401 - None in sys.modules: as if not installed
+        return command(args)
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)
+    monkeypatch.setitem(cli.COMMANDS, "progress", (needs_ipywidgets, layer))
+    assert cli.main(["progress"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "error: ckptlab progress needs ipywidgets, which is not installed: "
+        + missing("lab", "JupyterLab, ipywidgets, matplotlib, nbval, papermill")]
 
 
 @pytest.mark.skipif(os.environ.get("CKPTLAB_SKIP_WHEEL_TEST") == "1",
@@ -386,11 +459,13 @@ def test_every_lazily_imported_name_without_its_extra_names_the_extra(engine_onl
     for name in names:
         if ckptlab._LAZY[name] == "ckptlab.sb3":  # the sb3 layer: its own extra first
             assert "needs stable_baselines3" in found[name], found[name]
-            assert '"ckptlab[sb3]"' in found[name] and "\n" not in found[name]
+            assert missing("sb3", "stable-baselines3") in found[name], found[name]
+            assert "\n" not in found[name]
             continue
         assert found[name].startswith(f"ckptlab.{name} needs gymnasium"), found[name]
         assert MISSING_RL in found[name] and "\n" not in found[name]
-    assert 'pip install -c requirements.txt "ckptlab[lab]"' in found["ckptlab.lab.lessons"]
+    assert found["ckptlab.lab.lessons"].endswith('pip install -c requirements.txt ".[lab]"')
+    assert "install the 'lab' extra" in found["ckptlab.lab.lessons"]
     assert MISSING_RL in found["ckptlab.dqn.distributed"]
 
 
@@ -444,7 +519,7 @@ def _wheel_extras(wheel: Path) -> dict[str, list[str]]:
 def test_each_extra_installs_from_the_wheel_against_the_pins_and_works(wheel, tmp_path):
     """One fresh venv; for each extra in turn, its libraries are made available at the pinned
     versions (links to this environment's copies, which must equal the pins: no download,
-    no second torch), then ``pip install --no-index -c requirements.txt ckptlab-*.whl[extra]``
+    no second torch), then ``pip install --no-index -c requirements.txt ckptlab-*.whl[EXTRA]``
     must resolve every requirement of the extra against them and install, and the extra's
     part of ckptlab must work from the installed wheel."""
     extras = _wheel_extras(wheel)
@@ -522,28 +597,90 @@ def test_installing_with_the_pins_resolves_the_tested_torch_and_no_cuda_packages
     assert "ckptlab" in resolved and "torch" in resolved, sorted(resolved)
 
 
+def _install_commands(text: str) -> list[str]:
+    """Every ``pip install`` command a README, a document or a source file shows: the lines of
+    its code blocks, its inline code (wrapped lines joined), and the rest of any other line
+    that has one (a message, a comment)."""
+    fence = r"```[a-z]*\n(.*?)```"
+    commands = [line.split("#")[0].strip() for block in re.findall(fence, text, re.S)
+                for line in block.splitlines()]
+    prose = re.sub(fence, "", text, flags=re.S)
+    commands += [" ".join(span.split()) for span in re.findall(r"`+([^`]+)`+", prose)]
+    commands += [line[line.index("pip install"):].split("`")[0].strip()
+                 for line in prose.splitlines() if "pip install" in line]
+    return list(dict.fromkeys(c for c in commands if re.search(r"\bpip install\b", c)))
+
+
+# An install of ckptlab by its name (from an index, where it is not), not of `.` or a wheel.
+_BY_NAME = re.compile(r"""(?:^|[\s"'])ckptlab(?=[\[\s"'=<>~!]|$)""")
+# What installs ckptlab itself: this folder (`.`, `".[rl]"`, `-e .`) or a wheel built here.
+_CKPTLAB = re.compile(r"""(?:^|\s)["']?(?:\.|[^\s]*ckptlab[^\s]*)(?:\[[^\]\s]*\])?["']?(?=\s|$)""")
+
+
+def _install_problem(command: str, extras: set[str]) -> str | None:
+    """Why ``command`` would not install ckptlab against the pins (None: it would)."""
+    pinned = "-c requirements.txt" in command or "-r requirements.txt" in command
+    for part in command.split("&&"):
+        if "pip install" not in part:
+            continue
+        arguments = part[part.index("pip install") + len("pip install"):]
+        if _BY_NAME.search(arguments):
+            return "ckptlab is not on a public index: install it from a clone of the repository"
+        if _CKPTLAB.search(arguments) and not pinned and "--no-deps" not in arguments:
+            return "installs ckptlab without the pins (-c requirements.txt)"
+        for named in re.findall(r"\[([a-z0-9_,-]+)\]", arguments):
+            if not set(named.split(",")) <= extras:
+                return f"no such extra: [{named}]"
+    return None
+
+
+def _extras() -> set[str]:
+    import tomllib
+
+    return set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+               ["optional-dependencies"])
+
+
 def test_every_install_line_in_the_readme_installs_against_the_pins():
     """ckptlab is not on a public index and torch must be the tested one: every ``pip
     install`` the README shows (code blocks and inline code) installs from this repository
     or a wheel built here, with ``-c requirements.txt`` or ``-r requirements.txt``, and
     names only extras that exist."""
-    import tomllib
-
-    readme = (REPO / "README.md").read_text("utf-8")
-    blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", readme, re.S)
-    commands = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
-    commands += re.findall(r"`([^`\n]*pip install[^`\n]*)`", readme)
-    installs = [c for c in commands if re.search(r"\bpip install\b", c)]
+    installs = _install_commands((REPO / "README.md").read_text("utf-8"))
     assert len(installs) >= 6, installs
-    extras = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-                 ["optional-dependencies"])
-    for command in installs:
-        for part in command.split("&&"):
-            part = part.strip()
-            if not part.startswith("pip install") or part in ("pip install", "pip install -e ."):
-                continue  # a mention; the editable install follows `-r requirements.txt`
-            assert "-c requirements.txt" in part or "-r requirements.txt" in part, part
-            assert not re.search(r"pip install (\S+ )*ckptlab\b", part), \
-                f"ckptlab is not on a public index: {part}"
-            for named in re.findall(r"\[([a-z0-9_,-]+)\]", part):
-                assert set(named.split(",")) <= extras, part
+    extras = _extras()
+    problems = [(c, _install_problem(c, extras)) for c in installs]
+    assert not [p for p in problems if p[1]], [p for p in problems if p[1]]
+
+
+# Not searched: other projects' files, and the history of what older versions said.
+_NOT_OURS = {".venv", ".git", "node_modules", "build", "dist", "__pycache__"}
+
+
+def _our_text_files() -> Iterable[Path]:
+    for folder, subfolders, files in os.walk(REPO):
+        subfolders[:] = [d for d in subfolders if d not in _NOT_OURS and not d.startswith(".")]
+        for name in files:
+            if name.endswith((".py", ".md")) and name != "HISTORY.md":
+                yield Path(folder, name)
+
+
+def test_every_install_line_in_the_repository_installs_against_the_pins():
+    """The same for every ``.py`` and ``.md`` file: docstrings, comments, documents and the
+    messages the package prints (a missing extra's install command)."""
+    extras = _extras()
+    problems = [f"{path.relative_to(REPO)}: {command!r}: {problem}"
+                for path in _our_text_files()
+                for command in _install_commands(path.read_text("utf-8", errors="replace"))
+                if (problem := _install_problem(command, extras))]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("line", [  # PIP, not the command: this file is searched too
+    "PIP ckptlab", 'PIP "ckptlab[rl]"', "PIP ckptlab==0.5",
+    'PIP -c requirements.txt "ckptlab[s3]"', 'PIP ".[lab]"', "PIP -e .",
+    "PIP $(ls dist/ckptlab-*.whl)", 'PIP -c requirements.txt ".[nope]"'])
+def test_the_install_line_check_catches_each_wrong_form(line):
+    line = line.replace("PIP", "pip install")
+    assert _install_problem(line, _extras()), line
+    assert _install_commands(f"run ``{line}`` first") == [line]

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 from .. import __version__
-from ..engine import CkptlabError
-from ..engine.console import EXIT_ERROR
+from ..engine import CkptlabError, MissingExtraError
+from ..engine.console import EXIT_ERROR, error_line
 from ..engine.location import StorePath, as_location
 
 
@@ -61,6 +62,9 @@ def _location(text: str) -> Path | StorePath:
     a local path, and one ckptlab cannot use is refused before anything runs."""
     try:
         return as_location(text)
+    except MissingExtraError as exc:  # not a usage error: the line ends with what to install
+        print(error_line(exc), file=sys.stderr)
+        raise SystemExit(EXIT_ERROR) from None
     except CkptlabError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

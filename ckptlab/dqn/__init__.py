@@ -1,7 +1,7 @@
 """The DQN run: a complete RL training run whose checkpoints resume it exactly.
 
-Built on :mod:`ckptlab.engine`; needs the ``rl`` extra (``pip install "ckptlab[rl]"``:
-gymnasium, tqdm).
+Built on :mod:`ckptlab.engine`; needs the ``rl`` extra (gymnasium, tqdm; in a clone of
+ckptlab's repository, ``pip install -c requirements.txt ".[rl]"``).
 
 Its modules, one line each, are in the module map of docs/architecture.md (the one list;
 ``tests/test_module_map.py`` keeps it true).

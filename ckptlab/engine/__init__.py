@@ -2,7 +2,8 @@
 
 It knows components (``state_dict()`` / ``load_state_dict()``), files, hashes and policies, and
 nothing about what is being trained: it imports no RL code, no gymnasium, no plotting or widget
-library. Its dependencies are torch, numpy and safetensors (``pip install ckptlab``).
+library. Its dependencies are torch, numpy and safetensors (in a clone of ckptlab's
+repository, ``pip install -c requirements.txt .``).
 
 Its modules, one line each, are in the module map of docs/architecture.md (the one list;
 ``tests/test_module_map.py`` keeps it true).

@@ -8,7 +8,7 @@ whose ``//`` was lost (``Path("s3://b/run")`` is ``s3:/b/run``) is refused too, 
 becoming a folder named ``s3:`` in the working directory.
 
 The S3 client (boto3) is the ``s3`` extra; it is imported only when an ``s3://`` location is
-used, so the engine alone (``pip install ckptlab``) needs no cloud library.
+used, so the engine alone (``pip install -c requirements.txt .``) needs no cloud library.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ _KNOWN_SCHEMES = frozenset({
     "http", "https", "ftp", "sftp", "file", "oss", "cos", "r2", "minio", "hf", "webdav"})
 SUPPORTED_SCHEMES = ("s3",)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-# The s3 extra: what it installs, and the command (the pins are in requirements.txt).
-S3_EXTRA_INSTALL = 'pip install -c requirements.txt "ckptlab[s3]"'
+# The s3 extra: the command that installs it, run in the top folder of a clone of ckptlab's
+# repository (the pins are in requirements.txt), as ckptlab.install_command says it.
+S3_EXTRA_INSTALL = 'pip install -c requirements.txt ".[s3]"'
 
 
 class StorePath:
@@ -165,8 +166,8 @@ def open_s3_store(bucket: str) -> ObjectStore:
             raise
         raise MissingExtraError(
             f"s3:// locations need {missing}, which is not installed: install the 's3' extra "
-            f"(boto3) with: {S3_EXTRA_INSTALL}  (in ckptlab's repository; see the README's "
-            "Install)", name=missing) from None
+            "(boto3) by running, in the top folder of a clone of ckptlab's repository (see the "
+            f"README): {S3_EXTRA_INSTALL}", name=missing) from None
     return S3Store(bucket)
 
 

@@ -1,4 +1,5 @@
-"""Exact resume for Stable-Baselines3 runs (the ``sb3`` extra: ``pip install "ckptlab[sb3]"``).
+"""Exact resume for Stable-Baselines3 runs (the ``sb3`` extra: in a clone of ckptlab's
+repository, ``pip install -c requirements.txt ".[sb3]"``).
 
 :class:`CkptlabCallback` checkpoints an SB3 run through ckptlab's
 :class:`~ckptlab.engine.CheckpointManager` - on ckptlab's save policies, with its retention,
@@ -23,15 +24,14 @@ from __future__ import annotations
 try:
     import stable_baselines3 as _sb3  # noqa: F401 - only to say early what is missing
 except ModuleNotFoundError as _missing:
-    from .. import install_command
+    from .. import install_advice
     from ..engine import MissingExtraError
 
     _name = (_missing.name or "stable_baselines3").split(".")[0]
     # One line, as ckptlab.import_layer says it for every extra.
     raise MissingExtraError(
-        f"ckptlab.sb3 needs {_name}, which is not installed: install the 'sb3' extra "
-        f"(stable-baselines3) with: {install_command('sb3')}  (in ckptlab's repository; see "
-        "the README's Install)", name=_name) from None
+        f"ckptlab.sb3 needs {_name}, which is not installed: "
+        f"{install_advice('sb3', 'stable-baselines3')}", name=_name) from None
 
 from ._envs import WALL_CLOCK, UnsupportedEnvironmentError  # noqa: E402
 from ._state import COUNTERS, PIECES, UnsupportedRunError, apply_state  # noqa: E402

@@ -149,7 +149,8 @@ def test_a_url_is_never_taken_for_a_local_path(tmp_path, monkeypatch):
 def test_without_the_s3_extra_an_s3_location_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 fails as if absent
     monkeypatch.delitem(sys.modules, "ckptlab.engine.s3store", raising=False)
-    with pytest.raises(MissingExtraError, match=r"'s3' extra.*ckptlab\[s3\]"):
+    with pytest.raises(MissingExtraError,
+                       match=r"'s3' extra.*ckptlab's repository.*requirements\.txt \"\.\[s3\]\""):
         store_location("s3://bucket/run")
 
 

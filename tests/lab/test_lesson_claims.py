@@ -179,3 +179,54 @@ def test_the_run_plan_check_knows_the_wrong_models_it_meets():
     assert naive.passed is False and "factor 2" in naive.message
     assert "restarts the run from zero" in naive.message and "leaves out" in naive.message
     assert check_run_plan({"save_every_s": 1}, **setting).passed is False
+
+
+# -- the start page and the lessons' ends ---------------------------------------------------
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+LESSONS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _markdown(path):
+    import json
+
+    return ["".join(c["source"]) for c in json.loads(path.read_text("utf-8"))["cells"]
+            if c["cell_type"] == "markdown"]
+
+
+def test_every_lesson_ends_with_further_reading():
+    """Lessons 1-12 each close with a "Further reading" list of real links (lesson 11 had
+    none)."""
+    lessons = [p for p in LESSONS if p.stem[:2] != "00"]
+    assert [int(p.stem[:2]) for p in lessons] == list(range(1, 13))
+    for path in lessons:
+        reading = [m for m in _markdown(path) if m.startswith("## Further reading")]
+        assert len(reading) == 1, path.stem
+        items = [line for line in reading[0].splitlines() if line.startswith("- ")]
+        assert items and all("](http" in item for item in items), path.stem
+
+
+def test_the_glossary_states_the_learning_starts_of_every_lesson():
+    """The glossary's "learning_starts" sentence is true of each lesson's runs (it once said
+    500 for every lesson but 1 and 9; lesson 11's run uses 200, lesson 7's staged faults 250)."""
+    import re
+
+    from ckptlab.lab.fault_lab import fault_config
+
+    glossary = next(m for m in _markdown(NOTEBOOKS / "00_start_here.ipynb") if "## Glossary" in m)
+    sentence = next(line for line in glossary.splitlines() if "`learning_starts`" in line)
+    by_value: dict[int, set[int]] = {}
+    for path in LESSONS:
+        code = path.read_text("utf-8")
+        for value in re.findall(r"learning_starts=(\d[\d_]*)", code):
+            by_value.setdefault(int(value.replace("_", "")), set()).add(int(path.stem[:2]))
+    others = max(by_value, key=lambda v: len(by_value[v]))
+    assert others == 500, by_value
+    for value, lessons in by_value.items():
+        if value != others:
+            named = " and ".join(str(n) for n in sorted(lessons))
+            assert f"{value} in lesson{'s' if len(lessons) > 1 else ''} {named}" in sentence, \
+                (value, lessons, sentence)
+    assert f"{fault_config().learning_starts} in lesson 7's staged faults" in sentence
+    assert f"{others} in the lessons' other runs" in sentence
+    assert f"{DQNConfig().learning_starts} by default" in sentence

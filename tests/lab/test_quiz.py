@@ -179,12 +179,20 @@ def test_recall_asks_for_reasons_and_causes_not_file_names():
 
 
 def test_the_closing_review_is_the_last_bank_and_spans_the_lessons():
+    """The start page and the README say the closing review covers every lesson: its
+    explanations and model answers send the learner back to each lesson before it (1-11)."""
     stems = [b.stem for b in BANKS]
     assert stems[-1] == CLOSING_REVIEW, stems
     review = load_quiz(CLOSING_REVIEW)
-    cited = {int(n) for q in review.questions for c in q.choices
-             for n in re.findall(r"lessons? (\d+)", c.explanation)}
-    assert len(cited) >= 6, cited   # its explanations send the learner back to many lessons
+    texts = [c.explanation for q in review.questions for c in q.choices]
+    texts += [q.model_answer for q in review.questions if q.kind == "recall"]
+    cited = {int(n) for text in texts
+             for group in re.findall(r"lessons? (\d+(?:(?:, | and )\d+)*)", text)
+             for n in re.findall(r"\d+", group)}
+    lessons = {int(stem[:2]) for stem in stems if stem != CLOSING_REVIEW}
+    assert lessons == set(range(1, 12)), lessons
+    assert not lessons - cited, f"no question of the closing review on lessons " \
+                                f"{sorted(lessons - cited)}"
 
 
 def test_no_two_lessons_open_with_the_same_question():

@@ -531,7 +531,13 @@ def test_each_extra_installs_from_the_wheel_against_the_pins_and_works(wheel, tm
     checks = {
         "rl": [str(python.parent / "ckptlab"), "train", "--run-dir", "run", "--steps", "300",
                "--quiet"],
-        "sb3": [str(python), "-c", "import ckptlab.sb3"],
+        "sb3": [str(python), "-c",  # a short PPO run checkpointed by the callback
+                "from stable_baselines3 import PPO; from ckptlab.sb3 import CkptlabCallback; "
+                "from ckptlab import latest_valid_checkpoint; "
+                "model = PPO('MlpPolicy', 'CartPole-v1', n_steps=64, batch_size=32, "
+                "n_epochs=1, seed=0, device='cpu'); "
+                "model.learn(128, callback=CkptlabCallback('sb3-run')); "
+                "print('saved at', latest_valid_checkpoint('sb3-run').step)"],
         "lab": [str(python), "-c", "import ckptlab.lab.widgets, ckptlab.lab.lessons, "
                 "jupyterlab, nbval, papermill; from ckptlab.lab import store_lab; "
                 "store_lab.start_local_s3().stop()"],  # lesson 10's S3 server
@@ -553,6 +559,8 @@ def test_each_extra_installs_from_the_wheel_against_the_pins_and_works(wheel, tm
             assert ran.returncode == 0, f"[{extra}]: {ran.stdout}{ran.stderr}"
             if extra == "rl":
                 assert "Finished at step 300" in ran.stdout, ran.stdout
+            if extra == "sb3":
+                assert "saved at 128" in ran.stdout, ran.stdout
     assert set(checks) <= set(extras), "an extra the checks know is no longer declared"
 
 

@@ -1,6 +1,6 @@
 """ckptlab: checkpoint training so that a resumed run *is* the uninterrupted run.
 
-Three layers, each a subpackage:
+Its layers, each a subpackage that imports only from the layers listed before it:
 
 * :mod:`ckptlab.engine` - atomic, verified, pickle-free checkpoints of any ``state_dict()``
   objects: :class:`CheckpointManager`, save and retention policies, partial loads, export, the
@@ -8,8 +8,13 @@ Three layers, each a subpackage:
   ``pip install -c requirements.txt .``).
 * :mod:`ckptlab.dqn` - a complete DQN run (config, agent, envs, replay, RNG, metrics, the
   Trainer, resume) that resumes bit for bit. Needs the ``rl`` extra.
+* :mod:`ckptlab.sb3` - exact resume for Stable-Baselines3 runs (``CkptlabCallback``). Needs the
+  ``sb3`` extra.
 * :mod:`ckptlab.lab` - what the lesson notebooks use (tables, plots, quizzes, exercise checks).
   Needs the ``lab`` extra.
+* :mod:`ckptlab.cli` - the ``ckptlab`` command (``python -m ckptlab``).
+
+Every module, what it holds and what to touch when changing it: ``docs/architecture.md``.
 
 This module only re-exports. Engine names are imported eagerly; DQN names load on first use
 (PEP 562), so ``from ckptlab import CheckpointManager`` works without gymnasium::
@@ -36,7 +41,7 @@ The DQN run::
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engine import (
     FORMAT_VERSION,
@@ -90,6 +95,33 @@ _LAZY = {name: "ckptlab.dqn" for name in (
 # Stable-Baselines3 (the sb3 extra): reachable as ckptlab.CkptlabCallback, but left out of
 # __all__ so that `from ckptlab import *` never needs stable-baselines3.
 _LAZY.update({name: "ckptlab.sb3" for name in ("CkptlabCallback", "UnsupportedRunError")})
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs (never run)
+    from .dqn import (
+        DQNAgent,
+        DQNConfig,
+        EnvRunner,
+        EpochSummary,
+        Evaluation,
+        EveryNEpisodes,
+        GreedyEvaluator,
+        LinearSchedule,
+        MetricHistory,
+        QNetwork,
+        ReplayBuffer,
+        RNGStates,
+        Trainer,
+        TrainProgress,
+        TrainResult,
+        UnsavedRunWarning,
+        UnsupportedEnvironmentError,
+        capture_env_state,
+        diff_configs,
+        make_env,
+        restore_env_state,
+        seed_everything,
+    )
+    from .sb3 import CkptlabCallback as CkptlabCallback  # (kept out of __all__)
+    from .sb3 import UnsupportedRunError as UnsupportedRunError
 # Which extra each optional layer needs, and what it installs.
 _EXTRAS = {"ckptlab.dqn": ("rl", "gymnasium, tqdm"),
            "ckptlab.sb3": ("sb3", "stable-baselines3"),

@@ -50,6 +50,68 @@ def test_the_engine_imports_nothing_from_the_rl_run_the_lab_or_their_libraries()
     assert not offenders, offenders
 
 
+def test_the_engine_imports_nothing_from_the_package_face():
+    """``ckptlab/__init__.py`` re-exports the engine: an engine module importing it (for
+    ``__version__``, once) makes a loop that only line order kept working."""
+    offenders = [f"{path.name}:{line} imports {name}"
+                 for path in sorted(ENGINE.glob("*.py"))
+                 for line, name in imported_modules(path)
+                 if name == "ckptlab" or (name.startswith("ckptlab.")
+                                          and name.split(".")[1] not in ("engine",))]
+    assert not offenders, offenders
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_two_modules_of_the_package_import_each_other_in_a_circle():
+    """Module-level imports only (imports inside functions load lazily and cannot loop): the
+    graph of ckptlab's modules has no cycle, so each reads without its importers."""
+    package = REPO / "ckptlab"
+    modules = {_module_name(p): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        own = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        edges = set()
+        tree = ast.parse(path.read_text("utf-8"))
+        for node in tree.body:  # top level only; `if TYPE_CHECKING:` blocks never run
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = own.rsplit(".", node.level - 1)[0] if node.level > 1 else own
+                    target = f"{base}.{node.module}" if node.module else base
+                else:
+                    target = node.module or ""
+                # `from pkg import sub` needs the submodule; `from pkg import name`, pkg itself
+                candidates = [f"{target}.{a.name}" if f"{target}.{a.name}" in modules
+                              else target for a in node.names]
+            elif isinstance(node, ast.Import):
+                candidates = [a.name for a in node.names]
+            else:
+                continue
+            edges |= {c for c in candidates if c in modules and c != name}
+        graph[name] = edges
+    cycles, state = [], {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(trail[trail.index(nxt):] + [nxt] if nxt in trail
+                              else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = "done"
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [start])
+    # A package's __init__ re-exporting its own modules is an edge down, not a loop; a module
+    # importing its package's __init__ (or the face) while the __init__ imports it is.
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
 def test_the_dqn_run_imports_nothing_from_stable_baselines3_or_the_lab():
     offenders = [f"{path.name}:{line} imports {name}"
                  for path in sorted(DQN.glob("*.py"))

@@ -20,6 +20,7 @@ Introduced in notebook ``07_failure_modes``; see ``docs/crash-consistency.md``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -37,7 +38,7 @@ from ..engine.crash_recovery import (
 from ..engine.crash_states import MODELS, Exploration, Fault, explore, without_leftover_bytes
 from ..engine.errors import CkptlabError
 from .config import DQNConfig
-from .resume import find_resume_checkpoint, plan_resume
+from .job import PreparedRun, TrainJob, prepare_resume
 from .train import Trainer
 
 TINY = DQNConfig(hidden_sizes=(8,), buffer_capacity=16, batch_size=4, learning_starts=8,
@@ -70,6 +71,16 @@ def dqn_save_workload(config: DQNConfig = TINY) -> Workload:
                     recover=resume_auto)
 
 
+def _prepare_resume_auto(run_dir: Path, config: DQNConfig) -> PreparedRun:
+    """:func:`.job.prepare_resume` of ``ckptlab train --run-dir RUN_DIR --config FILE
+    --resume auto``, the file holding ``config`` (written outside the crash state's folder)."""
+    with tempfile.TemporaryDirectory(prefix="ckptlab-crash-config-") as folder:
+        config_file = Path(folder) / "config.json"
+        config_file.write_text(json.dumps(config.to_dict()))
+        return prepare_resume(TrainJob(run_dir, resume="auto", config_file=config_file,
+                                       quiet=True))
+
+
 def resume_and_continue(run_dir: Path, raw: Facts, context: CheckContext,
                         config: DQNConfig) -> list[tuple[str, str]]:
     """``--resume auto`` on a crash state, then training on to the next save.
@@ -79,20 +90,19 @@ def resume_and_continue(run_dir: Path, raw: Facts, context: CheckContext,
     and the next save must be the newest valid checkpoint.
     """
     found: list[tuple[str, str]] = []
-    try:
-        info = find_resume_checkpoint(run_dir, "auto")
-    except Exception as exc:  # reported, never swallowed: the CLI would stop here
-        return [("recovery-failed", f"--resume auto failed: {type(exc).__name__}: {exc}")]
-    if (info.name if info is not None else None) != raw.newest:
-        found.append(("resume-point", f"--resume auto picked "
-                      f"{info.name if info else 'nothing'}, a resume picks {raw.newest}"))
     # Train past the original end: total_steps is bookkeeping, allowed to change on resume.
     longer = dataclasses.replace(config, total_steps=config.total_steps + 2 *
                                  config.save_every_steps)
+    try:  # the CLI's own preparation (find, config, plan), as `ckptlab train --resume auto`
+        prepared = _prepare_resume_auto(run_dir, longer)
+    except Exception as exc:  # reported, never swallowed: the CLI would stop here
+        return [("recovery-failed", f"--resume auto failed: {type(exc).__name__}: {exc}")]
+    info, plan = prepared.checkpoint, prepared.plan
+    if (info.name if info is not None else None) != raw.newest:
+        found.append(("resume-point", f"--resume auto picked "
+                      f"{info.name if info else 'nothing'}, a resume picks {raw.newest}"))
     try:
-        plan = plan_resume(info, longer, run_checkpoints=run_dir / "checkpoints") \
-            if info is not None else None
-        with Trainer(longer, run_dir) as trainer:
+        with Trainer(prepared.config, run_dir) as trainer:
             found += check_recovered(context.observe(run_dir.parent), raw, context)
             start = 0
             if plan is not None:

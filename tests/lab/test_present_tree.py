@@ -1,6 +1,7 @@
 """tools/present.py (`make present`): the curated tree holds every lesson and never the
-solutions, a lesson's link to them is plain text there, pictures are at hand, and Voila is asked
-to pre-run the lessons in the presentation style with no progress recorded."""
+solutions, a lesson's link to them is plain text there, pictures are at hand, every lesson
+calls use_lab_style (which switches the presentation style on), and Voila is asked to pre-run
+the lessons in the presentation style with no progress recorded."""
 
 from __future__ import annotations
 
@@ -61,3 +62,18 @@ def test_a_lesson_is_named_by_number_stem_or_file():
     served = ["00_start_here.ipynb", "04_interrupt_and_resume.ipynb"]
     for name in ("04", "04_interrupt_and_resume", "04_interrupt_and_resume.ipynb"):
         assert present.resolve(name, served) == "04_interrupt_and_resume.ipynb"
+
+
+def test_every_served_lesson_calls_use_lab_style():
+    """The presentation style is switched on by the lesson itself: a page that never calls
+    use_lab_style is served in the notebook's small default style under `make present`."""
+    call = re.compile(r"^\s*use_lab_style\(", re.MULTILINE)
+    served = present.lessons(REPO / "notebooks")
+    assert served
+    unstyled = []
+    for path in served:
+        cells = json.loads(path.read_text("utf-8"))["cells"]
+        if not any(call.search("".join(c["source"])) for c in cells
+                   if c["cell_type"] == "code"):
+            unstyled.append(path.name)
+    assert not unstyled, f"served without use_lab_style() in a code cell: {unstyled}"

@@ -292,6 +292,23 @@ Recovery = Callable[[Path, Facts, CheckContext], list[tuple[str, str]]]
 return the invariants it broke."""
 
 
+def _save_next_and_find_it(directory: Path, raw: Facts,
+                           save: Callable[[int], Any]) -> list[tuple[str, str]]:
+    """After recovery, the run goes on: save the step after the newest committed one, then a
+    resume must pick it and the decision log must end with its event."""
+    found = []
+    step = max((int(name[5:]) for name in raw.committed), default=0) + 1
+    save(step)
+    newest = latest_valid_checkpoint(directory).name
+    if newest != f"step_{step:08d}":
+        found.append(("cannot-continue", f"after saving step {step}, a resume picks {newest}"))
+    events = read_decision_log(directory)
+    if not events or events[-1].get("step") != step:
+        found.append(("log-append-lost", f"the decision-log event of the save of step {step} "
+                      "after recovery does not read back"))
+    return found
+
+
 def recover_and_continue(workspace: Path, raw: Facts,
                          context: CheckContext) -> list[tuple[str, str]]:
     """The engine's recovery: open the directory for writing, restore the newest valid
@@ -309,17 +326,8 @@ def recover_and_continue(workspace: Path, raw: Facts,
             if restored.name != raw.newest:
                 found.append(("recovery-failed", f"restore loaded {restored.name}, a resume "
                               f"picks {raw.newest}"))
-        step = max((int(name[5:]) for name in raw.committed), default=0) + 1
-        _save(manager, step, 0.0)
-        directory = workspace / context.checkpoints
-        newest = latest_valid_checkpoint(directory).name
-        if newest != f"step_{step:08d}":
-            found.append(("cannot-continue", f"after saving step {step}, a resume picks "
-                          f"{newest}"))
-        events = read_decision_log(directory)
-        if not events or events[-1].get("step") != step:
-            found.append(("log-append-lost", f"the decision-log event of the save of step "
-                          f"{step} after recovery does not read back"))
+        found += _save_next_and_find_it(workspace / context.checkpoints, raw,
+                                        lambda step: _save(manager, step, 0.0))
     except Exception as exc:
         found.append(("recovery-failed", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -362,16 +370,8 @@ def recover_sharded(workspace: Path, raw: Facts,
                     != expected["counter"].state_dict()):
                 found.append(("recovery-failed", f"{raw.newest} reads back other values than "
                               f"the save of step {info.step} wrote"))
-        step = max((int(name[5:]) for name in raw.committed), default=0) + 1
-        _sharded_save(checkpointer, step)
-        newest = latest_valid_checkpoint(directory).name
-        if newest != f"step_{step:08d}":
-            found.append(("cannot-continue", f"after saving step {step}, a resume picks "
-                          f"{newest}"))
-        events = read_decision_log(directory)
-        if not events or events[-1].get("step") != step:
-            found.append(("log-append-lost", f"the decision-log event of the save of step "
-                          f"{step} after recovery does not read back"))
+        found += _save_next_and_find_it(directory, raw,
+                                        lambda step: _sharded_save(checkpointer, step))
     except Exception as exc:
         found.append(("recovery-failed", f"{type(exc).__name__}: {exc}"))
     finally:

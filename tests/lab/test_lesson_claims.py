@@ -230,3 +230,21 @@ def test_the_glossary_states_the_learning_starts_of_every_lesson():
     assert f"{fault_config().learning_starts} in lesson 7's staged faults" in sentence
     assert f"{others} in the lessons' other runs" in sentence
     assert f"{DQNConfig().learning_starts} by default" in sentence
+
+
+def test_the_closing_reviews_size_is_told_as_it_is():
+    """README, the start page and lesson 12 name how many questions the closing review asks;
+    the number is the bank's."""
+    from ckptlab.lab.quiz import load_quiz
+
+    words = {15: "fifteen", 16: "sixteen", 17: "seventeen", 18: "eighteen", 19: "nineteen",
+             20: "twenty"}
+    count = len(load_quiz("12_closing_review").questions)
+    assert count in words, count
+    texts = {"README.md": (NOTEBOOKS.parent / "README.md").read_text("utf-8"),
+             "00_start_here": (NOTEBOOKS / "00_start_here.ipynb").read_text("utf-8"),
+             "12_closing_review": (NOTEBOOKS / "12_closing_review.ipynb").read_text("utf-8")}
+    for name, text in texts.items():
+        told = {n for n, word in words.items() if f"{word} scenario" in text
+                or f"{word} questions" in text or f"asks {word}" in text}
+        assert told == {count}, (name, told, count)

@@ -344,7 +344,10 @@ class CheckpointManager:
         decoding the whole state on the host first; see :func:`load_checkpoint_state`.
         """
         if checkpoint is None:
-            info, states = load_latest_valid(self.directory, device=device)
+            # [object store] named by its `latest`, the folder is taken as the checkpoints
+            # folder it is, without probing for a run's `checkpoints/` inside (one request)
+            here = self.directory / LATEST if store_location(self.directory) else self.directory
+            info, states = load_latest_valid(here, device=device)
         else:
             info, states = load_checkpoint_state(checkpoint, keys=None, device=device)
         restore_components(self.components, states, info.path)

@@ -17,6 +17,8 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Container, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, Union, runtime_checkable
@@ -48,7 +50,7 @@ from .format import (
 from .location import StorePath, as_location, store_location, store_protocol
 from .serialization import join_state, parse_state_json, referenced_tensor_keys
 from .sharded import check_shard_layout, is_sharded, sharded_load_error
-from .verified import open_verified, read_verified, verify_file
+from .verified import VerifiedFile, open_verified, read_verified, verify_file
 
 
 class CheckpointFallbackWarning(UserWarning):
@@ -68,14 +70,14 @@ class Stateful(Protocol):
 def _read_verified_tensors(checkpoint: Path, manifest: Mapping[str, Any],
                            wanted: Container[str] | None,
                            placement: Mapping[str, torch.device] | None = None,
-                           ) -> dict[str, torch.Tensor]:
+                           opened: VerifiedFile | None = None) -> dict[str, torch.Tensor]:
     """Decode the tensor file while hashing it: one read of every byte, one copy in memory.
 
     A file that fails its hash is reported as corrupted even when the damage also broke its
     structure (the rest is hashed before a decoding error is reported), so every kind of
-    damage reads the same.
+    damage reads the same. ``opened``: the file, when the caller already opened it.
     """
-    with open_verified(checkpoint, manifest, TENSORS) as file:
+    with opened if opened is not None else open_verified(checkpoint, manifest, TENSORS) as file:
         try:
             tensors = read_safetensors(file, wanted, placement)
         except ValueError as exc:
@@ -184,9 +186,31 @@ def load_checkpoint_state(checkpoint: str | os.PathLike[str],
     for name in (STATE, TENSORS):
         if name not in listed:
             raise CheckpointCorruptError(f"{path}: manifest does not list {name}")
-    for name in listed:
-        if name not in (STATE, TENSORS):
-            verify_file(path, manifest, name)
+    with ExitStack() as cleanup:
+        early = None
+        if isinstance(path, StorePath):  # [object store] the tensors' request is sent now,
+            # so its round trip overlaps state.json's; nothing is decoded before the plan
+            pool = cleanup.enter_context(ThreadPoolExecutor(1, "ckptlab-restore"))
+            early = pool.submit(open_verified, path, manifest, TENSORS)
+            cleanup.callback(_close_unused, early)
+        for name in listed:
+            if name not in (STATE, TENSORS):
+                verify_file(path, manifest, name)
+        return _decode_checkpoint(path, manifest, keys, device, early)
+
+
+def _close_unused(opened: Future[VerifiedFile]) -> None:
+    """Close an early-opened tensor file that nothing went on to read (a decoding error came
+    first: that error is the one the caller sees)."""
+    if opened.exception() is None:
+        opened.result().close()
+
+
+def _decode_checkpoint(path: Path, manifest: Mapping[str, Any], keys: Iterable[str] | None,
+                       device: DevicePlacement, early: Future[VerifiedFile] | None,
+                       ) -> tuple[CheckpointInfo, dict[str, Any]]:
+    """:func:`load_checkpoint_state` once the manifest is read: state.json, then the tensors
+    (``early``: their file being opened already; its error, if any, comes after state.json's)."""
     tree = parse_state_json(read_verified(path, manifest, STATE), path / STATE)
     wanted = list(tree) if keys is None else list(keys)
     missing = [k for k in wanted if k not in tree]
@@ -196,7 +220,8 @@ def load_checkpoint_state(checkpoint: str | os.PathLike[str],
         key for name in wanted if name in tree for key in referenced_tensor_keys(tree[name])}
     placement = _placement(device, {name: tree[name] for name in wanted if name in tree},
                            missing)
-    tensors = _read_verified_tensors(path, manifest, wanted_tensors, placement)
+    opened = early.result() if early is not None else None
+    tensors = _read_verified_tensors(path, manifest, wanted_tensors, placement, opened)
     if missing:
         raise CheckpointNotFoundError(
             f"{path} has no component(s) {', '.join(missing)}; it contains "

@@ -109,6 +109,11 @@ def test_finding_the_newest_checkpoint_lists_the_commits_once(bucket, monkeypatc
     monkeypatch.setattr(S3Store, "list", counted)
     assert latest_valid_checkpoint(f"s3://{bucket}/run").step == 2
     assert listed == ["run/checkpoints/step_"]
+    listed.clear()  # a manager knows its folder holds checkpoints: no probe for a run's
+    with CheckpointManager(f"s3://{bucket}/run/checkpoints", create=False) as manager:
+        manager.register("model", Model())
+        assert manager.restore().step == 2
+    assert listed == ["run/checkpoints/step_"]
 
 
 class _Holder:

@@ -75,7 +75,7 @@ from .reader import (
     committed_steps,
     latest_valid_checkpoint,
     load_checkpoint_state,
-    load_latest_valid,
+    newest_that_passes,
     read_decision_log,
     read_pointer,
     read_pointer_record,
@@ -343,11 +343,10 @@ class CheckpointManager:
         tensors straight on a device, through a few MB of host memory at a time, instead of
         decoding the whole state on the host first; see :func:`load_checkpoint_state`.
         """
-        if checkpoint is None:
-            # [object store] named by its `latest`, the folder is taken as the checkpoints
-            # folder it is, without probing for a run's `checkpoints/` inside (one request)
-            here = self.directory / LATEST if store_location(self.directory) else self.directory
-            info, states = load_latest_valid(here, device=device)
+        if checkpoint is None:  # this folder holds the checkpoints: nothing to resolve
+            info, states = newest_that_passes(
+                self.directory, lambda path: load_checkpoint_state(path, device=device),
+                stacklevel=3)
         else:
             info, states = load_checkpoint_state(checkpoint, keys=None, device=device)
         restore_components(self.components, states, info.path)

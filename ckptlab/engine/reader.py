@@ -317,12 +317,20 @@ def resolve_location(location: str | os.PathLike[str]) -> tuple[Path, Path | Non
         CheckpointNotFoundError: nothing exists there, or it holds no checkpoints.
         ForeignFileError: it is a file in another format (for example a pickled ``.pt``).
     """
+    directory, specific, _ = _locate(location)
+    return directory, specific
+
+
+def _locate(location: str | os.PathLike[str]) -> tuple[Path, Path | None,
+                                                       list[tuple[int, str]] | None]:
+    """:func:`resolve_location`, plus the committed ``(step, name)`` pairs where resolving
+    already listed them (an object store: one listing is a round trip saved)."""
     remote = store_location(location)
     if remote is not None:  # [object store]
         return store_protocol().resolve_remote_location(remote)
     path = Path(location)
     try:
-        return _resolve(path)
+        return (*_resolve(path), None)
     except OSError as exc:  # an unreadable directory on the way
         raise CheckpointNotFoundError(f"{path} cannot be read ({exc}); check the path and "
                                       "its permissions") from None
@@ -360,7 +368,7 @@ def latest_valid_checkpoint(location: str | os.PathLike[str]) -> CheckpointInfo:
     directory, specific, listed = _locate(location)
     if specific is not None:
         return verify_checkpoint(specific)
-    return _newest_that_passes(directory, verify_checkpoint, listed)
+    return newest_that_passes(directory, verify_checkpoint, listed)
 
 
 
@@ -427,24 +435,16 @@ def committed_steps(directory: Path) -> list[tuple[int, str]]:
 _T = TypeVar("_T")
 
 
-def _locate(location: str | os.PathLike[str]) -> tuple[Path, Path | None,
-                                                       list[tuple[int, str]] | None]:
-    """:func:`resolve_location`, plus the committed ``(step, name)`` pairs where resolving
-    already listed them (an object store: one listing is a round trip saved)."""
-    remote = store_location(location)
-    if remote is not None:  # [object store]
-        return store_protocol().locate_remote_checkpoints(remote)
-    directory, specific = resolve_location(location)
-    return directory, specific, None
-
-
-def _newest_that_passes(directory: str | os.PathLike[str], attempt: Callable[[Path], _T],
-                        listed: list[tuple[int, str]] | None = None) -> _T:
-    """``attempt`` on the committed checkpoints newest first; the first success is returned.
+def newest_that_passes(directory: str | os.PathLike[str], attempt: Callable[[Path], _T],
+                       listed: list[tuple[int, str]] | None = None, *,
+                       stacklevel: int = 4) -> _T:
+    """``attempt`` on the committed checkpoints of the checkpoints folder ``directory``, newest
+    first; the first success is returned.
 
     ``listed``: the committed ``(step, name)`` pairs of ``directory`` when the caller has just
     listed them. Each newer one that fails is reported with a
-    :class:`CheckpointFallbackWarning`.
+    :class:`CheckpointFallbackWarning`, attributed ``stacklevel`` frames up (the default: the
+    caller of the public function that called this one).
     """
     directory = as_location(directory)
     candidates = (committed_checkpoints(directory) if listed is None
@@ -460,7 +460,7 @@ def _newest_that_passes(directory: str | os.PathLike[str], attempt: Callable[[Pa
             continue
         for problem in problems:
             warnings.warn(f"skipping unusable checkpoint: {problem}; falling back to "
-                          f"{path.name}", CheckpointFallbackWarning, stacklevel=4)
+                          f"{path.name}", CheckpointFallbackWarning, stacklevel=stacklevel)
         return result
     raise CheckpointCorruptError(
         f"none of the {len(candidates)} checkpoints in {directory} is valid "
@@ -477,7 +477,7 @@ def load_latest_valid(location: str | os.PathLike[str], *,
     directory, specific, listed = _locate(location)
     if specific is not None:
         return load_checkpoint_state(specific, device=device)
-    return _newest_that_passes(directory,
+    return newest_that_passes(directory,
                                lambda path: load_checkpoint_state(path, device=device), listed)
 
 

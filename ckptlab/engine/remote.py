@@ -333,19 +333,13 @@ def read_remote_decision_log(directory: StorePath) -> list[dict[str, Any]]:
     return events
 
 
-def resolve_remote_location(location: StorePath) -> tuple[StorePath, StorePath | None]:
-    """:func:`.reader.resolve_location` for a store location: a run prefix (with
-    ``checkpoints/``), a checkpoints prefix, one checkpoint, its ``manifest.json``, or a
-    ``latest`` pointer."""
-    directory, specific, _ = locate_remote_checkpoints(location)
-    return directory, specific
-
-
-def locate_remote_checkpoints(location: StorePath) -> tuple[
+def resolve_remote_location(location: StorePath) -> tuple[
         StorePath, StorePath | None, list[tuple[int, str]] | None]:
-    """:func:`resolve_remote_location`, plus the committed ``(step, name)`` pairs when finding
-    the directory listed them (``None`` otherwise): a reader about to pick the newest valid
-    checkpoint need not list the prefix again (each listing is a round trip)."""
+    """:func:`.reader.resolve_location` for a store location (a run prefix with
+    ``checkpoints/``, a checkpoints prefix, one checkpoint, its ``manifest.json``, or a
+    ``latest`` pointer), plus the committed ``(step, name)`` pairs when finding the directory
+    listed them (``None`` otherwise): a reader about to pick the newest valid checkpoint need
+    not list the prefix again (each listing is a round trip)."""
     if location.name == MANIFEST:
         return location.parent.parent, location.parent, None
     if location.name == LATEST:

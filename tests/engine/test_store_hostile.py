@@ -12,6 +12,7 @@ import torch
 
 from ckptlab import (
     CheckpointCorruptError,
+    CheckpointFallbackWarning,
     CheckpointManager,
     RunLockedError,
     load_checkpoint_state,
@@ -135,3 +136,32 @@ def test_a_garbage_lease_object_is_a_held_lease_until_it_lapses(run):
     s3.put_object(Bucket=bucket, Key="run/.writer-lease", Body=b"\x00garbage")
     with pytest.raises(RunLockedError, match="an unknown writer"):
         CheckpointManager(url)
+
+
+def test_damage_to_either_data_object_is_reported_in_the_same_order_as_before(run):
+    """The tensors' object is opened while state.json downloads: a damaged state.json is still
+    the error reported (the early-opened tensors are closed unread), a truncated or missing
+    tensors object is refused by its size before a byte is read, and a manager's restore falls
+    back to the previous checkpoint with a warning in each case."""
+    s3, bucket, url = run
+    manifest = json.loads(s3.get_object(Bucket=bucket,
+                                        Key="run/step_00000002/manifest.json")["Body"].read())
+    data = f"run/{manifest['object_data']}"
+    good = {name: s3.get_object(Bucket=bucket, Key=f"{data}/{name}")["Body"].read()
+            for name in ("state.json", "tensors.safetensors")}
+    damages = [("state.json", good["state.json"][:-1] + b" ", "state.json"),
+               ("tensors.safetensors", good["tensors.safetensors"][:-7],
+                "bytes but the manifest records"),
+               ("tensors.safetensors", None, "is missing")]
+    for name, body, refusal in damages:
+        if body is None:
+            s3.delete_object(Bucket=bucket, Key=f"{data}/{name}")
+        else:
+            s3.put_object(Bucket=bucket, Key=f"{data}/{name}", Body=body)
+        with pytest.raises(CheckpointCorruptError, match=refusal):
+            load_checkpoint_state(f"{url}/step_00000002")
+        with CheckpointManager(url, create=False) as reader:
+            reader.register("model", torch.nn.Linear(8, 8))
+            with pytest.warns(CheckpointFallbackWarning, match=refusal):
+                assert reader.restore().step == 1
+        s3.put_object(Bucket=bucket, Key=f"{data}/{name}", Body=good[name])
